@@ -1,0 +1,42 @@
+# The README's two commands: `make demo` (the MAE -> WSP pipeline on Fashion-MNIST, CPU, local MLflow store)
+# and `make test` (the test suite). Each installs what it needs into .venv; torch==2.13.0 goes first because a
+# plain `torch` requirement would pull the CUDA build and GBs of nvidia-* wheels on a CPU machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint fashion-mnist clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(PY)
+	$(PIP) torch==2.13.0
+	touch $@
+
+$(VENV)/.demo: setup.py constraints.txt $(VENV)/.torch
+	$(PIP) -c constraints.txt -e '.[track,data]'
+	touch $@
+
+$(VENV)/.test: setup.py constraints.txt $(VENV)/.torch
+	$(PIP) -c constraints.txt -e '.[track,tp,data,xformers,jobs,bench,dev]'
+	touch $@
+
+fashion-mnist:
+	@test -d $(FASHION_MNIST) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+
+demo: $(VENV)/.demo fashion-mnist
+	$(VENV)/bin/maws-scale pipeline configs/demo.yaml
+
+test: $(VENV)/.test fashion-mnist
+	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

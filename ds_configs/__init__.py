@@ -1,0 +1,1 @@
+"""DeepSpeed config templates (JSON); "auto" values are filled from the RunConfig by parallel/engine.py."""

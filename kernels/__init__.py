@@ -1,0 +1,1 @@
+"""Fused MAE kernels (Triton) with torch references; imported as maws_scale.kernels."""

@@ -1,0 +1,51 @@
+"""`maws-scale` command line: each subcommand lives in its own module under ``maws_scale.commands``.
+
+A command module defines ``register(subparsers)``; it adds its parser and sets ``func`` to a callable taking the
+parsed arguments and returning an exit code. Modules are found by discovery, so a command either works or is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from rich.console import Console
+
+from maws_scale import __version__, commands
+from maws_scale.config import ConfigError
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every discovered subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="maws-scale",
+        description="Train billion-scale ViTs with the MAWS recipe: MAE pre-pretraining, then weakly-supervised "
+        "pretraining.",
+    )
+    parser.add_argument("--version", action="version", version=f"maws-scale {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        console.print(f"[bold red]config error:[/] {err}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of `maws-scale`; each module defines ``register(subparsers)``."""

@@ -1,0 +1,376 @@
+"""RunConfig: the typed, validated description of everything a run does.
+
+Load from YAML, apply dotted overrides (``model.name=vit_l16 optim.lr=1e-3``), and refuse bad input before any
+process starts, with the offending key named (and a 'did you mean' for unknown keys).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from maws_scale.models.registry import MODELS, UnknownModelError, get_spec
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = "vit_tiny_p4"
+    img_size: int | None = Field(None, gt=0, description="input side in pixels; default: the model's own")
+    in_chans: int = Field(3, gt=0)
+    attention: Literal["auto", "xformers", "sdpa", "math"] = "auto"
+    pool: Literal["cls", "gap", "map", "max"] = "cls"
+    qk_norm: bool = False
+    parallel_block: bool = False
+    qkv_bias: bool = True
+    norm_bias: bool = True
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    kernels: Literal["auto", "triton", "torch"] = "auto"
+
+
+class MAEConfig(_Section):
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
+    decoder_width: int | None = Field(None, gt=0, description="default: the registry's (512 for MAWS sizes)")
+    decoder_depth: int | None = Field(None, gt=0)
+    decoder_heads: int | None = Field(None, gt=0)
+    norm_pix_loss: bool = True
+
+
+class WSPConfig(_Section):
+    num_classes: int | None = Field(None, gt=1, description="default: size of the vocabulary")
+    vocab: str | None = Field(None, description="vocab.json; default: <data.path>/vocab.json")
+    init: Literal["mae", "random"] = "mae"
+    init_from: str | None = Field(None, description="MAE checkpoint for init=mae (the pipeline fills it)")
+
+
+class DataConfig(_Section):
+    path: str | None = Field(None, description="Arrow dataset directory (holds manifest.json)")
+    eval_path: str | None = Field(None, description="labeled Arrow set for evaluation")
+    num_workers: int = Field(2, ge=0)
+    shuffle_buffer: int = Field(2048, ge=1)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    synthetic: bool = Field(False, description="random tensors instead of data (throughput benchmarks only)")
+
+    @model_validator(mode="after")
+    def _check_crop(self) -> DataConfig:
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        return self
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw"] = "adamw"
+    lr: float | None = Field(None, gt=0.0, description="absolute peak LR; default base_lr * global_batch / 256")
+    base_lr: float = Field(1.5e-4, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.05, ge=0.0)
+    eps: float = Field(1e-8, gt=0.0)
+    impl: Literal["auto", "apex", "torch", "deepspeed"] = "auto"
+
+
+class ScheduleConfig(_Section):
+    kind: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="used when warmup_steps is unset")
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(_Section):
+    global_batch: int = Field(64, gt=0)
+    micro_batch: int = Field(32, gt=0)
+    grad_accum: int | None = Field(None, gt=0, description="default: global_batch / (micro_batch * dp)")
+    steps: int | None = Field(None, gt=0, description="optimizer steps; or set epochs")
+    epochs: float | None = Field(None, gt=0.0)
+    clip_grad: float = Field(0.0, ge=0.0, description="max grad norm; 0 = off")
+    log_every: int = Field(10, gt=0)
+    nan_tolerance: int = Field(3, gt=0, description="consecutive non-finite steps before rolling back")
+
+    @model_validator(mode="after")
+    def _check_length(self) -> TrainConfig:
+        if self.steps is None and self.epochs is None:
+            raise ValueError("set train.steps or train.epochs")
+        if self.micro_batch > self.global_batch:
+            raise ValueError(f"micro_batch {self.micro_batch} exceeds global_batch {self.global_batch}")
+        return self
+
+
+class ParallelConfig(_Section):
+    world_size: int | None = Field(None, gt=0, description="default: WORLD_SIZE of the launcher")
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    offload: Literal["none", "optimizer", "all"] = "none"
+    tp: int = Field(1, gt=0)
+    activation_checkpointing: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    ds_config: str | None = Field(None, description="DeepSpeed template; default ds_configs/zero<stage>.json")
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    uri: str | None = Field(None, description="default sqlite:///<output_dir>/mlflow.db")
+    experiment: str = "maws-scale"
+    run_name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    peak_tflops: float | None = Field(None, gt=0.0, description="override the datasheet peak for MFU")
+
+
+class CheckpointConfig(_Section):
+    dir: str | None = Field(None, description="default <output_dir>/<stage>/checkpoints")
+    every: int = Field(0, ge=0, description="save every N steps; 0 = only at the end")
+    keep_last: int = Field(3, gt=0)
+    resume: str | None = Field(None, description="'auto' (newest complete) or a checkpoint path")
+
+
+class EvalConfig(_Section):
+    enabled: bool = True
+    knn_k: int = Field(20, gt=0)
+    few_shot: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    seeds: int = Field(3, gt=0)
+    max_train: int | None = Field(None, gt=0, description="cap on training samples for the probe")
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelConfig,
+    "mae": MAEConfig,
+    "wsp": WSPConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "train": TrainConfig,
+    "parallel": ParallelConfig,
+    "tracking": TrackingConfig,
+    "checkpoint": CheckpointConfig,
+    "eval": EvalConfig,
+}
+STAGES = ("mae", "wsp")
+
+
+class RunConfig(BaseModel):
+    """Everything a run does. ``stages`` holds per-stage dotted overrides used by the MAE → WSP pipeline."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    stage: Literal["mae", "wsp"] = "mae"
+    seed: int = 0
+    output_dir: str = "runs/default"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    mae: MAEConfig = Field(default_factory=MAEConfig)
+    wsp: WSPConfig = Field(default_factory=WSPConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=100))
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    stages: dict[Literal["mae", "wsp"], dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> RunConfig:
+        try:
+            spec = get_spec(self.model.name)
+        except UnknownModelError as err:
+            raise ValueError(f"model.name: {err}") from None
+        tp = self.parallel.tp
+        if spec.heads % tp:
+            raise ValueError(f"parallel.tp={tp} does not divide the {spec.heads} attention heads of {self.model.name}")
+        if spec.mlp_hidden % tp:
+            raise ValueError(f"parallel.tp={tp} does not divide the MLP width {spec.mlp_hidden} of {self.model.name}")
+        img = self.model.img_size or spec.img_size
+        if img % spec.patch:
+            raise ValueError(f"model.img_size={img} is not a multiple of the patch size {spec.patch}")
+        if self.parallel.offload != "none" and self.parallel.zero_stage == 0:
+            raise ValueError("parallel.offload needs parallel.zero_stage >= 1 (ZeRO-Offload)")
+        if self.parallel.offload == "all" and self.parallel.zero_stage != 3:
+            raise ValueError("parallel.offload=all (parameters too) needs parallel.zero_stage=3")
+        decoder_heads = self.mae.decoder_heads or spec.decoder_heads
+        decoder_width = self.mae.decoder_width or spec.decoder_width
+        if decoder_width % decoder_heads:
+            raise ValueError(f"mae.decoder_width={decoder_width} is not divisible by mae.decoder_heads={decoder_heads}")
+        return self
+
+    # ----- derived values -------------------------------------------------------------------------------------
+    @property
+    def spec(self):
+        """The registry shape of ``model.name``."""
+        return get_spec(self.model.name)
+
+    @property
+    def img_size(self) -> int:
+        return self.model.img_size or self.spec.img_size
+
+    def batch_layout(self, world_size: int | None = None) -> tuple[int, int]:
+        """Return (data_parallel_size, grad_accum) for ``world_size`` ranks, or raise ConfigError naming the key."""
+        world = world_size or self.parallel.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+        tp = self.parallel.tp
+        if world % tp:
+            raise ConfigError(f"parallel.tp={tp} does not divide the world size {world}")
+        dp = world // tp
+        per_step = self.train.micro_batch * dp
+        if self.train.grad_accum is not None:
+            if self.train.micro_batch * self.train.grad_accum * dp != self.train.global_batch:
+                raise ConfigError(
+                    f"train.global_batch={self.train.global_batch} != train.micro_batch={self.train.micro_batch} × "
+                    f"train.grad_accum={self.train.grad_accum} × data-parallel size {dp}"
+                )
+            return dp, self.train.grad_accum
+        if self.train.global_batch % per_step:
+            raise ConfigError(
+                f"train.global_batch={self.train.global_batch} is not a multiple of train.micro_batch="
+                f"{self.train.micro_batch} × data-parallel size {dp} (world {world} / tp {tp})"
+            )
+        return dp, self.train.global_batch // per_step
+
+    def peak_lr(self) -> float:
+        """The MAE recipe's LR scaling: ``optim.lr`` if set, else base_lr × global_batch / 256."""
+        return self.optim.lr if self.optim.lr is not None else self.optim.base_lr * self.train.global_batch / 256
+
+    def for_stage(self, stage: str) -> RunConfig:
+        """This config with ``stage`` selected and that stage's ``stages.<stage>`` overrides applied."""
+        if stage not in STAGES:
+            raise ConfigError(f"stage: unknown stage '{stage}' (known: {', '.join(STAGES)})")
+        raw = self.model_dump(mode="json")
+        overrides = raw.pop("stages", {}).get(stage, {})
+        raw["stage"] = stage
+        for key, value in _flatten(overrides).items():
+            _set_dotted(raw, key, value, origin=f"stages.{stage}")
+        return _validate(raw, origin=f"stages.{stage}")
+
+    def check_standalone(self) -> None:
+        """Checks for a single-stage run (``maws-scale train``); the pipeline fills ``wsp.init_from`` itself."""
+        if self.stage == "wsp" and self.wsp.init == "mae" and not self.wsp.init_from:
+            raise ConfigError("wsp.init_from: wsp.init=mae needs an MAE checkpoint here, or set wsp.init=random")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ----- loading ----------------------------------------------------------------------------------------------------
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML file (or the defaults), apply ``key=value`` overrides, validate; raise ConfigError on bad input."""
+    raw: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+        try:
+            raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        _set_dotted(raw, key.strip(), _parse_value(value), origin="override")
+    config = _validate(raw, origin=origin)
+    for stage in config.stages:  # every pipeline stage must be valid too, before anything starts
+        config.for_stage(stage)
+    return config
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _validate(raw: dict[str, Any], origin: str) -> RunConfig:
+    _check_keys(raw, RunConfig, prefix="", origin=origin)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        where = f"{origin}: " if origin else ""
+        raise ConfigError(f"{where}{key + ': ' if key else ''}{message}") from None
+
+
+def _check_keys(raw: Any, model: type[BaseModel], prefix: str, origin: str) -> None:
+    """Refuse unknown keys with their full dotted name and the closest known key."""
+    if not isinstance(raw, dict):
+        return
+    fields = model.model_fields
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f" (known: {', '.join(fields)})"
+            raise ConfigError(f"{origin}: unknown key '{dotted}'{hint}")
+        annotation = fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _check_keys(value, annotation, prefix=f"{dotted}.", origin=origin)
+        elif key == "stages" and prefix == "" and isinstance(value, dict):
+            for stage, stage_overrides in value.items():
+                if stage not in STAGES:
+                    raise ConfigError(f"{origin}: unknown stage 'stages.{stage}' (known: {', '.join(STAGES)})")
+                for sub_key in _flatten(stage_overrides or {}):
+                    _resolve_dotted(sub_key, origin=f"{origin}: stages.{stage}")
+
+
+def _resolve_dotted(key: str, origin: str) -> None:
+    model: type[BaseModel] = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.5)
+            head = ".".join(parts[:i])
+            hint = f"; did you mean '{head + '.' if head else ''}{close[0]}'?" if close else ""
+            raise ConfigError(f"{origin}: unknown key '{key}'{hint}")
+        annotation = fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif i < len(parts) - 1 and get_origin(annotation) is not dict:
+            raise ConfigError(f"{origin}: '{'.'.join(parts[: i + 1])}' is a value, not a section (in '{key}')")
+        else:
+            return
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str) -> None:
+    _resolve_dotted(key, origin=origin)
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and key in SECTIONS and not prefix:
+            flat.update(_flatten(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def known_models() -> list[str]:
+    return list(MODELS)

@@ -1,0 +1,81 @@
+"""Process-group set-up for every launcher: deepspeed, torchrun, or a single plain process (gloo on CPU, nccl on GPU).
+
+Two traps on CPU are handled here (see STACK.md): a single process without a launcher needs RANK/WORLD_SIZE/... or
+DeepSpeed tries MPI discovery; and DeepSpeed JIT-builds a shared-memory comm op (~70 s on 2 cores) the first time,
+which we skip unless ``MAWS_DS_SHM=1`` (gloo's own collectives are used instead).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fill_single_process_env() -> None:
+    """Set the launcher variables a lone process lacks, so DeepSpeed does not look for MPI."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", os.environ.get("RANK", "0"))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    if backend != "auto":
+        return backend
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _skip_deepspeed_shm_build() -> None:
+    if torch.cuda.is_available() or os.environ.get("MAWS_DS_SHM") == "1":
+        return
+    comm_torch = importlib.import_module("deepspeed.comm.torch")  # `import deepspeed.comm.torch` yields torch itself
+    comm_torch.build_shm_op = lambda: None
+
+
+def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed (idempotent) and return this process's place in the world."""
+    import deepspeed
+
+    fill_single_process_env()
+    backend = resolve_backend(backend)
+    if not dist.is_initialized():
+        _skip_deepspeed_shm_build()
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,5 +1,7 @@
 """Install maws-scale. Install torch==2.13.0 (or your cluster's torch) first; see the README."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 EXTRAS = {
@@ -29,7 +31,7 @@ setup(
     version="0.1.0",
     description="Billion-scale ViT training with the MAWS recipe: MAE pre-pretraining, then weakly-supervised "
     "pretraining, on DeepSpeed ZeRO and megatron-core tensor parallelism",
-    long_description=open("README.md").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",

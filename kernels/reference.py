@@ -6,6 +6,8 @@ absent. Shapes: B batch, L patches, L_keep visible patches, D width.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -40,7 +42,7 @@ def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
 def unpatchify(patches: torch.Tensor, patch_size: int, chans: int = 3) -> torch.Tensor:
     """(B, L, p*p*C) → (B, C, H, W), the inverse of :func:`patchify` for square images."""
     batch, length, _ = patches.shape
-    side = int(round(length**0.5))
+    side = math.isqrt(length)
     x = patches.reshape(batch, side, side, patch_size, patch_size, chans)
     x = torch.einsum("nhwpqc->nchpwq", x)
     return x.reshape(batch, chans, side * patch_size, side * patch_size)

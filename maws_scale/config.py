@@ -89,11 +89,14 @@ class ScheduleConfig(_Section):
     min_lr: float = Field(0.0, ge=0.0)
 
 
+DEFAULT_STEPS = 1000
+
+
 class TrainConfig(_Section):
     global_batch: int = Field(64, gt=0)
     micro_batch: int = Field(32, gt=0)
     grad_accum: int | None = Field(None, gt=0, description="default: global_batch / (micro_batch * dp)")
-    steps: int | None = Field(None, gt=0, description="optimizer steps; or set epochs")
+    steps: int | None = Field(None, gt=0, description="optimizer steps (default 1000 unless epochs is set)")
     epochs: float | None = Field(None, gt=0.0)
     clip_grad: float = Field(0.0, ge=0.0, description="max grad norm; 0 = off")
     log_every: int = Field(10, gt=0)
@@ -101,8 +104,10 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _check_length(self) -> TrainConfig:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"set train.steps ({self.steps}) or train.epochs ({self.epochs}), not both")
         if self.steps is None and self.epochs is None:
-            raise ValueError("set train.steps or train.epochs")
+            object.__setattr__(self, "steps", DEFAULT_STEPS)
         if self.micro_batch > self.global_batch:
             raise ValueError(f"micro_batch {self.micro_batch} exceeds global_batch {self.global_batch}")
         return self
@@ -173,7 +178,7 @@ class RunConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=100))
+    train: TrainConfig = Field(default_factory=TrainConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)

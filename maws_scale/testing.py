@@ -33,7 +33,9 @@ def run_torchrun(
     try:
         result = subprocess.run(command, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"{script} on {nproc} ranks timed out after {timeout}s:\n{err.stdout}\n{err.stderr}") from None
+        output = f"{err.stdout}\n{err.stderr}"
+        raise AssertionError(f"{script} on {nproc} ranks timed out after {timeout}s:\n{output}") from None
     if result.returncode != 0:
-        raise AssertionError(f"{script} on {nproc} ranks failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        output = f"{result.stdout}\n{result.stderr}"
+        raise AssertionError(f"{script} on {nproc} ranks failed ({result.returncode}):\n{output}")
     return result

@@ -1,0 +1,149 @@
+"""Builders: registry name + overrides (or a RunConfig) → ViT encoder, MAE, or WSP classifier."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from maws_scale.models.mae import MaskedAutoencoder
+from maws_scale.models.registry import ViTSpec, get_spec
+from maws_scale.models.vit import VisionTransformer
+
+if TYPE_CHECKING:
+    from maws_scale.config import RunConfig
+
+_ENCODER_OPTIONS = (
+    "img_size",
+    "in_chans",
+    "pool",
+    "qkv_bias",
+    "qk_norm",
+    "norm_bias",
+    "parallel_block",
+    "drop_path",
+    "attention",
+)
+_MAE_OPTIONS = ("decoder_width", "decoder_depth", "decoder_heads", "norm_pix_loss", "norm_pix_eps", "kernels")
+
+
+def _spec_kwargs(spec: ViTSpec) -> dict[str, Any]:
+    return dict(
+        img_size=spec.img_size,
+        patch_size=spec.patch,
+        in_chans=spec.in_chans,
+        embed_dim=spec.width,
+        depth=spec.depth,
+        num_heads=spec.heads,
+        mlp_ratio=spec.mlp_ratio,
+    )
+
+
+def _check_overrides(overrides: dict[str, Any], allowed: tuple[str, ...], builder: str) -> None:
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise TypeError(f"{builder}: unknown option(s) {', '.join(unknown)} (known: {', '.join(allowed)})")
+
+
+def _finish(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    return model.to(dtype=dtype) if dtype is not None else model
+
+
+def build_encoder(
+    name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None, **overrides: Any
+) -> VisionTransformer:
+    """The ViT encoder ``name`` without a head (forward → pooled features). Overrides: img_size, in_chans, pool,
+    qkv_bias, qk_norm, norm_bias, parallel_block, drop_path, attention, num_classes."""
+    _check_overrides(overrides, (*_ENCODER_OPTIONS, "num_classes"), "build_encoder")
+    kwargs = {**_spec_kwargs(get_spec(name)), "num_classes": 0}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    with torch.device(device) if device is not None else nullcontext():
+        model = VisionTransformer(**kwargs)
+    return _finish(model, dtype)
+
+
+def build_wsp(
+    name: str,
+    num_classes: int,
+    pool: str = "cls",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **overrides: Any,
+) -> VisionTransformer:
+    """The WSP classifier: encoder ``name`` + ``pool`` + ``head`` Linear(D, num_classes); forward → logits."""
+    if num_classes is None or num_classes < 1:
+        raise ValueError(f"wsp.num_classes must be a positive class count, got {num_classes}")
+    return build_encoder(name, device=device, dtype=dtype, pool=pool, num_classes=num_classes, **overrides)
+
+
+def build_mae(
+    name: str,
+    mask_ratio: float = 0.75,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **overrides: Any,
+) -> MaskedAutoencoder:
+    """The MAE for encoder ``name``; decoder width/depth/heads default to the registry's (8×512×16 for MAWS).
+    Overrides: the encoder's, plus decoder_width, decoder_depth, decoder_heads, norm_pix_loss, norm_pix_eps,
+    kernels (auto | triton | torch)."""
+    _check_overrides(overrides, (*_ENCODER_OPTIONS, *_MAE_OPTIONS), "build_mae")
+    spec = get_spec(name)
+    options = {k: v for k, v in overrides.items() if v is not None}
+    kwargs = {
+        **_spec_kwargs(spec),
+        "decoder_embed_dim": options.pop("decoder_width", spec.decoder_width),
+        "decoder_depth": options.pop("decoder_depth", spec.decoder_depth),
+        "decoder_num_heads": options.pop("decoder_heads", spec.decoder_heads),
+        "kernels_impl": options.pop("kernels", "auto"),
+        "mask_ratio": mask_ratio,
+        **options,
+    }
+    with torch.device(device) if device is not None else nullcontext():
+        model = MaskedAutoencoder(**kwargs)
+    return _finish(model, dtype)
+
+
+def build_model(
+    cfg: RunConfig,
+    num_classes: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.nn.Module:
+    """The model for ``cfg.stage`` from every relevant config field (``model.*``, ``mae.*``, ``wsp.num_classes``,
+    ``parallel.activation_checkpointing``). ``num_classes`` overrides ``wsp.num_classes`` (e.g. the vocab size)."""
+    m = cfg.model
+    common = dict(
+        img_size=cfg.img_size,
+        in_chans=m.in_chans,
+        pool=m.pool,
+        qkv_bias=m.qkv_bias,
+        qk_norm=m.qk_norm,
+        norm_bias=m.norm_bias,
+        parallel_block=m.parallel_block,
+        drop_path=m.drop_path,
+        attention=m.attention,
+    )
+    if cfg.stage == "mae":
+        model: VisionTransformer = build_mae(
+            m.name,
+            mask_ratio=cfg.mae.mask_ratio,
+            device=device,
+            dtype=dtype,
+            decoder_width=cfg.mae.decoder_width,
+            decoder_depth=cfg.mae.decoder_depth,
+            decoder_heads=cfg.mae.decoder_heads,
+            norm_pix_loss=cfg.mae.norm_pix_loss,
+            kernels=m.kernels,
+            **common,
+        )
+    elif cfg.stage == "wsp":
+        classes = num_classes if num_classes is not None else cfg.wsp.num_classes
+        if classes is None:
+            raise ValueError("wsp.num_classes: not set and no vocabulary size given; set wsp.num_classes")
+        pool = common.pop("pool")
+        model = build_wsp(m.name, classes, pool=pool, device=device, dtype=dtype, **common)
+    else:
+        raise ValueError(f"stage: no model for stage '{cfg.stage}'")
+    model.set_grad_checkpointing(cfg.parallel.activation_checkpointing)
+    return model

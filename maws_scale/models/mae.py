@@ -1,0 +1,188 @@
+"""Masked autoencoder (He et al. 2022) around the ViT encoder, with facebookresearch/mae ``models_mae.py`` naming.
+
+Keys: the encoder's at top level in timm naming (``cls_token``, ``pos_embed``, ``patch_embed.*``, ``blocks.N.*``,
+``norm.*``), then ``mask_token``, ``decoder_embed``, ``decoder_pos_embed``, ``decoder_blocks.N.*``, ``decoder_norm``,
+``decoder_pred``. Position embeddings of encoder and decoder are fixed 2-D sin-cos tables kept as frozen parameters
+(as in MAE, so they are part of the checkpoint). Masking, unshuffling and the loss go through ``maws_scale.kernels``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from maws_scale import kernels
+from maws_scale.models.layers import layer_norm, make_blocks, sincos_pos_embed_2d
+from maws_scale.models.vit import VisionTransformer, init_module
+
+
+def random_masking(
+    batch: int, length: int, mask_ratio: float, generator: torch.Generator | None = None, device=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample random masking by argsort of uniform noise (MAE ``random_masking``).
+
+    Returns ``keep_ids`` (B, L_keep), ``restore_ids`` (B, L) and ``mask`` (B, L; 1 = masked, 0 = kept), with
+    ``L_keep = int(L * (1 - mask_ratio))``. Noise comes from ``generator`` (on its own device) or the global RNG.
+    """
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mae.mask_ratio must be in [0, 1), got {mask_ratio}")
+    keep = int(length * (1 - mask_ratio))
+    noise_device = generator.device if generator is not None else device
+    noise = torch.rand(batch, length, generator=generator, device=noise_device).to(device)
+    shuffle_ids = torch.argsort(noise, dim=1)  # ascending: small noise is kept
+    restore_ids = torch.argsort(shuffle_ids, dim=1)
+    keep_ids = shuffle_ids[:, :keep]
+    mask = torch.ones(batch, length, device=device)
+    mask[:, :keep] = 0
+    mask = torch.gather(mask, 1, restore_ids)
+    return keep_ids, restore_ids, mask
+
+
+class MaskedAutoencoder(VisionTransformer):
+    """MAE: the ViT encoder sees the visible patches (+ class token); a light decoder reconstructs all patches.
+
+    ``forward(imgs, mask_ratio=None, generator=None) -> (loss, pred, mask)``: loss is the (norm-pix) MSE over masked
+    patches only, pred (B, L, p²·C), mask (B, L) with 1 = masked.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+        norm_pix_eps: float = 1e-6,
+        kernels_impl: str = "auto",
+        **encoder_kwargs,
+    ) -> None:
+        encoder_kwargs.pop("num_classes", None)
+        super().__init__(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            num_classes=0,
+            **encoder_kwargs,
+        )
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mae.mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.norm_pix_eps = norm_pix_eps
+        self.kernels_impl = kernels_impl
+        self.decoder_embed_dim = decoder_embed_dim
+        self.decoder_depth = decoder_depth
+        self.decoder_num_heads = decoder_num_heads
+        self.pos_embed.requires_grad_(False)  # fixed sin-cos, as in MAE
+
+        block_args = {k: encoder_kwargs[k] for k in ("qkv_bias", "qk_norm", "norm_bias") if k in encoder_kwargs}
+        norm_bias = encoder_kwargs.get("norm_bias", True)
+        num_patches = self.patch_embed.num_patches
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, decoder_embed_dim), requires_grad=False)
+        self.decoder_blocks = make_blocks(
+            decoder_depth,
+            decoder_embed_dim,
+            decoder_num_heads,
+            mlp_ratio,
+            parallel=encoder_kwargs.get("parallel_block", False),
+            backend=encoder_kwargs.get("attention", "auto"),
+            **block_args,
+        )
+        self.decoder_norm = layer_norm(decoder_embed_dim, norm_bias)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """MAE init: sin-cos position tables, xavier-uniform linears, normal(0.02) class and mask tokens."""
+        if not hasattr(self, "decoder_pred"):  # called by the encoder's constructor; run once everything exists
+            return
+        grid = self.patch_embed.grid_size
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dim, grid).unsqueeze(0))
+            self.decoder_pos_embed.copy_(sincos_pos_embed_2d(self.decoder_embed_dim, grid).unsqueeze(0))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(_init_mae_module)
+
+    # ----- forward ----------------------------------------------------------------------------------------------
+    def forward_encoder(
+        self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode the visible patches: → tokens (B, 1+L_keep, D) after the final norm, mask (B, L), restore_ids."""
+        x = self.patch_embed(imgs)
+        keep_ids, restore_ids, mask = random_masking(x.shape[0], x.shape[1], mask_ratio, generator, x.device)
+        x = kernels.gather_visible(x, self.pos_embed[0, 1:], keep_ids, impl=self.kernels_impl)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        return self.norm(self.run_blocks(x)), mask, restore_ids
+
+    def forward_decoder(self, tokens: torch.Tensor, restore_ids: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens (B, 1+L_keep, D) → per-patch pixel predictions (B, L, p²·C)."""
+        x = self.decoder_embed(tokens)
+        patches = kernels.unshuffle_with_mask_tokens(
+            x[:, 1:], self.mask_token.reshape(-1), restore_ids, self.decoder_pos_embed[0, 1:], impl=self.kernels_impl
+        )
+        x = torch.cat([x[:, :1] + self.decoder_pos_embed[:, :1], patches], dim=1)
+        x = self.decoder_norm(self.run_blocks(x, self.decoder_blocks))
+        return self.decoder_pred(x)[:, 1:]
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(Norm-pix) MSE over masked patches only, fp32."""
+        return kernels.norm_pix_masked_mse(
+            imgs,
+            pred,
+            mask,
+            self.patch_size,
+            norm_pix=self.norm_pix_loss,
+            eps=self.norm_pix_eps,
+            impl=self.kernels_impl,
+        )
+
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """→ (loss, pred (B, L, p²·C), mask (B, L), 1 = masked)."""
+        if imgs.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f"input is {tuple(imgs.shape[-2:])} px but model.img_size={self.img_size}")
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        tokens, mask, restore_ids = self.forward_encoder(imgs, ratio, generator)
+        pred = self.forward_decoder(tokens, restore_ids)
+        return self.forward_loss(imgs, pred, mask), pred, mask
+
+    def no_weight_decay(self) -> set[str]:
+        """Embeddings and tokens of encoder and decoder."""
+        return super().no_weight_decay() | {"mask_token", "decoder_pos_embed"}
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The encoder's tensors only (timm naming), decoder and mask token dropped."""
+        return {k: v for k, v in self.state_dict().items() if not is_decoder_key(k)}
+
+
+DECODER_PREFIXES = ("decoder_", "mask_token")
+
+
+def is_decoder_key(key: str) -> bool:
+    """True for MAE-decoder keys (``decoder_*``, ``mask_token``)."""
+    return key.startswith(DECODER_PREFIXES)
+
+
+def _init_mae_module(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    else:
+        init_module(module)

@@ -1,0 +1,143 @@
+"""`maws-scale data build|verify|vocab`: build Arrow shards, check them, and build the hashtag vocabulary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+SOURCES = ("folder", "jsonl", "webdataset", "fashion-mnist")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="build, verify and index Arrow data sets")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    build = actions.add_parser("build", help="build Arrow IPC shards + manifest.json (parallel, resumable)")
+    build.add_argument("--source", choices=SOURCES, required=True)
+    build.add_argument("--input", required=True, help="image folder, JSONL file, tar file/folder, or idx folder")
+    build.add_argument("--output", required=True, help="dataset directory to create (or resume)")
+    build.add_argument("--tags", help="folder source: TSV file 'relative/path<TAB>tag1,tag2' instead of class folders")
+    build.add_argument("--shard-size", default="512MB", help="target bytes per shard, e.g. 256MB, 1GiB (512MB)")
+    build.add_argument("--workers", type=int, default=1, help="parallel builder processes")
+    build.add_argument("--split", choices=["train", "test"], default="train", help="fashion-mnist split")
+    build.add_argument("--variant", choices=["mosaic", "single"], default="mosaic", help="fashion-mnist variant")
+    build.add_argument("--noise", type=float, default=0.0, help="fashion-mnist: fraction of records with noisy tags")
+    build.add_argument("--limit", type=int, help="fashion-mnist: number of records (default: the split's size)")
+    build.add_argument("--seed", type=int, default=0, help="fashion-mnist: seed of tiles and noise")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(func=_build)
+
+    verify = actions.add_parser("verify", help="re-read every shard: checksums, schema, every image decoded")
+    verify.add_argument("dir", help="dataset directory (holds manifest.json)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--workers", type=int, default=1)
+    verify.add_argument("--no-decode", action="store_true", help="skip decoding images (checksums and schema only)")
+    verify.set_defaults(func=_verify)
+
+    vocab = actions.add_parser("vocab", help="count tags and write vocab.json (min count and/or top K)")
+    vocab.add_argument("dir", help="dataset directory")
+    vocab.add_argument("--min-count", type=int, help="keep tags seen in at least M records")
+    vocab.add_argument("--top", type=int, help="keep the K most frequent tags")
+    vocab.add_argument("--output", help="where to write (default DIR/vocab.json)")
+    vocab.set_defaults(func=_vocab)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)]
+    )
+
+
+def _source(args: argparse.Namespace):
+    from maws_scale.data import sources
+    from maws_scale.data.fashion_mnist import FashionMNISTSource
+
+    if args.source == "fashion-mnist":
+        return FashionMNISTSource(args.input, args.split, args.variant, args.noise, args.limit, args.seed)
+    if args.source == "folder":
+        return sources.FolderSource(args.input, args.tags)
+    if args.source == "jsonl":
+        return sources.JsonlSource(args.input)
+    return sources.WebDatasetSource(args.input)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from maws_scale.data.build import build_dataset, parse_size
+    from maws_scale.data.shards import DatasetError
+
+    _logging()
+    err = Console(stderr=True)
+    try:
+        source = _source(args)
+        manifest = build_dataset(source, args.output, parse_size(args.shard_size), args.workers, not args.quiet)
+    except (ValueError, DatasetError) as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 1
+    skipped = manifest.build.get("skipped", {})
+    err.print(
+        f"[green]built[/] {args.output}: {manifest.records} records in {len(manifest.shards)} shards, "
+        f"{manifest.bytes / 1e6:.1f} MB" + (f", skipped {skipped}" if skipped else ""),
+        highlight=False,
+    )
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from maws_scale.data.shards import DatasetError
+    from maws_scale.data.verify import verify_dataset
+
+    try:
+        report = verify_dataset(args.dir, workers=args.workers, decode=not args.no_decode)
+    except DatasetError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        return 1
+    if args.json:
+        json.dump(report, sys.stdout, indent=1)
+        print()
+    else:
+        table = Table(title=f"verify {args.dir}")
+        for col in ("shard", "records", "bytes", "bad records", "problem"):
+            table.add_column(col)
+        for shard in report["per_shard"]:
+            table.add_row(
+                shard["file"],
+                str(shard["records"]),
+                str(shard["bytes"]),
+                ", ".join(f"{k}={v}" for k, v in shard["bad"].items()) or "0",
+                shard["problem"] or "",
+            )
+        console = Console()
+        console.print(table)
+        console.print(
+            f"{'OK' if report['ok'] else 'FAILED'}: {report['records']} records, {report['bytes']} bytes, "
+            f"bad records {report['bad_records'] or 0}",
+            highlight=False,
+        )
+        for example in report["examples"]:
+            console.print(f"  bad: {example}", highlight=False)
+    return 0 if report["ok"] else 1
+
+
+def _vocab(args: argparse.Namespace) -> int:
+    from maws_scale.data.labels import build_vocab
+    from maws_scale.data.shards import DatasetError
+
+    err = Console(stderr=True)
+    try:
+        vocab, stats = build_vocab(args.dir, args.min_count, args.top, args.output)
+    except (ValueError, DatasetError) as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 1
+    shown = ", ".join(f"{t}:{c}" for t, c in zip(vocab.tags[:10], vocab.counts[:10]))
+    err.print(
+        f"[green]vocab[/] {len(vocab)} tags (of {stats['tags_seen']} seen) over {stats['records']} records; "
+        f"{stats['records_without_known_tag']} records have no known tag (skipped for WSP). Top: {shown}",
+        highlight=False,
+    )
+    return 0

@@ -1,0 +1,178 @@
+"""Decode + augment: the MAE recipe (RandomResizedCrop(0.2–1.0, bicubic) + horizontal flip), uint8 out.
+
+Randomness is a counter-based hash of (seed, global sample position), computed for a whole batch at once, so a
+resumed run draws exactly the crops it would have drawn. JPEGs decode through PIL's ``draft()`` (libjpeg DCT
+scaling): when the crop is at least 2× the output side, the decoder reduces by 2/4/8 while decoding. Images leave
+here as uint8 (B, 3, H, W); :func:`normalize_on_device` turns them into normalised floats on the accelerator.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RATIO = (3 / 4, 4 / 3)
+ATTEMPTS = 10
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK
+    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK
+    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK
+    return x ^ (x >> np.uint64(31))
+
+
+def uniforms(seed: int, positions: np.ndarray, count: int) -> np.ndarray:
+    """float64 (B, count) uniforms in [0, 1), a pure function of (seed, position, column)."""
+    with np.errstate(over="ignore"):
+        base = _splitmix(np.full(1, seed & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64))
+        pos = _splitmix(np.asarray(positions, dtype=np.int64).astype(np.uint64) ^ base)
+        cols = np.arange(count, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03)
+        bits = _splitmix(pos[:, None] ^ cols[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def random_resized_crop_params(
+    sizes: np.ndarray, u: np.ndarray, scale: tuple[float, float], ratio: tuple[float, float] = RATIO
+) -> np.ndarray:
+    """Crop boxes (B, 4) = (left, top, width, height) for image sizes (B, 2) = (width, height), torchvision's
+    RandomResizedCrop rule (10 attempts, then a centre crop clamped to ``ratio``), vectorised over the batch.
+    ``u`` holds at least 4 × ATTEMPTS uniforms per sample."""
+    width = sizes[:, 0:1].astype(np.float64)
+    height = sizes[:, 1:2].astype(np.float64)
+    u = u[:, : 4 * ATTEMPTS].reshape(len(sizes), ATTEMPTS, 4)
+    area = width * height * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = np.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w = np.round(np.sqrt(area * aspect))
+    h = np.round(np.sqrt(area / aspect))
+    valid = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    first = np.argmax(valid, axis=1)
+    rows = np.arange(len(sizes))
+    w, h = w[rows, first], h[rows, first]
+    left = np.floor(u[rows, first, 2] * (width[:, 0] - w + 1))
+    top = np.floor(u[rows, first, 3] * (height[:, 0] - h + 1))
+    # fallback: whole image, clamped to the ratio range, centred
+    fw, fh = width[:, 0].copy(), height[:, 0].copy()
+    in_ratio = fw / fh
+    narrow, wide = in_ratio < ratio[0], in_ratio > ratio[1]
+    fh[narrow] = np.round(fw[narrow] / ratio[0])
+    fw[wide] = np.round(fh[wide] * ratio[1])
+    ok = valid.any(axis=1)
+    boxes = np.where(
+        ok[:, None],
+        np.stack([left, top, w, h], axis=1),
+        np.stack([(width[:, 0] - fw) // 2, (height[:, 0] - fh) // 2, fw, fh], axis=1),
+    )
+    return boxes
+
+
+def center_params(sizes: np.ndarray) -> np.ndarray:
+    """Centre square boxes (B, 4): resize-shorter-side-then-centre-crop as one crop+resize."""
+    side = sizes.min(axis=1).astype(np.float64)
+    return np.stack([(sizes[:, 0] - side) // 2, (sizes[:, 1] - side) // 2, side, side], axis=1)
+
+
+def decode_into(image: Image.Image, box: Sequence[float], out: np.ndarray, draft: bool = True) -> None:
+    """Crop ``box`` (left, top, width, height in original pixels) from an opened image, resize bicubic to
+    ``out``'s (3, H, W) shape and write it there; grayscale and palette images become RGB."""
+    side = out.shape[1]
+    full_w, full_h = image.size
+    left, top, w, h = (float(v) for v in box)
+    if draft and image.format == "JPEG":
+        factor = min(w, h) / side
+        reduce = 1 << min(3, math.floor(math.log2(factor))) if factor >= 2 else 1
+        if reduce > 1:
+            image.draft(image.mode if image.mode in ("L", "RGB") else "RGB", (full_w // reduce, full_h // reduce))
+    sx, sy = full_w / image.size[0], full_h / image.size[1]
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    crop_box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
+    pixels = np.asarray(image.resize((out.shape[2], side), Image.Resampling.BICUBIC, box=crop_box))
+    if pixels.ndim == 2:
+        out[:] = pixels[None]
+    else:
+        out[:] = pixels.transpose(2, 0, 1)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Open encoded bytes lazily (header only); raises on unidentifiable data."""
+    return Image.open(io.BytesIO(data))
+
+
+def error_reason(err: BaseException) -> str:
+    text = str(err).lower()
+    if "truncat" in text or "premature end" in text:
+        return "truncated_image"
+    return "corrupt_image"
+
+
+def decode_batch(
+    images: Sequence[bytes | None],
+    positions: np.ndarray,
+    seed: int,
+    size: int,
+    train: bool,
+    scale: tuple[float, float] = (0.2, 1.0),
+    hflip: bool = True,
+    draft: bool = True,
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """Decode and augment a batch; return (uint8 (B, 3, size, size), ok mask (B,), failure reason per sample)."""
+    n = len(images)
+    batch = np.zeros((n, 3, size, size), dtype=np.uint8)
+    ok = np.zeros(n, dtype=bool)
+    reasons: list[str | None] = [None] * n
+    opened: list[Image.Image | None] = [None] * n
+    sizes = np.ones((n, 2), dtype=np.int64)
+    for i, data in enumerate(images):
+        if not data:
+            reasons[i] = "empty_image"
+            continue
+        try:
+            opened[i] = open_image(data)
+            sizes[i] = opened[i].size
+        except Exception as err:  # PIL raises many types on hostile input; each one is counted by the caller
+            reasons[i] = error_reason(err)
+    if train:
+        u = uniforms(seed, positions, 4 * ATTEMPTS + 1)
+        boxes = random_resized_crop_params(sizes, u, scale)
+        flips = (u[:, -1] < 0.5) if hflip else np.zeros(n, dtype=bool)
+    else:
+        boxes = center_params(sizes)
+        flips = np.zeros(n, dtype=bool)
+    for i, image in enumerate(opened):
+        if image is None:
+            continue
+        try:
+            decode_into(image, boxes[i], batch[i], draft=draft)
+            ok[i] = True
+        except Exception as err:
+            reasons[i] = error_reason(err)
+    flips &= ok
+    if flips.any():
+        batch[flips] = batch[flips][..., ::-1]
+    return batch, ok, reasons
+
+
+def normalize_on_device(
+    images: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """uint8 (B, 3, H, W) → ``dtype`` (x / 255 - mean) / std, computed on ``images``' device."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != len(mean):
+        raise ValueError(f"expected uint8 (B, {len(mean)}, H, W) images, got {images.dtype} {tuple(images.shape)}")
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device, dtype=torch.float32)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=images.device, dtype=torch.float32)
+    out = images.to(torch.float32).mul_(scale.view(1, -1, 1, 1)).sub_(shift.view(1, -1, 1, 1))
+    return out.to(dtype)

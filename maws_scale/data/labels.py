@@ -1,0 +1,137 @@
+"""Hashtag vocabulary: count tags over a data set (streaming), keep the frequent ones, map tags to soft targets.
+
+``vocab.json`` holds ``{"tags": [...], "counts": [...], "min_count": m, "top_k": k, "records": n,
+"records_without_known_tag": z, "dataset": fingerprint}``. Class ids are positions in ``tags`` (most frequent
+first, ties broken alphabetically). A record's WSP target gives each of its *distinct* known tags 1/n; records
+with no known tag are skipped for WSP (and kept for MAE).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from maws_scale.data.shards import DatasetError, load_manifest, open_shard, write_json_atomic
+
+VOCAB = "vocab.json"
+
+
+@dataclass
+class Vocabulary:
+    tags: list[str]
+    counts: list[int]
+
+    def __post_init__(self) -> None:
+        self._value_set = pa.array(self.tags, type=pa.string())
+        self.index = {tag: i for i, tag in enumerate(self.tags)}
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    def ids(self, tags: pa.ListArray | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, class id) pairs of every known tag in a list<string> column; batch-level, no Python loop."""
+        if isinstance(tags, pa.ChunkedArray):
+            tags = tags.combine_chunks()
+        tags = tags.fill_null(pa.scalar([], type=tags.type)) if tags.null_count else tags
+        rows = pc.list_parent_indices(tags).to_numpy(zero_copy_only=False)
+        ids = pc.index_in(pc.list_flatten(tags), value_set=self._value_set)
+        known = ids.is_valid().to_numpy(zero_copy_only=False)
+        return rows[known].astype(np.int64), ids.to_numpy(zero_copy_only=False)[known].astype(np.int64)
+
+    def soft_targets(self, tags: pa.ListArray | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 (B, K) soft multi-hot targets, bool (B,) has-a-known-tag) for a list<string> column."""
+        n = len(tags)
+        rows, ids = self.ids(tags)
+        hot = np.zeros((n, len(self)), dtype=np.float32)
+        hot[rows, ids] = 1.0  # repeated tags count once
+        per_row = hot.sum(axis=1)
+        known = per_row > 0
+        hot[known] /= per_row[known, None]
+        return hot, known
+
+    def multi_hot(self, tags: pa.ListArray | pa.ChunkedArray) -> np.ndarray:
+        """float32 (B, K) 0/1 multi-hot (e.g. clean labels for evaluation)."""
+        rows, ids = self.ids(tags)
+        hot = np.zeros((len(tags), len(self)), dtype=np.float32)
+        hot[rows, ids] = 1.0
+        return hot
+
+    def save(self, path: str | os.PathLike, **extra: object) -> None:
+        write_json_atomic(path, {"tags": self.tags, "counts": self.counts, **extra})
+
+
+def load_vocab(path: str | os.PathLike) -> Vocabulary:
+    """Read a vocab.json; raise DatasetError naming the file (and the command that builds it) if missing or bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: vocabulary not found; build it with `maws-scale data vocab {path.parent} --min-count 1` "
+            "(or set wsp.vocab)"
+        )
+    try:
+        raw = json.loads(path.read_text())
+        tags = [str(t) for t in raw["tags"]]
+        counts = [int(c) for c in raw.get("counts", [0] * len(tags))]
+    except (ValueError, KeyError, TypeError) as err:
+        raise DatasetError(f"{path}: malformed vocabulary ({type(err).__name__}: {err})") from None
+    if len(set(tags)) != len(tags):
+        raise DatasetError(f"{path}: duplicate tags in the vocabulary")
+    return Vocabulary(tags, counts)
+
+
+def count_tags(directory: str | os.PathLike) -> tuple[Counter, int]:
+    """Count tags over every shard of a data set, one record batch at a time; return (counts, records)."""
+    manifest = load_manifest(directory)
+    counts: Counter = Counter()
+    records = 0
+    for shard in manifest.shards:
+        table = open_shard(Path(directory) / shard.file)
+        if "tags" not in table.column_names:
+            raise DatasetError(f"{Path(directory) / shard.file}: no 'tags' column")
+        for chunk in table["tags"].chunks:
+            records += len(chunk)
+            flat = pc.list_flatten(chunk)
+            # count each tag once per record, as the targets do
+            pairs = pa.table({"row": pc.list_parent_indices(chunk), "tag": flat})
+            unique = pairs.group_by(["row", "tag"]).aggregate([])
+            for item in pc.value_counts(unique["tag"]).to_pylist():
+                if item["values"] is not None:
+                    counts[item["values"]] += item["counts"]
+    return counts, records
+
+
+def build_vocab(
+    directory: str | os.PathLike,
+    min_count: int | None = None,
+    top_k: int | None = None,
+    output: str | os.PathLike | None = None,
+) -> tuple[Vocabulary, dict[str, int]]:
+    """Keep tags with count >= min_count and/or the top_k most frequent; write vocab.json; return (vocab, stats)."""
+    if min_count is None and top_k is None:
+        raise ValueError("give --min-count M or --top K")
+    counts, records = count_tags(directory)
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if min_count is not None:
+        ranked = [(t, c) for t, c in ranked if c >= min_count]
+    if top_k is not None:
+        ranked = ranked[:top_k]
+    if not ranked:
+        raise DatasetError(f"{directory}: no tag passes min_count={min_count} top_k={top_k} ({len(counts)} tags seen)")
+    vocab = Vocabulary([t for t, _ in ranked], [c for _, c in ranked])
+    without = 0
+    manifest = load_manifest(directory)
+    for shard in manifest.shards:
+        for chunk in open_shard(Path(directory) / shard.file)["tags"].chunks:
+            rows, _ = vocab.ids(chunk)
+            without += len(chunk) - len(np.unique(rows))
+    stats = {"records": records, "records_without_known_tag": without, "tags_seen": len(counts)}
+    target = Path(output) if output else Path(directory) / VOCAB
+    vocab.save(target, min_count=min_count, top_k=top_k, dataset=manifest.fingerprint(), **stats)
+    return vocab, stats

@@ -1,0 +1,328 @@
+"""Streaming, resumable, elastic loader over Arrow shards.
+
+Work split: positions come from :class:`~maws_scale.data.order.GlobalOrder`. Starting at the resume offset ``o``,
+rank ``r`` of ``W`` owns positions ``o + r + W·q`` (q = 0, 1, …); its micro-batch ``i`` is q ∈ [iB, (i+1)B), and
+DataLoader worker ``j`` of ``J`` builds micro-batches i ≡ j (mod J), which the DataLoader hands out round-robin,
+i.e. in order. After every rank has consumed micro-batch ``i`` the trainer has consumed ``o + (i+1)·W·B`` global
+positions: that single number is the loader state, so a run resumes exactly — on any number of ranks or workers.
+
+Bad data never stops the stream: an unreadable, checksum-mismatched or wrongly typed shard, a corrupt image, an
+empty key, or (for WSP) a record without a known tag is dropped, counted by reason and logged with shard and key.
+Training batches keep their shape by repeating valid samples of the same batch; eval batches just shrink. Counts
+travel back from worker processes with every batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from maws_scale.data.decode import decode_batch
+from maws_scale.data.labels import Vocabulary
+from maws_scale.data.order import GlobalOrder
+from maws_scale.data.shards import DatasetError, Manifest, check_schema, open_shard, sha256_file
+
+log = logging.getLogger("maws_scale.data")
+STATE_VERSION = 1
+
+
+@dataclass
+class StreamSpec:
+    """Everything a worker needs to produce its batches (picklable)."""
+
+    root: str
+    manifest: Manifest
+    order: GlobalOrder
+    rank: int
+    world_size: int
+    micro_batch: int
+    img_size: int
+    train: bool
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    vocab: Vocabulary | None = None
+    want_targets: bool = False
+    want_labels: bool = False
+    verify_checksums: bool = False
+    pad: bool = True
+
+
+class _Shards:
+    """Per-process cache of opened (memory-mapped) shards; a bad shard is remembered with its reason."""
+
+    def __init__(self, spec: StreamSpec, keep: int = 16):
+        self.spec = spec
+        self.keep = keep
+        self.tables: dict[int, pa.Table | str] = {}
+
+    def get(self, index: int) -> pa.Table | str:
+        if index in self.tables:
+            return self.tables[index]
+        info = self.spec.manifest.shards[index]
+        path = Path(self.spec.root) / info.file
+        result: pa.Table | str
+        try:
+            size = path.stat().st_size
+            if size != info.bytes:
+                raise _ShardProblem("checksum_mismatch", f"size {size} != manifest {info.bytes}")
+            if self.spec.verify_checksums and sha256_file(path) != info.sha256:
+                raise _ShardProblem("checksum_mismatch", "sha256 differs from the manifest")
+            table = open_shard(path)
+            if table.num_rows != info.records:
+                raise _ShardProblem("bad_shard", f"{table.num_rows} rows, manifest says {info.records}")
+            result = check_schema(table, str(path))
+        except _ShardProblem as problem:
+            log.error("skipping shard %s: %s (%s)", path, problem.detail, problem.reason)
+            result = problem.reason
+        except FileNotFoundError:
+            log.error("skipping shard %s: file missing (unreadable_shard)", path)
+            result = "unreadable_shard"
+        except DatasetError as err:
+            reason = "bad_schema" if "column" in str(err) else "unreadable_shard"
+            log.error("skipping shard %s: %s (%s)", path, err, reason)
+            result = reason
+        if len(self.tables) >= self.keep:
+            self.tables.pop(next(iter(self.tables)))
+        self.tables[index] = result
+        return result
+
+
+class _ShardProblem(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+class ShardStream(IterableDataset):
+    """Yields ready micro-batches (dicts) for one rank from global position ``start`` to ``end`` (None: endless)."""
+
+    def __init__(self, spec: StreamSpec, start: int = 0, end: int | None = None):
+        super().__init__()
+        self.spec, self.start, self.end = spec, start, end
+
+    def num_batches(self) -> int | None:
+        """Micro-batches this rank gets before ``end`` (None when endless)."""
+        if self.end is None:
+            return None
+        spec = self.spec
+        mine = max(0, -(-(self.end - self.start - spec.rank) // spec.world_size))
+        return -(-mine // spec.micro_batch)
+
+    def positions(self, batch: int) -> np.ndarray:
+        spec = self.spec
+        q = np.arange(batch * spec.micro_batch, (batch + 1) * spec.micro_batch, dtype=np.int64)
+        positions = self.start + spec.rank + spec.world_size * q
+        return positions if self.end is None else positions[positions < self.end]
+
+    def consumed_after(self, batch: int) -> int:
+        done = self.start + (batch + 1) * self.spec.world_size * self.spec.micro_batch
+        return done if self.end is None else min(done, self.end)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        shards = _Shards(self.spec)
+        total = self.num_batches()
+        batch = worker
+        while total is None or batch < total:
+            yield self.make_batch(batch, shards)
+            batch += workers
+
+    def make_batch(self, batch: int, shards: _Shards) -> dict[str, Any]:
+        """Read, check, decode and collate rank micro-batch ``batch``."""
+        spec = self.spec
+        positions = self.positions(batch)
+        errors: Counter = Counter()
+        rows = _gather(spec, shards, positions, errors)
+        n = len(positions)
+        keys = rows["key"]
+        images, ok, reasons = decode_batch(
+            rows["image"], positions, spec.order.seed, spec.img_size, spec.train, spec.crop_scale, spec.hflip
+        )
+        ok &= rows["ok"]
+        for i in np.flatnonzero(~ok):
+            reason = rows["reason"][i] or reasons[i] or "bad_record"
+            errors[reason] += 1
+            if rows["reason"][i] is None:  # shard-level problems are logged once, by _Shards
+                log.warning("skipping record %r of %s: %s", keys[i], rows["shard"][i], reason)
+        out: dict[str, Any] = {}
+        if spec.want_targets and spec.vocab is not None:
+            targets, known = spec.vocab.soft_targets(rows["tags"])
+            if (untagged := int((ok & ~known).sum())) > 0:
+                errors["no_known_tag"] += untagged
+                log.debug("%d records without a known tag skipped for WSP", untagged)
+            ok &= known
+            out["targets"] = targets
+        if spec.want_labels:
+            out["labels"] = rows["label"]
+        if rows.get("clean_tags") is not None and spec.vocab is not None:
+            out["clean_targets"] = spec.vocab.multi_hot(rows["clean_tags"])
+        keep = _keep_index(ok, n, spec.pad)
+        result: dict[str, Any] = {"_end": self.consumed_after(batch), "_errors": dict(errors), "_batch": batch}
+        if keep.size == 0:
+            result["_empty"] = True
+            return result
+        result["images"] = torch.from_numpy(images[keep])
+        result["keys"] = [keys[i] for i in keep]
+        for name, value in out.items():
+            result[name] = torch.from_numpy(np.ascontiguousarray(value[keep]))
+        return result
+
+
+def _keep_index(ok: np.ndarray, n: int, pad: bool) -> np.ndarray:
+    """Indices of the samples to emit: the valid ones, cycled to fill ``n`` slots when padding."""
+    valid = np.flatnonzero(ok)
+    if not pad or valid.size in (0, n):
+        return valid
+    return np.concatenate([valid, valid[np.arange(n - valid.size) % valid.size]])
+
+
+def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray, errors: Counter) -> dict[str, Any]:
+    """Fetch the records at ``positions`` (batch-level ``take`` per shard); mark what cannot be used."""
+    n = len(positions)
+    shard_ids, row_ids = spec.order.locate(positions)
+    out: dict[str, Any] = {
+        "key": [f"<position {p}>" for p in positions.tolist()],
+        "image": [None] * n,
+        "ok": np.zeros(n, dtype=bool),
+        "reason": [None] * n,
+        "shard": [spec.manifest.shards[s].file for s in shard_ids.tolist()],
+        "label": np.full(n, -1, dtype=np.int64),
+    }
+    tag_type = pa.list_(pa.string())
+    tag_parts: list[tuple[np.ndarray, pa.Array]] = []
+    clean_parts: list[tuple[np.ndarray, pa.Array]] = []
+    for shard in np.unique(shard_ids):
+        where = np.flatnonzero(shard_ids == shard)
+        table = shards.get(int(shard))
+        if isinstance(table, str):
+            for i in where:
+                out["reason"][i] = table
+            continue
+        taken = table.take(pa.array(row_ids[where]))
+        keys = taken["key"].to_pylist()
+        images = taken["image"].to_pylist()
+        for i, key, image in zip(where, keys, images):
+            if key:
+                out["key"][i] = key
+            out["image"][i] = image
+            out["ok"][i] = bool(key) and bool(image)
+            if not key:
+                out["reason"][i] = "bad_record"
+                log.warning("skipping record without key at row %d of %s", row_ids[i], out["shard"][i])
+        if "label" in taken.column_names:
+            out["label"][where] = taken["label"].fill_null(-1).to_numpy()
+        tag_parts.append((where, taken["tags"].combine_chunks()))
+        if "clean_tags" in taken.column_names:
+            clean_parts.append((where, taken["clean_tags"].combine_chunks()))
+    out["tags"] = _reassemble(tag_parts, n, tag_type)
+    out["clean_tags"] = _reassemble(clean_parts, n, tag_type) if clean_parts else None
+    return out
+
+
+def _reassemble(parts: list[tuple[np.ndarray, pa.Array]], n: int, type_: pa.DataType) -> pa.Array:
+    """Put per-shard list arrays back in batch order; rows of unusable shards become empty lists."""
+    covered = np.concatenate([w for w, _ in parts]) if parts else np.zeros(0, dtype=np.int64)
+    missing = np.setdiff1d(np.arange(n), covered)
+    arrays = [a.cast(type_) for _, a in parts]
+    if missing.size:
+        arrays.append(pa.array([[]] * missing.size, type=type_))
+    order = np.concatenate([covered, missing])
+    merged = pa.concat_arrays(arrays) if arrays else pa.array([], type=type_)
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.arange(n)
+    return merged.take(pa.array(inverse))
+
+
+class StreamLoader:
+    """The trainer-facing loader: iterate for batches; state_dict()/load_state_dict() for exact, elastic resume."""
+
+    def __init__(self, spec: StreamSpec, num_workers: int = 0, infinite: bool = True, prefetch_factor: int = 2):
+        self.spec = spec
+        self.num_workers = num_workers
+        self.infinite = infinite
+        self.prefetch_factor = prefetch_factor
+        self.consumed = 0
+        self._errors: Counter = Counter()
+
+    # ----- the interface the trainer uses -------------------------------------------------------------------
+    @property
+    def epoch_size(self) -> int:
+        return self.spec.order.size
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.spec.vocab) if self.spec.want_targets and self.spec.vocab is not None else None
+
+    @property
+    def epoch(self) -> int:
+        return self.consumed // self.epoch_size
+
+    def error_counts(self) -> dict[str, int]:
+        return dict(self._errors)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "consumed": self.consumed,
+            "epoch": self.epoch,
+            "seed": self.spec.order.seed,
+            "epoch_size": self.epoch_size,
+            "order": self.spec.order.describe(),
+            "dataset": self.spec.manifest.fingerprint(),
+            "world_size": self.spec.world_size,
+            "micro_batch": self.spec.micro_batch,
+            "num_workers": self.num_workers,
+            "errors": dict(self._errors),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after ``state["consumed"]`` global samples (any world size, micro-batch or worker count)."""
+        mine = self.state_dict()
+        for key in ("seed", "epoch_size", "order", "dataset"):
+            if key in state and state[key] != mine[key]:
+                raise ValueError(
+                    f"loader state: '{key}' is {state[key]!r} in the saved state but {mine[key]!r} now; resuming "
+                    "would not continue the same sample order"
+                )
+        self.consumed = int(state["consumed"])
+        self._errors = Counter(state.get("errors", {}))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        start = self.consumed
+        end = None if self.infinite else (start // self.epoch_size + 1) * self.epoch_size
+        if end is not None and start >= end:
+            return
+        stream = ShardStream(self.spec, start=start, end=end)
+        kwargs: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _worker_init}
+        loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers, **kwargs)
+        for item in loader:
+            self._errors.update(item.pop("_errors"))
+            self.consumed = int(item.pop("_end"))
+            item.pop("_batch")
+            if item.pop("_empty", False):
+                continue
+            yield item
+
+    def __len__(self) -> int:
+        if self.infinite:
+            raise TypeError("an infinite loader has no length")
+        stream = ShardStream(self.spec, start=self.consumed, end=(self.epoch + 1) * self.epoch_size)
+        return int(stream.num_batches() or 0)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

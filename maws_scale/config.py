@@ -62,6 +62,7 @@ class DataConfig(_Section):
     shuffle_buffer: int = Field(2048, ge=1)
     crop_scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
+    verify_checksums: bool = Field(False, description="sha256 each shard when a loader worker opens it (slow at scale)")
     synthetic: bool = Field(False, description="random tensors instead of data (throughput benchmarks only)")
 
     @model_validator(mode="after")

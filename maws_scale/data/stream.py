@@ -174,6 +174,8 @@ class ShardStream(IterableDataset):
             return result
         result["images"] = torch.from_numpy(images[keep])
         result["keys"] = [keys[i] for i in keep]
+        # global stream positions: a DP-layout-independent id per sample (and per epoch), e.g. for MAE masks
+        result["sample_ids"] = torch.from_numpy(np.ascontiguousarray(positions[keep]))
         for name, value in out.items():
             result[name] = torch.from_numpy(np.ascontiguousarray(value[keep]))
         return result

@@ -17,18 +17,30 @@ from maws_scale.models.vit import VisionTransformer, init_module
 
 
 def random_masking(
-    batch: int, length: int, mask_ratio: float, generator: torch.Generator | None = None, device=None
+    batch: int,
+    length: int,
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    device=None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample random masking by argsort of uniform noise (MAE ``random_masking``).
 
     Returns ``keep_ids`` (B, L_keep), ``restore_ids`` (B, L) and ``mask`` (B, L; 1 = masked, 0 = kept), with
-    ``L_keep = int(L * (1 - mask_ratio))``. Noise comes from ``generator`` (on its own device) or the global RNG.
+    ``L_keep = int(L * (1 - mask_ratio))``. Noise comes from ``noise`` (B, L) when given (e.g. derived from each
+    sample's global index, so a sample's mask does not depend on the data-parallel layout), else from ``generator``
+    (on its own device) or the global RNG.
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mae.mask_ratio must be in [0, 1), got {mask_ratio}")
     keep = int(length * (1 - mask_ratio))
-    noise_device = generator.device if generator is not None else device
-    noise = torch.rand(batch, length, generator=generator, device=noise_device).to(device)
+    if noise is None:
+        noise_device = generator.device if generator is not None else device
+        noise = torch.rand(batch, length, generator=generator, device=noise_device).to(device)
+    elif noise.shape != (batch, length):
+        raise ValueError(f"noise must be (batch, patches) = {(batch, length)}, got {tuple(noise.shape)}")
+    else:
+        noise = noise.to(device)
     shuffle_ids = torch.argsort(noise, dim=1)  # ascending: small noise is kept
     restore_ids = torch.argsort(shuffle_ids, dim=1)
     keep_ids = shuffle_ids[:, :keep]
@@ -119,11 +131,15 @@ class MaskedAutoencoder(VisionTransformer):
 
     # ----- forward ----------------------------------------------------------------------------------------------
     def forward_encoder(
-        self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+        self,
+        imgs: torch.Tensor,
+        mask_ratio: float,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode the visible patches: → tokens (B, 1+L_keep, D) after the final norm, mask (B, L), restore_ids."""
         x = self.patch_embed(imgs)
-        keep_ids, restore_ids, mask = random_masking(x.shape[0], x.shape[1], mask_ratio, generator, x.device)
+        keep_ids, restore_ids, mask = random_masking(x.shape[0], x.shape[1], mask_ratio, generator, x.device, noise)
         x = kernels.gather_visible(x, self.pos_embed[0, 1:], keep_ids, impl=self.kernels_impl)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
@@ -152,13 +168,17 @@ class MaskedAutoencoder(VisionTransformer):
         )
 
     def forward(
-        self, imgs: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+        self,
+        imgs: torch.Tensor,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """→ (loss, pred (B, L, p²·C), mask (B, L), 1 = masked)."""
+        """→ (loss, pred (B, L, p²·C), mask (B, L), 1 = masked). ``noise`` (B, L): per-sample masking noise."""
         if imgs.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"input is {tuple(imgs.shape[-2:])} px but model.img_size={self.img_size}")
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        tokens, mask, restore_ids = self.forward_encoder(imgs, ratio, generator)
+        tokens, mask, restore_ids = self.forward_encoder(imgs, ratio, generator, noise)
         pred = self.forward_decoder(tokens, restore_ids)
         return self.forward_loss(imgs, pred, mask), pred, mask
 

@@ -50,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _logging() -> None:
     logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)]
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True, soft_wrap=True), show_path=False)],
     )
 
 
@@ -72,7 +74,7 @@ def _build(args: argparse.Namespace) -> int:
     from maws_scale.data.shards import DatasetError
 
     _logging()
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         source = _source(args)
         manifest = build_dataset(source, args.output, parse_size(args.shard_size), args.workers, not args.quiet)
@@ -95,7 +97,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         report = verify_dataset(args.dir, workers=args.workers, decode=not args.no_decode)
     except DatasetError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {error}", highlight=False)
         return 1
     if args.json:
         json.dump(report, sys.stdout, indent=1)
@@ -128,7 +130,7 @@ def _vocab(args: argparse.Namespace) -> int:
     from maws_scale.data.labels import build_vocab
     from maws_scale.data.shards import DatasetError
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         vocab, stats = build_vocab(args.dir, args.min_count, args.top, args.output)
     except (ValueError, DatasetError) as error:

@@ -131,6 +131,8 @@ def build_dataset(
     else:
         write_json_atomic(plan_path, {"plan": plan_id, "source": source.describe(), "shards": len(tasks)})
     (output / MANIFEST).unlink(missing_ok=True)
+    for stale in output.glob(".shard-*.tmp"):  # half-written shards of an interrupted build
+        stale.unlink()
 
     receipts: dict[int, dict[str, Any]] = {}
     for index in range(len(tasks)):

@@ -1,0 +1,79 @@
+"""`maws-scale export` and `maws-scale models`, and the generated table in docs/models.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from maws_scale.cli import main
+from maws_scale.commands.models import markdown_table, model_rows
+from maws_scale.models import build_encoder, build_mae, build_wsp
+from maws_scale.models.flops import forward_flops
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+
+
+def _fill(model):
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.data.normal_()
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_export_mae_checkpoint_to_timm_encoder(tmp_path, fmt, timm_naming):
+    _, timm_vit_keys, _ = timm_naming
+    mae = _fill(build_mae("vit_micro_p4"))
+    src = tmp_path / "mae.pt"
+    torch.save({"module": {f"module.{k}": v for k, v in mae.state_dict().items()}}, src)
+    out = tmp_path / f"enc.{fmt}"
+    assert main(["export", str(src), "--out", str(out), "--model", "vit_micro_p4"]) == 0
+    state = load_file(out) if fmt == "safetensors" else torch.load(out, weights_only=True)
+    shapes = sorted((k, tuple(v.shape)) for k, v in state.items())  # safetensors stores keys sorted
+    assert shapes == sorted(timm_vit_keys(32, 2, 4, 16, 128))
+    for key, value in state.items():
+        assert torch.equal(value, mae.state_dict()[key])
+    build_encoder("vit_micro_p4").load_state_dict(state)  # strict
+
+
+def test_export_with_and_without_head(tmp_path):
+    wsp = _fill(build_wsp("vit_micro_p4", 6))
+    src = tmp_path / "wsp.pt"
+    torch.save(wsp.state_dict(), src)
+    full, enc = tmp_path / "full.safetensors", tmp_path / "enc.pt"
+    assert main(["export", str(src), "--out", str(full)]) == 0  # format from the suffix
+    assert main(["export", str(src), "--out", str(enc), "--format", "pt", "--encoder-only"]) == 0
+    with_head = load_file(full)
+    assert with_head["head.weight"].shape == (6, 32)
+    assert not any(k.startswith("head.") for k in torch.load(enc, weights_only=True))
+    build_wsp("vit_micro_p4", 6).load_state_dict(with_head)
+
+
+def test_export_resamples_and_refuses_mismatch(tmp_path):
+    src = tmp_path / "enc.pt"
+    torch.save(build_encoder("vit_micro_p4").state_dict(), src)
+    out = tmp_path / "enc24.pt"
+    assert main(["export", str(src), "--out", str(out), "--model", "vit_micro_p4", "--img-size", "24"]) == 0
+    assert torch.load(out, weights_only=True)["pos_embed"].shape == (1, 37, 32)
+    assert main(["export", str(src), "--out", str(tmp_path / "x.pt"), "--model", "vit_tiny_p4"]) == 1
+    assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "y.pt")]) == 1
+    assert main(["export", str(src), "--out", str(tmp_path / "z.pt"), "--img-size", "24"]) == 2
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json", "--num-classes", "500"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["vit_l16"]["params"] == sum(p.numel() for p in build_encoder("vit_l16", device="meta").parameters())
+    assert rows["vit_b16"]["wsp_step_flops"] == 3 * forward_flops("vit_b16", "wsp", num_classes=500)
+    assert rows["vit_h14"]["mae_fwd_flops"] == forward_flops("vit_h14", "mae", mask_ratio=0.75)
+    assert main(["models"]) == 0 and "vit_6.5b14" in capsys.readouterr().out
+
+
+def test_docs_table_is_the_generated_one():
+    """docs/models.md must hold exactly what `maws-scale models --markdown` prints (regenerate it if this fails)."""
+    assert markdown_table(model_rows()) in DOCS.read_text()

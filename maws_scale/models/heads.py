@@ -72,7 +72,11 @@ class AttentionPool(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.norm = layer_norm(dim, norm_bias)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        nn.init.trunc_normal_(self.latent, std=dim**-0.5)
+        self.init_latent()
+
+    def init_latent(self) -> None:
+        """timm's init of the latent query: truncated normal, std D^-0.5."""
+        nn.init.trunc_normal_(self.latent, std=self.latent.shape[-1] ** -0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape

@@ -66,7 +66,8 @@ class VisionTransformer(nn.Module):
 
     # ----- init -------------------------------------------------------------------------------------------------
     def init_weights(self) -> None:
-        """timm/MAE init: trunc-normal(0.02) linears and pos-embed, xavier patch projection, unit LayerNorms."""
+        """timm/MAE init of every parameter: trunc-normal(0.02) linears and pos-embed, xavier patch projection, unit
+        LayerNorms. Call again after materialising a meta-device model (``to_empty``)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         self.apply(init_module)
@@ -147,6 +148,8 @@ def init_module(module: nn.Module) -> None:
         weight = module.proj.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
         nn.init.zeros_(module.proj.bias)
+    elif isinstance(module, AttentionPool):
+        module.init_latent()
 
 
 __all__ = ["LN_EPS", "VisionTransformer", "init_module"]

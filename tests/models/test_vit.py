@@ -161,3 +161,36 @@ def test_unknown_option_and_pool_are_refused():
         build_encoder("vit_micro_p4", decoder_width=8)
     with pytest.raises(ValueError, match=r"model\.pool"):
         build_encoder("vit_micro_p4", pool="avg")
+
+
+@pytest.mark.parametrize("builder", ["encoder_map", "mae"])
+def test_meta_build_materialises_with_init_weights(builder):
+    """Build on meta, to_empty, init_weights(): every tensor initialised (none left NaN), constants (norms, biases,
+    sin-cos tables) equal to a direct build's, random tensors from the same distribution."""
+    from maws_scale.models import build_mae
+    from maws_scale.models.layers import sincos_pos_embed_2d
+
+    make = (lambda **kw: build_wsp("vit_micro_p4", 5, pool="map", **kw)) if builder == "encoder_map" else None
+    make = make or (lambda **kw: build_mae("vit_micro_p4", **kw))
+    model = make(device="meta").to_empty(device="cpu")
+    for p in model.parameters():
+        p.data.fill_(float("nan"))
+    model.init_weights()
+    direct = make()
+    for (name, got), (_, want) in zip(model.state_dict().items(), direct.state_dict().items()):
+        assert torch.isfinite(got).all(), name
+        if want.numel() == 1 or want.std() == 0 or (name.endswith("pos_embed") and builder == "mae"):
+            assert torch.equal(got, want), name
+        else:
+            assert 0.6 < got.std() / want.std() < 1.6, name
+    if builder == "mae":
+        torch.testing.assert_close(model.pos_embed[0], sincos_pos_embed_2d(32, 4))
+
+
+def test_dtype_argument_builds_bf16():
+    from maws_scale.models import build_mae
+
+    model = build_mae("vit_micro_p4", dtype=torch.bfloat16, attention="math")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    loss, pred, _ = model(torch.randn(2, 3, 16, 16, dtype=torch.bfloat16))
+    assert loss.dtype == torch.float32 and pred.dtype == torch.bfloat16 and torch.isfinite(loss)

@@ -137,3 +137,19 @@ def test_kernels_impl_is_forwarded(monkeypatch):
         ("unshuffle_with_mask_tokens", "torch"),
         ("norm_pix_masked_mse", "torch"),
     ]
+
+
+def test_explicit_noise_sets_each_samples_mask_independently_of_the_batch():
+    noise = torch.rand(3, 16, generator=torch.Generator().manual_seed(5))
+    keep_ids, _, mask = random_masking(3, 16, 0.75, noise=noise)
+    assert torch.equal(keep_ids, torch.argsort(noise, dim=1)[:, :4])
+    torch.manual_seed(0)
+    model = build_mae("vit_micro_p4", attention="math").eval()
+    imgs = torch.randn(3, 3, 16, 16)
+    _, pred, batch_mask = model(imgs, noise=noise)
+    assert torch.equal(batch_mask, mask)
+    _, pred_one, mask_one = model(imgs[1:2], noise=noise[1:2])  # same sample alone: same mask, same prediction
+    assert torch.equal(mask_one[0], mask[1])
+    torch.testing.assert_close(pred_one[0], pred[1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="noise"):
+        model(imgs, noise=noise[:, :8])

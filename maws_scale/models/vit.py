@@ -144,10 +144,12 @@ def init_module(module: nn.Module) -> None:
             nn.init.ones_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, PatchEmbed):
-        weight = module.proj.weight
+    elif isinstance(module, nn.Conv2d):  # the patch projection (PatchEmbed.proj), the models' only convolution
+        # touches only the module's own tensors, so DeepSpeed's zero.Init (which gathers those per module) works
+        weight = module.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-        nn.init.zeros_(module.proj.bias)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
     elif isinstance(module, AttentionPool):
         module.init_latent()
 

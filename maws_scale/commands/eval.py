@@ -1,0 +1,86 @@
+"""`maws-scale eval CHECKPOINT --config CONFIG --data DIR [--train-data DIR] [--json] [KEY=VALUE ...]`.
+
+Frozen-feature evaluation of an MAE or WSP checkpoint's encoder (pooling: ``model.pool``): linear probe, kNN
+(k = ``eval.knn_k``) and few-shot (``eval.few_shot`` shots, ``eval.seeds`` draws). ``--data`` is the labeled set
+scored on (default ``data.eval_path``); probes are fitted on ``--train-data`` (``eval.train_path``) or, without it,
+on a deterministic 80 % split of ``--data``. Metrics go to MLflow when ``tracking.enabled`` (run ``eval-<name>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from maws_scale.commands._intermixed import allow_intermixed
+from maws_scale.config import ConfigError, load_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="linear probe, kNN and few-shot accuracy of a checkpoint's frozen features",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    allow_intermixed(parser)
+    parser.add_argument("checkpoint", help="MAE or WSP checkpoint (state dict, e.g. <output_dir>/wsp/consolidated.pt)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    parser.add_argument("--config", help="run config the checkpoint was trained with (model.*); default: defaults")
+    parser.add_argument("--data", help="labeled Arrow set to score on (default data.eval_path)")
+    parser.add_argument("--train-data", help="labeled set to fit the probes on (default: split --data)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.eval_path={args.data}")
+    if args.train_data:
+        overrides.append(f"eval.train_path={args.train_data}")
+    cfg = load_config(args.config, overrides)
+    if not Path(args.checkpoint).is_file():
+        raise ConfigError(f"CHECKPOINT: {args.checkpoint} not found")
+
+    from maws_scale.eval import evaluate_checkpoint
+    from maws_scale.eval.checkpoint import CheckpointError
+
+    tracker = _tracker(cfg, args.checkpoint)
+    try:
+        metrics = evaluate_checkpoint(cfg, args.checkpoint, tracker=tracker)
+    except CheckpointError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        if tracker is not None:
+            tracker.finish("FAILED")
+        return 1
+    if tracker is not None:
+        tracker.finish()
+    if args.json:
+        print(json.dumps(metrics, indent=1, sort_keys=True))
+    else:
+        table = Table(title=f"{args.checkpoint} (pool {cfg.model.pool})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in sorted(metrics.items()):
+            table.add_row(key, f"{value:.2f}")
+        Console().print(table)
+    return 0
+
+
+def _tracker(cfg, checkpoint: str):
+    if not cfg.tracking.enabled:
+        return None
+    from maws_scale.track.mlflow import MLflowTracker, default_uri
+
+    tracker = MLflowTracker(
+        uri=cfg.tracking.uri or default_uri(cfg.output_dir),
+        experiment=cfg.tracking.experiment,
+        run_name=cfg.tracking.run_name or f"eval-{Path(checkpoint).parent.name}-{Path(checkpoint).stem}",
+        tags={"stage": "eval", "model": cfg.model.name, "checkpoint": str(checkpoint), **cfg.tracking.tags},
+    )
+    tracker.log_params({"checkpoint": str(checkpoint), "model": cfg.model.model_dump(), "eval": cfg.eval.model_dump()})
+    return tracker

@@ -2,8 +2,10 @@
 
 Randomness is a counter-based hash of (seed, global sample position), computed for a whole batch at once, so a
 resumed run draws exactly the crops it would have drawn. JPEGs decode through PIL's ``draft()`` (libjpeg DCT
-scaling): when the crop is at least 2× the output side, the decoder reduces by 2/4/8 while decoding. Images leave
-here as uint8 (B, 3, H, W); :func:`normalize_on_device` turns them into normalised floats on the accelerator.
+scaling): when the crop is at least 2× the output side, the decoder reduces by 2/4/8 while decoding. Images are
+written channels-last (B, H, W, 3), one contiguous write each; the loader hands them out as a (B, 3, H, W) view
+(torch's channels_last layout), and :func:`normalize_on_device` turns them into contiguous normalised floats on the
+accelerator.
 """
 
 from __future__ import annotations
@@ -82,10 +84,10 @@ def center_params(sizes: np.ndarray) -> np.ndarray:
     return np.stack([(sizes[:, 0] - side) // 2, (sizes[:, 1] - side) // 2, side, side], axis=1)
 
 
-def decode_into(image: Image.Image, box: Sequence[float], out: np.ndarray, draft: bool = True) -> None:
-    """Crop ``box`` (left, top, width, height in original pixels) from an opened image, resize bicubic to
-    ``out``'s (3, H, W) shape and write it there; grayscale and palette images become RGB."""
-    side = out.shape[1]
+def decode_into(image: Image.Image, box: Sequence[float], out: np.ndarray, flip: bool = False, draft: bool = True):
+    """Crop ``box`` (left, top, width, height in original pixels) from an opened image, resize it bicubic to
+    ``out``'s (H, W, 3) shape, mirror it if ``flip``, and write it there; grayscale/palette images become RGB."""
+    side = out.shape[0]
     full_w, full_h = image.size
     left, top, w, h = (float(v) for v in box)
     if draft and image.format == "JPEG":
@@ -97,11 +99,10 @@ def decode_into(image: Image.Image, box: Sequence[float], out: np.ndarray, draft
     if image.mode not in ("L", "RGB"):
         image = image.convert("RGB")
     crop_box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
-    pixels = np.asarray(image.resize((out.shape[2], side), Image.Resampling.BICUBIC, box=crop_box))
-    if pixels.ndim == 2:
-        out[:] = pixels[None]
-    else:
-        out[:] = pixels.transpose(2, 0, 1)
+    pixels = np.asarray(image.resize((out.shape[1], side), Image.Resampling.BICUBIC, box=crop_box))
+    if flip:
+        pixels = pixels[:, ::-1]
+    out[:] = pixels[..., None] if pixels.ndim == 2 else pixels
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -125,10 +126,13 @@ def decode_batch(
     scale: tuple[float, float] = (0.2, 1.0),
     hflip: bool = True,
     draft: bool = True,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-    """Decode and augment a batch; return (uint8 (B, 3, size, size), ok mask (B,), failure reason per sample)."""
+    """Decode and augment a batch into ``out`` (uint8 (B, size, size, 3), allocated when None: channels last, so
+    each image is one contiguous write); return (out, ok mask (B,), failure reason per sample). Failed rows are
+    zero."""
     n = len(images)
-    batch = np.zeros((n, 3, size, size), dtype=np.uint8)
+    batch = np.empty((n, size, size, 3), dtype=np.uint8) if out is None else out
     ok = np.zeros(n, dtype=bool)
     reasons: list[str | None] = [None] * n
     opened: list[Image.Image | None] = [None] * n
@@ -151,15 +155,14 @@ def decode_batch(
         flips = np.zeros(n, dtype=bool)
     for i, image in enumerate(opened):
         if image is None:
+            batch[i] = 0
             continue
         try:
-            decode_into(image, boxes[i], batch[i], draft=draft)
+            decode_into(image, boxes[i], batch[i], flip=bool(flips[i]), draft=draft)
             ok[i] = True
         except Exception as err:
             reasons[i] = error_reason(err)
-    flips &= ok
-    if flips.any():
-        batch[flips] = batch[flips][..., ::-1]
+            batch[i] = 0
     return batch, ok, reasons
 
 
@@ -169,10 +172,11 @@ def normalize_on_device(
     std: Sequence[float] = IMAGENET_STD,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """uint8 (B, 3, H, W) → ``dtype`` (x / 255 - mean) / std, computed on ``images``' device."""
+    """uint8 (B, 3, H, W) (any memory layout) → contiguous ``dtype`` (x / 255 - mean) / std on ``images``' device."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != len(mean):
         raise ValueError(f"expected uint8 (B, {len(mean)}, H, W) images, got {images.dtype} {tuple(images.shape)}")
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device, dtype=torch.float32)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], device=images.device, dtype=torch.float32)
-    out = images.to(torch.float32).mul_(scale.view(1, -1, 1, 1)).sub_(shift.view(1, -1, 1, 1))
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device).copy_(images)
+    out.mul_(scale.view(1, -1, 1, 1)).sub_(shift.view(1, -1, 1, 1))
     return out.to(dtype)

@@ -34,6 +34,7 @@ from maws_scale.data.shards import DatasetError, Manifest, check_schema, open_sh
 
 log = logging.getLogger("maws_scale.data")
 STATE_VERSION = 1
+SMALL_ARRAY = 1 << 16
 
 
 @dataclass
@@ -146,8 +147,20 @@ class ShardStream(IterableDataset):
         rows = _gather(spec, shards, positions, errors)
         n = len(positions)
         keys = rows["key"]
-        images, ok, reasons = decode_batch(
-            rows["image"], positions, spec.order.seed, spec.img_size, spec.train, spec.crop_scale, spec.hflip
+        # in a worker process, decode straight into shared memory: the DataLoader then sends it without a copy
+        shape = (n, spec.img_size, spec.img_size, 3)
+        buffer = torch.empty(shape, dtype=torch.uint8)
+        if get_worker_info() is not None:
+            buffer.share_memory_()
+        _, ok, reasons = decode_batch(
+            rows["image"],
+            positions,
+            spec.order.seed,
+            spec.img_size,
+            spec.train,
+            spec.crop_scale,
+            spec.hflip,
+            out=buffer.numpy(),
         )
         ok &= rows["ok"]
         for i in np.flatnonzero(~ok):
@@ -167,17 +180,20 @@ class ShardStream(IterableDataset):
             out["labels"] = rows["label"]
         if rows.get("clean_tags") is not None and spec.vocab is not None:
             out["clean_targets"] = spec.vocab.multi_hot(rows["clean_tags"])
+        # global stream positions: a DP-layout-independent id per sample (and per epoch), e.g. for MAE masks
+        out["sample_ids"] = positions
         keep = _keep_index(ok, n, spec.pad)
         result: dict[str, Any] = {"_end": self.consumed_after(batch), "_errors": dict(errors), "_batch": batch}
         if keep.size == 0:
             result["_empty"] = True
             return result
-        result["images"] = torch.from_numpy(images[keep])
+        images = buffer if keep.size == n and (keep == np.arange(n)).all() else buffer[torch.from_numpy(keep)]
+        result["images"] = images.permute(0, 3, 1, 2)  # (B, 3, H, W), channels_last memory layout
         result["keys"] = [keys[i] for i in keep]
-        # global stream positions: a DP-layout-independent id per sample (and per epoch), e.g. for MAE masks
-        result["sample_ids"] = torch.from_numpy(np.ascontiguousarray(positions[keep]))
         for name, value in out.items():
-            result[name] = torch.from_numpy(np.ascontiguousarray(value[keep]))
+            # small arrays travel pickled by value: cheaper than passing another shared-memory file descriptor
+            kept = np.ascontiguousarray(value[keep])
+            result[name] = kept if kept.nbytes <= SMALL_ARRAY else torch.from_numpy(kept)
         return result
 
 
@@ -309,13 +325,16 @@ class StreamLoader:
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
             kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _worker_init}
-        loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers, **kwargs)
+        loader = DataLoader(stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers, **kwargs)
         for item in loader:
             self._errors.update(item.pop("_errors"))
             self.consumed = int(item.pop("_end"))
             item.pop("_batch")
             if item.pop("_empty", False):
                 continue
+            for name, value in item.items():
+                if isinstance(value, np.ndarray):
+                    item[name] = torch.from_numpy(value)
             yield item
 
     def __len__(self) -> int:
@@ -323,6 +342,11 @@ class StreamLoader:
             raise TypeError("an infinite loader has no length")
         stream = ShardStream(self.spec, start=self.consumed, end=(self.epoch + 1) * self.epoch_size)
         return int(stream.num_batches() or 0)
+
+
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    """No collation (batches are built whole); unlike the default, leaves small numpy arrays as they are."""
+    return batch
 
 
 def _worker_init(_: int) -> None:

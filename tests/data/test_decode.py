@@ -82,6 +82,9 @@ def test_flip_and_crop_are_deterministic_per_position():
     b, _, _ = decode_batch(data[2:], np.arange(2, 4), 3, 32, train=True)
     assert np.array_equal(a[2:], b)
     assert not np.array_equal(a[0], a[1])
+    no_flip, _, _ = decode_batch(data, np.arange(4), 3, 32, train=True, hflip=False)
+    flipped = [i for i in range(4) if not np.array_equal(a[i], no_flip[i])]
+    assert flipped and all(np.array_equal(a[i], no_flip[i][:, ::-1]) for i in flipped)
 
 
 def test_modes_become_rgb():
@@ -90,8 +93,8 @@ def test_modes_become_rgb():
     palette = io.BytesIO()
     Image.fromarray(_photo()).convert("P").save(palette, format="PNG")
     out, ok, _ = decode_batch([gray, rgba, palette.getvalue()], np.arange(3), 0, 48, train=True)
-    assert ok.all() and out.shape == (3, 3, 48, 48)
-    assert np.array_equal(out[0, 0], out[0, 2])
+    assert ok.all() and out.shape == (3, 48, 48, 3)
+    assert np.array_equal(out[0, ..., 0], out[0, ..., 2])
 
 
 @pytest.mark.parametrize(
@@ -118,4 +121,4 @@ def test_real_photo_jpegs_decode():
     photos = photo_jpegs(6, seed=1)
     assert all(224 <= max(size) <= 512 for _, size in photos)
     out, ok, _ = decode_batch([p for p, _ in photos], np.arange(6), 0, 224, train=True)
-    assert ok.all() and out.shape == (6, 3, 224, 224) and out.std() > 10
+    assert ok.all() and out.shape == (6, 224, 224, 3) and out.std() > 10

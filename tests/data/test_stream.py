@@ -141,6 +141,8 @@ def test_normalize_on_device_matches_the_formula():
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     assert torch.allclose(out, (images.float() / 255 - mean) / std, atol=1e-6)
     assert normalize_on_device(images, dtype=torch.bfloat16).dtype == torch.bfloat16
+    channels_last = images.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # the loader's layout
+    assert torch.equal(normalize_on_device(channels_last), out) and normalize_on_device(channels_last).is_contiguous()
     with pytest.raises(ValueError, match="uint8"):
         normalize_on_device(images.float())
 

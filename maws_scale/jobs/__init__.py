@@ -1,0 +1,1 @@
+"""Cluster jobs: DeepSpeed hostfile launches, SLURM jobs through submitit (requeue with resume), sweeps, reports."""

@@ -1,0 +1,304 @@
+"""`maws-scale sweep report`: final metrics from the sweep's MLflow store → tables, power-law fits and plots.
+
+Each sweep point may log several MLflow runs (one per pipeline stage, tagged ``stage``); a point's row holds every
+final metric as ``<stage>/<metric>`` (``eval/*`` metrics keep their name), its coordinates, and two derived columns:
+``params`` (encoder parameters, counted on the meta device) and ``compute`` (training FLOPs of the stages that ran:
+steps × global batch × per-sample step FLOPs from ``maws_scale.models.flops``). Rows are grouped by the coordinates
+other than the seed: mean ± std (ddof 1) and count. Fits are ``y = a · x^b`` by least squares in log-log.
+Outputs (``--out``, default ``<output_dir>/report``): ``runs.csv``, ``summary.csv``, ``summary.md``, ``fits.json``
+and PNGs, also logged as artifacts of an MLflow run ``<name>-report``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from maws_scale.config import RunConfig
+from maws_scale.jobs.powerlaw import PowerLaw, fit_power_law
+from maws_scale.jobs.sweep import Sweep
+
+STAGE_TAG = "stage"
+
+
+@dataclass
+class Report:
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+# ----- gathering --------------------------------------------------------------------------------------------------
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _mlflow_runs(sweep: Sweep) -> list[Any]:
+    client = _client(sweep.tracking_uri)
+    experiment = client.get_experiment_by_name(sweep.spec.name)
+    if experiment is None:
+        return []
+    return client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.sweep = '{sweep.spec.name}'", max_results=50_000
+    )
+
+
+def metric_column(stage: str | None, key: str) -> str:
+    if stage is None or key.startswith(("eval/", f"{stage}/")):
+        return key
+    return f"{stage}/{key}"
+
+
+def encoder_params(cfg: RunConfig) -> int:
+    """Parameters of the encoder (no decoder, no head), counted on the meta device."""
+    from maws_scale.models import build_encoder
+
+    model = build_encoder(cfg.model.name, device="meta", img_size=cfg.img_size, pool=cfg.model.pool)
+    return sum(p.numel() for p in model.parameters())
+
+
+def training_flops(cfg: RunConfig, stages: list[str]) -> float:
+    """Training FLOPs of ``stages``: train.steps × global_batch × step FLOPs per sample (NaN if steps unset)."""
+    from maws_scale.models.flops import step_flops
+
+    total = 0.0
+    for stage in stages:
+        sc = cfg.for_stage(stage)
+        if sc.train.steps is None:
+            return math.nan
+        per_sample = step_flops(
+            sc.model.name,
+            stage,
+            img_size=sc.img_size,
+            mask_ratio=sc.mae.mask_ratio if stage == "mae" else None,
+            num_classes=sc.wsp.num_classes or 0 if stage == "wsp" else None,
+            pool=sc.model.pool if stage == "wsp" else None,
+        )
+        total += float(per_sample) * sc.train.steps * sc.train.global_batch
+    return total
+
+
+def gather(sweep: Sweep, runs: list[Any] | None = None) -> pd.DataFrame:
+    """One row per finished sweep point found in MLflow: coordinates, final metrics, params, compute."""
+    runs = _mlflow_runs(sweep) if runs is None else runs
+    points = {p.run_id: p for p in sweep.points}
+    coords = sweep.coordinates()
+    rows: dict[str, dict[str, Any]] = {}
+    stages: dict[str, list[str]] = {}
+    for run in runs:
+        tags = run.data.tags
+        run_id = tags.get("sweep_run")
+        if run_id not in points or run.info.status != "FINISHED":
+            continue
+        row = rows.setdefault(run_id, {"run": run_id, **{c: tags.get(c) for c in coords}})
+        stage = tags.get(STAGE_TAG)
+        if stage in ("mae", "wsp"):
+            stages.setdefault(run_id, []).append(stage)
+        for key, value in run.data.metrics.items():
+            row[metric_column(stage, key)] = value
+        row.setdefault("_mlflow", {})[stage or "run"] = run.info.run_id
+    for run_id, row in rows.items():
+        cfg = points[run_id].config
+        row["params"] = float(encoder_params(cfg))
+        row["compute"] = training_flops(cfg, sorted(set(stages.get(run_id, [])), key=["mae", "wsp"].index))
+    frame = pd.DataFrame(list(rows.values()))
+    return frame.sort_values("run").reset_index(drop=True) if len(frame) else frame
+
+
+# ----- tables -----------------------------------------------------------------------------------------------------
+def group_keys(sweep: Sweep, seed_key: str) -> list[str]:
+    return [c for c in sweep.coordinates() if c != seed_key]
+
+
+def summarize(runs: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Mean, std (ddof 1; 0 for a single seed) and count of each metric per group of ``keys``."""
+    metrics = [m for m in metrics if m in runs.columns]
+    if not keys:
+        runs = runs.assign(_all="all")
+        keys = ["_all"]
+    grouped = runs.groupby(keys, sort=False, dropna=False)
+    out = grouped.size().rename("n").to_frame()
+    for m in metrics:
+        out[f"{m} mean"] = grouped[m].mean()
+        out[f"{m} std"] = grouped[m].std(ddof=1).fillna(0.0)
+    return out.reset_index()
+
+
+def markdown(summary: pd.DataFrame, keys: list[str], metrics: list[str], digits: int = 2) -> str:
+    """A markdown table with ``mean ± std`` cells."""
+    metrics = [m for m in metrics if f"{m} mean" in summary.columns]
+    head = [*keys, "n", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in summary.iterrows():
+        cells = [str(row[k]) for k in keys] + [str(int(row["n"]))]
+        for m in metrics:
+            mean, std = row[f"{m} mean"], row[f"{m} std"]
+            cells.append("–" if pd.isna(mean) else _fmt(mean, std, digits))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if abs(mean) >= 1e5 or (0 < abs(mean) < 1e-3):
+        return f"{mean:.3g} ± {std:.2g}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+# ----- fits and plots ---------------------------------------------------------------------------------------------
+def _figure(width: float = 6.0, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def fit_and_plot(runs: pd.DataFrame, x: str, y: str, group_by: list[str], out: Path) -> tuple[list[dict], Path]:
+    """Fit ``y = a x^b`` (per group of ``group_by``) on the runs; plot points and fits in log-log."""
+    missing = [c for c in (x, y, *group_by) if c not in runs.columns]
+    if missing:
+        raise ValueError(f"fit {y} vs {x}: no column '{missing[0]}' (known: {', '.join(map(str, runs.columns))})")
+    figure = _figure()
+    axes = figure.add_subplot(1, 1, 1)
+    results = []
+    groups = runs.groupby(group_by, sort=False) if group_by else [("all", runs)]
+    for name, part in groups:
+        label = name if isinstance(name, str) else ", ".join(map(str, np.atleast_1d(name)))
+        law: PowerLaw = fit_power_law(part[x].to_numpy(float), part[y].to_numpy(float))
+        results.append({"x": x, "y": y, "group": label, **law.to_json(), "text": law.describe(x, y)})
+        axes.scatter(part[x], part[y], s=18, alpha=0.7, label=f"{label}: b={law.b:+.3f}")
+        grid = np.geomspace(part[x].min(), part[x].max(), 50)
+        axes.plot(grid, law(grid), linewidth=1.2)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel(x)
+    axes.set_ylabel(y)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = out / f"fit_{_safe(y)}_vs_{_safe(x)}.png"
+    figure.savefig(path)
+    return results, path
+
+
+def bar_plot(summary: pd.DataFrame, keys: list[str], metric: str, out: Path) -> Path:
+    """Mean ± std of ``metric`` per group."""
+    figure = _figure(max(5.0, 0.9 * len(summary) + 2), 3.8)
+    axes = figure.add_subplot(1, 1, 1)
+    labels = [", ".join(str(r[k]) for k in keys) for _, r in summary.iterrows()] if keys else ["all"]
+    means, stds = summary[f"{metric} mean"].to_numpy(float), summary[f"{metric} std"].to_numpy(float)
+    axes.bar(range(len(means)), means, yerr=stds, capsize=4, color="#4c72b0", alpha=0.85)
+    axes.set_xticks(range(len(means)), labels, rotation=25, ha="right", fontsize=8)
+    axes.set_ylabel(metric)
+    low = float(np.nanmin(means - stds)) if len(means) else 0.0
+    high = float(np.nanmax(means + stds)) if len(means) else 1.0
+    axes.set_ylim(max(0.0, low - 0.15 * (high - low + 1e-9)), high + 0.1 * (high - low + 1e-9))
+    axes.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    path = out / f"bar_{_safe(metric)}.png"
+    figure.savefig(path)
+    return path
+
+
+def curve_plot(sweep: Sweep, runs: pd.DataFrame, keys: list[str], metric: str, out: Path) -> Path:
+    """History of ``<stage>/<metric>`` averaged over seeds per group (band: ± std)."""
+    stage, _, key = metric.partition("/")
+    client = _client(sweep.tracking_uri)
+    figure = _figure(6.5, 4.0)
+    axes = figure.add_subplot(1, 1, 1)
+    groups = runs.groupby(keys, sort=False) if keys else [("all", runs)]
+    for name, part in groups:
+        series = []
+        for ids in part["_mlflow"]:
+            run_id = ids.get(stage)
+            if run_id is None:
+                continue
+            history = client.get_metric_history(run_id, key)
+            if history:
+                series.append(pd.Series({m.step: m.value for m in history}))
+        if not series:
+            continue
+        table = pd.concat(series, axis=1).sort_index().dropna()
+        steps, mean, std = table.index.to_numpy(), table.mean(axis=1).to_numpy(), table.std(axis=1, ddof=1)
+        label = name if isinstance(name, str) else ", ".join(map(str, np.atleast_1d(name)))
+        axes.plot(steps, mean, linewidth=1.3, label=f"{label} (n={table.shape[1]})")
+        if table.shape[1] > 1:
+            axes.fill_between(steps, mean - std.to_numpy(), mean + std.to_numpy(), alpha=0.2)
+    axes.set_xlabel(f"{stage} step")
+    axes.set_ylabel(key)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = out / f"curve_{_safe(metric)}.png"
+    figure.savefig(path)
+    return path
+
+
+# ----- the report -------------------------------------------------------------------------------------------------
+def build_report(sweep: Sweep, out: Path | None = None, runs: list[Any] | None = None) -> Report:
+    """Gather, tabulate, fit and plot; write everything under ``out``."""
+    spec = sweep.spec.report
+    out = out or sweep.output_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    table = gather(sweep, runs)
+    if table.empty:
+        raise ValueError(f"sweep {sweep.spec.name}: no finished runs in {sweep.tracking_uri}")
+    keys = group_keys(sweep, spec.seed_key)
+    metric_cols = [c for c in table.columns if c not in ("run", "_mlflow", *sweep.coordinates())]
+    metrics = spec.metrics or metric_cols
+    summary = summarize(table, keys, [*metrics, *(c for c in ("params", "compute") if c not in metrics)])
+    report = Report(table, summary)
+    table.drop(columns=["_mlflow"]).to_csv(out / "runs.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(markdown(summary, keys, metrics))
+    report.files += [out / "runs.csv", out / "summary.csv", out / "summary.md"]
+    for fit in spec.fits:
+        results, path = fit_and_plot(table, fit.x, fit.y, fit.group_by, out)
+        report.fits += results
+        report.files.append(path)
+    if spec.fits:
+        (out / "fits.json").write_text(json.dumps(report.fits, indent=1))
+        report.files.append(out / "fits.json")
+    for metric in spec.bars:
+        if f"{metric} mean" in summary.columns:
+            report.files.append(bar_plot(summary, keys, metric, out))
+    for metric in spec.curves:
+        report.files.append(curve_plot(sweep, table, keys, metric, out))
+    return report
+
+
+def log_report(sweep: Sweep, report: Report) -> str:
+    """Log the report's files as artifacts of the MLflow run ``<name>-report`` (reused on re-runs)."""
+    client = _client(sweep.tracking_uri)
+    experiment = client.get_experiment_by_name(sweep.spec.name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep.spec.name)
+    found = client.search_runs([experiment_id], filter_string=f"tags.sweep_report = '{sweep.spec.name}'")
+    run_id = (
+        found[0].info.run_id
+        if found
+        else client.create_run(
+            experiment_id, run_name=f"{sweep.spec.name}-report", tags={"sweep_report": sweep.spec.name}
+        ).info.run_id
+    )
+    for path in report.files:
+        client.log_artifact(run_id, str(path), "report")
+    for fit in report.fits:
+        name = _safe(f"fit/{fit['y']}_vs_{fit['x']}/{fit['group']}")
+        client.log_metric(run_id, f"{name}/exponent", fit["b"])
+    client.set_terminated(run_id)
+    return run_id

@@ -1,0 +1,256 @@
+"""Sweeps: a grid × list of config overrides on a base config, run locally one after another or submitted as jobs.
+
+A sweep YAML::
+
+    name: maws_effect
+    base: ../demo.yaml                  # run config, relative to this file
+    command: pipeline                   # pipeline | train
+    output_dir: runs/sweeps/maws_effect # each point runs in <output_dir>/<run_id>/ (relative to the working dir)
+    overrides: {train.micro_batch: 64}  # for every point
+    list:                               # points; 'label' names a point (a coordinate, not a config key)
+      - {label: wsp_random, wsp.init: random}
+      - {label: maws, stages.mae.train.steps: 400}
+    grid:                               # crossed with every list entry
+      seed: [0, 1, 2]
+    launch: {}                          # run here, one point after another; or {launcher: slurm, nodes: .., ...}
+    report: {...}                       # see maws_scale.jobs.report
+
+Every run logs to one MLflow store per sweep (``sqlite:///<output_dir>/mlflow.db`` unless ``tracking_uri`` is set)
+in the experiment ``name``, tagged ``sweep``, ``sweep_run`` and one tag per coordinate. A run that finished leaves
+``<run_dir>/sweep_done.json`` holding its config hash; re-running the sweep skips it unless its config changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from maws_scale.config import ConfigError, RunConfig, load_config
+from maws_scale.jobs.spec import LaunchSpec
+
+DONE = "sweep_done.json"
+LABEL = "label"
+
+
+class FitSpec(BaseModel):
+    """A power law ``y = a · x^b`` fitted in log-log; x / y: metric, param or derived column (params, compute)."""
+
+    model_config = ConfigDict(extra="forbid")
+    x: str
+    y: str
+    group_by: list[str] = Field(default_factory=list, description="one fit per value of these coordinates")
+
+
+class ReportSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metrics: list[str] = Field(default_factory=list, description="final metrics in the table (default: all)")
+    fits: list[FitSpec] = Field(default_factory=list)
+    curves: list[str] = Field(default_factory=list, description="metric histories to plot (mean ± std over seeds)")
+    bars: list[str] = Field(default_factory=list, description="final metrics to plot per group (mean ± std)")
+    seed_key: str = "seed"
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    base: str
+    command: Literal["pipeline", "train"] = "pipeline"
+    output_dir: str | None = Field(None, description="default runs/sweeps/<name>")
+    tracking_uri: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    list_: list[dict[str, Any]] = Field(default_factory=list, alias="list")
+    launch: dict[str, Any] = Field(default_factory=dict, description="{} runs here; launcher: slurm submits")
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _overrides(cls, value: Any) -> dict[str, Any]:
+        if isinstance(value, list):  # ["key=value", ...] like the command line
+            return {k.strip(): yaml.safe_load(v) for k, _, v in (item.partition("=") for item in value)}
+        return value or {}
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [k for k, v in value.items() if not v]
+        if empty:
+            raise ValueError(f"grid.{empty[0]}: an empty list would give no runs")
+        return value
+
+
+@dataclass
+class Point:
+    """One run of a sweep."""
+
+    run_id: str
+    coords: dict[str, Any]
+    config: RunConfig
+    run_dir: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / "config.yaml"
+
+    @property
+    def done_path(self) -> Path:
+        return self.run_dir / DONE
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.config.to_yaml().encode()).hexdigest()[:16]
+
+    def status(self) -> str:
+        """done | changed (finished with another config) | pending."""
+        if not self.done_path.is_file():
+            return "pending"
+        try:
+            done = json.loads(self.done_path.read_text())
+        except ValueError:
+            return "pending"
+        return "done" if done.get("config_hash") == self.config_hash else "changed"
+
+    def argv(self, command: str) -> list[str]:
+        return [command, str(self.config_path)]
+
+
+@dataclass
+class Sweep:
+    spec: SweepSpec
+    path: Path
+    points: list[Point]
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.spec.output_dir or f"runs/sweeps/{self.spec.name}")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.spec.tracking_uri or f"sqlite:///{(self.output_dir / 'mlflow.db').absolute()}"
+
+    def coordinates(self) -> list[str]:
+        keys: list[str] = []
+        for entry in self.spec.list_:
+            keys += [k for k in entry if k not in keys]
+        return keys + [k for k in self.spec.grid if k not in keys]
+
+    def launch_spec(self, extra: dict[str, Any] | None = None) -> LaunchSpec:
+        raw = {**self.spec.launch, **(extra or {}), "config": str(self.spec.base), "command": self.spec.command}
+        raw["slurm"] = {**self.spec.launch.get("slurm", {}), **(extra or {}).get("slurm", {})}
+        try:
+            return LaunchSpec.model_validate(raw)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise ConfigError(f"{self.path}: launch.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def load_sweep_spec(path: str | os.PathLike) -> SweepSpec:
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read sweep ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]).replace("list_", "list")
+        raise ConfigError(f"{path}: {key}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Coordinates of every point: each ``list`` entry (or one empty entry) × the cartesian product of ``grid``."""
+    entries = spec.list_ or [{}]
+    keys = list(spec.grid)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
+    points = []
+    for i, entry in enumerate(entries):
+        clash = sorted(set(entry) & set(keys))
+        if clash:
+            raise ConfigError(f"list[{i}] and grid both set '{clash[0]}'; set it in one place")
+        points += [{**entry, **combo} for combo in combos]
+    return points
+
+
+def _slug(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
+
+
+def run_ids(points: list[dict[str, Any]], grid_keys: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Readable unique ids: a list entry's label stands for its keys, then ``<name><value>`` for the other
+    coordinates, where the name is the key's last part (``seed1``, ``poolgap``) unless two keys share it."""
+    keys = {k for c in points for k in c if k != LABEL}
+    last = [k.split(".")[-1] for k in keys]
+    names = {k: k.split(".")[-1] if last.count(k.split(".")[-1]) == 1 else k.replace(".", "_") for k in keys}
+
+    def make(coords: dict[str, Any]) -> str:
+        labelled = LABEL in coords
+        parts = [_slug(coords[LABEL])] if labelled else []
+        for key, value in coords.items():
+            if key != LABEL and (not labelled or key in grid_keys):
+                parts.append(f"{names[key]}{_slug(value)}")
+        return "-".join(parts) or "run"
+
+    ids = [make(c) for c in points]
+    if len(set(ids)) < len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ConfigError(f"sweep: two points would both run as '{dup}'; the list/grid repeats a point")
+    return ids
+
+
+def _dump(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip().removesuffix("\n...").strip()
+
+
+def load_sweep(path: str | os.PathLike) -> Sweep:
+    """Read, expand and validate every point (ConfigError names the point and key) — nothing runs here."""
+    path = Path(path)
+    spec = load_sweep_spec(path)
+    base = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
+    if not base.is_file() and Path(spec.base).is_file():
+        base = Path(spec.base)
+    spec.base = str(base)
+    sweep = Sweep(spec, path, [])
+    coords_list = expand(spec)
+    for run_id, coords in zip(run_ids(coords_list, list(spec.grid)), coords_list):
+        run_dir = sweep.output_dir / run_id
+        settings = {**spec.overrides, **{k: v for k, v in coords.items() if k != LABEL}}
+        overrides = [f"{k}={_dump(v)}" for k, v in settings.items()]
+        try:
+            cfg = load_config(base, overrides)
+        except ConfigError as err:
+            raise ConfigError(f"sweep point '{run_id}': {err}") from None
+        tags = {**cfg.tracking.tags, "sweep": spec.name, "sweep_run": run_id}
+        tags.update({k: _dump(v) if not isinstance(v, str) else v for k, v in coords.items()})
+        cfg.output_dir = str(run_dir)
+        cfg.tracking.uri = sweep.tracking_uri
+        cfg.tracking.experiment = spec.name
+        cfg.tracking.run_name = run_id
+        cfg.tracking.tags = tags
+        sweep.points.append(Point(run_id, coords, cfg, run_dir))
+    return sweep
+
+
+def write_configs(sweep: Sweep) -> None:
+    """Write each point's resolved config to ``<run_dir>/config.yaml`` (what its run reads)."""
+    for point in sweep.points:
+        point.run_dir.mkdir(parents=True, exist_ok=True)
+        point.config_path.write_text(f"# sweep {sweep.spec.name}, point {point.run_id}\n{point.config.to_yaml()}")
+
+
+def mark_done(point: Point, extra: dict[str, Any] | None = None) -> None:
+    from maws_scale.jobs.slurm import write_done
+
+    write_done(point.done_path, {"run_id": point.run_id, "config_hash": point.config_hash, **(extra or {})})

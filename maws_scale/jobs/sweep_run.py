@@ -1,0 +1,104 @@
+"""Run a sweep's pending points: one child process after another here, or as a SLURM job array through submitit."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from maws_scale.jobs.slurm import TrainingTask, make_executor, sbatch_script
+from maws_scale.jobs.spec import LaunchSpec
+from maws_scale.jobs.sweep import Point, Sweep, mark_done, write_configs
+
+
+@dataclass
+class Outcome:
+    point: Point
+    returncode: int
+    seconds: float
+
+
+def select(sweep: Sweep, only: list[str] | None = None, force: bool = False) -> list[Point]:
+    """Points to run: not finished with their current config (all with ``force``), matching an ``only`` glob."""
+    chosen = [p for p in sweep.points if not only or any(fnmatch.fnmatch(p.run_id, g) for g in only)]
+    return chosen if force else [p for p in chosen if p.status() != "done"]
+
+
+def _tail(path: os.PathLike, lines: int = 25) -> str:
+    try:
+        with open(path, errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_sequential(
+    sweep: Sweep, points: list[Point], fail_fast: bool = False, console: Console | None = None
+) -> list[Outcome]:
+    """Run each point as ``python -m maws_scale.cli <command> <run_dir>/config.yaml``; log to ``<run_dir>/run.log``."""
+    console = console or Console(stderr=True)
+    write_configs(sweep)
+    outcomes: list[Outcome] = []
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(f"sweep {sweep.spec.name}", total=len(points))
+        for point in points:
+            bar.update(task, description=f"sweep {sweep.spec.name}: {point.run_id}")
+            start = time.perf_counter()
+            log = point.run_dir / "run.log"
+            with open(log, "w") as handle:
+                code = subprocess.call(
+                    [sys.executable, "-m", "maws_scale.cli", *point.argv(sweep.spec.command)],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            seconds = time.perf_counter() - start
+            outcomes.append(Outcome(point, code, seconds))
+            if code == 0:
+                mark_done(point, {"seconds": round(seconds, 1)})
+                bar.console.print(f"[green]done[/] {point.run_id} ({seconds:.0f} s)", highlight=False)
+            else:
+                bar.console.print(
+                    f"[red]failed[/] {point.run_id} (exit {code}); last lines of {log}:\n{_tail(log)}",
+                    highlight=False,
+                )
+                if fail_fast:
+                    break
+            bar.advance(task)
+    return outcomes
+
+
+def _executor(sweep: Sweep, launch: LaunchSpec, offline: bool = False) -> Any:
+    folder = str((sweep.output_dir / "submitit" / "%j").absolute())
+    return make_executor(launch, folder, offline=offline)
+
+
+def submit_points(sweep: Sweep, points: list[Point], launch: LaunchSpec) -> list[Any]:
+    """Submit the points as one submitit batch (a SLURM job array); each task marks its point done on success."""
+    write_configs(sweep)
+    executor = _executor(sweep, launch)
+    jobs = []
+    with executor.batch():
+        for point in points:
+            task = TrainingTask(
+                point.argv(sweep.spec.command),
+                done_file=str(point.done_path),
+                done_info={"run_id": point.run_id, "config_hash": point.config_hash},
+            )
+            jobs.append(executor.submit(task))
+    return jobs
+
+
+def array_sbatch(sweep: Sweep, count: int, launch: LaunchSpec) -> str:
+    """The sbatch script of the job array that :func:`submit_points` would submit for ``count`` points."""
+    executor = _executor(sweep, launch, offline=True)
+    executor.parameters["map_count"] = count
+    return sbatch_script(executor)

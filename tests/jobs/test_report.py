@@ -1,0 +1,121 @@
+"""Power-law fits (pure math) and `sweep report` on a small fake MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from maws_scale.cli import main
+from maws_scale.jobs.powerlaw import fit_power_law
+from maws_scale.jobs.report import build_report, encoder_params, training_flops
+from maws_scale.jobs.sweep import load_sweep
+from maws_scale.models.flops import step_flops
+
+DEMO = Path(__file__).parents[2] / "configs" / "demo.yaml"
+
+
+def test_fit_recovers_a_known_exponent_exactly() -> None:
+    x = np.geomspace(1e15, 1e19, 7)
+    law = fit_power_law(x, 42.0 * x**-0.076)
+    assert law.b == pytest.approx(-0.076, abs=1e-9) and law.a == pytest.approx(42.0, rel=1e-6)
+    assert law.r2 == pytest.approx(1.0) and law.n == 7
+    assert "^-0.0760" in law.describe("C", "L")
+
+
+def test_fit_recovers_the_exponent_under_noise() -> None:
+    rng = np.random.default_rng(0)
+    x = np.geomspace(1e6, 1e9, 40)
+    y = 3.0 * x**0.34 * np.exp(rng.normal(0, 0.05, x.size))
+    law = fit_power_law(x, y)
+    assert law.b == pytest.approx(0.34, abs=0.02) and 0.95 < law.r2 < 1.0
+
+
+def test_fit_refuses_what_has_no_log() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        fit_power_law([1, 2, 3], [1, -1, 2])
+    with pytest.raises(ValueError, match="2 distinct"):
+        fit_power_law([5, 5, 5], [1, 2, 3])
+
+
+SIZES = ["vit_micro_p4", "vit_tiny_p4", "vit_tiny_p8", "vit_small_p8"]
+
+
+@pytest.fixture(scope="module")
+def sweep_with_store(tmp_path_factory: pytest.TempPathFactory):
+    """A 4-size × 2-seed sweep whose runs were 'logged' with final WSP loss = 30 · params^-0.3 (× seed jitter)."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("report")
+    spec = {
+        "name": "scaling",
+        "base": str(DEMO),
+        "output_dir": str(tmp / "out"),
+        "list": [{"model.name": s} for s in SIZES],
+        "grid": {"seed": [0, 1]},
+        "report": {
+            "metrics": ["wsp/loss", "eval/linear_top1"],
+            "fits": [{"x": "params", "y": "wsp/loss"}, {"x": "compute", "y": "wsp/loss"}],
+            "curves": ["wsp/loss"],
+            "bars": ["eval/linear_top1"],
+        },
+    }
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(path)
+    client = MlflowClient(tracking_uri=sweep.tracking_uri)
+    experiment = client.create_experiment("scaling")
+    for point in sweep.points:
+        cfg = point.config
+        params = encoder_params(cfg)
+        jitter = 1.0 + (0.01 if cfg.seed else -0.01)
+        final = 30.0 * params**-0.3 * jitter
+        for stage in ("mae", "wsp"):
+            tags = {**cfg.tracking.tags, "stage": stage}
+            run = client.create_run(experiment, run_name=f"{point.run_id}-{stage}", tags=tags)
+            metrics = [Metric("loss", final * (1 + 1.0 / step), 0, step) for step in range(1, 6)]
+            metrics.append(Metric("loss", final, 0, 6))
+            if stage == "wsp":
+                top1 = 70.0 + 5 * SIZES.index(cfg.model.name) + cfg.seed
+                metrics.append(Metric("eval/linear_top1", top1, 0, 6))
+            client.log_batch(run.info.run_id, metrics=metrics)
+            client.set_terminated(run.info.run_id)
+    crashed = client.create_run(experiment, tags={**sweep.points[0].config.tracking.tags, "stage": "wsp"})
+    client.log_metric(crashed.info.run_id, "loss", 1e9)  # never finished: must not enter the table
+    return sweep
+
+
+def test_report_table_groups_seeds_and_fits_the_exponent(sweep_with_store, tmp_path: Path) -> None:
+    report = build_report(sweep_with_store, tmp_path)
+    assert len(report.runs) == 8 and report.runs["wsp/loss"].max() < 10.0  # the crashed run's 1e9 is left out
+    assert list(report.summary["n"]) == [2, 2, 2, 2]
+    micro = report.summary.iloc[0]
+    assert micro["model.name"] == "vit_micro_p4"
+    assert micro["eval/linear_top1 mean"] == pytest.approx(70.5) and micro["eval/linear_top1 std"] == pytest.approx(
+        np.std([70, 71], ddof=1)
+    )
+    by_params = next(f for f in report.fits if f["x"] == "params")
+    assert by_params["b"] == pytest.approx(-0.3, abs=1e-3)
+    md = (tmp_path / "summary.md").read_text()
+    assert "| model.name | n | wsp/loss | eval/linear_top1 |" in md and "70.50 ± 0.71" in md
+    for name in ("runs.csv", "summary.csv", "fits.json", "fit_wsp_loss_vs_params.png", "curve_wsp_loss.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "bar_eval_linear_top1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_derived_compute_counts_both_stages(sweep_with_store) -> None:
+    cfg = sweep_with_store.points[0].config  # demo: MAE 300 steps, WSP 300 steps, global batch 64
+    expected = 300 * 64 * (step_flops(cfg.model.name, "mae", img_size=cfg.img_size) + step_flops(
+        cfg.model.name, "wsp", img_size=cfg.img_size, num_classes=0, pool="cls"))  # fmt: skip
+    assert training_flops(cfg, ["mae", "wsp"]) == pytest.approx(expected)
+    assert training_flops(cfg, ["wsp"]) < expected
+
+
+def test_sweep_report_command(sweep_with_store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "report", str(sweep_with_store.path), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fit [all]: wsp/loss ≈" in out and "params^-0.300" in out
+    assert (tmp_path / "summary.md").is_file()

@@ -1,0 +1,150 @@
+"""Sweeps: grid × list expansion, run ids, per-run configs and tags, validation before running, skip-finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maws_scale.cli import main
+from maws_scale.config import ConfigError, load_config
+from maws_scale.jobs import sweep_run
+from maws_scale.jobs.sweep import expand, load_sweep, load_sweep_spec, run_ids
+
+DEMO = Path(__file__).parents[2] / "configs" / "demo.yaml"
+
+
+def write_sweep(tmp_path: Path, **changes) -> Path:
+    spec = {
+        "name": "toy",
+        "base": str(DEMO),
+        "output_dir": str(tmp_path / "out"),
+        "overrides": {"train.log_every": 5},
+        "list": [
+            {"label": "random", "wsp.init": "random"},
+            {"label": "maws", "wsp.init": "mae", "stages.mae.train.steps": 50},
+        ],
+        "grid": {"seed": [0, 1, 2], "model.pool": ["cls", "gap"]},
+        **changes,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_grid_times_list_expansion(tmp_path: Path) -> None:
+    points = expand(load_sweep_spec(write_sweep(tmp_path)))
+    assert len(points) == 2 * 3 * 2
+    assert points[0] == {"label": "random", "wsp.init": "random", "seed": 0, "model.pool": "cls"}
+    assert points[1]["model.pool"] == "gap" and points[2]["seed"] == 1
+    assert points[6]["label"] == "maws" and points[6]["stages.mae.train.steps"] == 50
+    only_grid = expand(load_sweep_spec(write_sweep(tmp_path, list=[])))
+    assert len(only_grid) == 6 and all(set(p) == {"seed", "model.pool"} for p in only_grid)
+    with pytest.raises(ConfigError, match="list\\[0\\] and grid both set 'seed'"):
+        expand(load_sweep_spec(write_sweep(tmp_path, list=[{"seed": 5}])))
+
+
+def test_run_ids_are_readable_and_unique() -> None:
+    assert run_ids([{"label": "maws", "wsp.init": "mae", "seed": 1, "model.pool": "gap"}], ["seed", "model.pool"]) == [
+        "maws-seed1-poolgap"
+    ]
+    assert run_ids([{"wsp.init": "mae", "seed": 1}]) == ["initmae-seed1"]
+    mae, wsp = "stages.mae.train.steps", "stages.wsp.train.steps"
+    clash = run_ids([{mae: 10, wsp: 20}, {mae: 20, wsp: 10}])
+    assert clash == [
+        "stages_mae_train_steps10-stages_wsp_train_steps20",
+        "stages_mae_train_steps20-stages_wsp_train_steps10",
+    ]
+    with pytest.raises(ConfigError, match="repeats a point"):
+        run_ids([{"seed": 1}, {"seed": 1}])
+
+
+def test_each_point_gets_its_config_dir_tags_and_shared_store(tmp_path: Path) -> None:
+    sweep = load_sweep(write_sweep(tmp_path))
+    point = next(p for p in sweep.points if p.run_id == "maws-seed2-poolgap")
+    cfg = point.config
+    assert cfg.output_dir == str(tmp_path / "out" / "maws-seed2-poolgap")
+    assert cfg.seed == 2 and cfg.model.pool == "gap" and cfg.wsp.init == "mae" and cfg.train.log_every == 5
+    assert cfg.for_stage("mae").train.steps == 50 and cfg.for_stage("wsp").train.steps == 300
+    assert cfg.tracking.uri == f"sqlite:///{(tmp_path / 'out' / 'mlflow.db').absolute()}"
+    assert {p.config.tracking.uri for p in sweep.points} == {cfg.tracking.uri}
+    assert cfg.tracking.experiment == "toy" and cfg.tracking.run_name == "maws-seed2-poolgap"
+    assert cfg.tracking.tags == {
+        "sweep": "toy", "sweep_run": "maws-seed2-poolgap", "label": "maws", "wsp.init": "mae",
+        "stages.mae.train.steps": "50", "seed": "2", "model.pool": "gap",
+    }  # fmt: skip
+    sweep_run.write_configs(sweep)
+    assert load_config(point.config_path) == cfg  # the child process reads exactly this config
+
+
+@pytest.fixture
+def fake_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Replace the child processes by a recorder; a run whose config mentions 'seed: 1' fails if FAIL is set."""
+    calls: list[list[str]] = []
+
+    def call(argv, **kwargs):
+        calls.append(argv)
+        config = Path(argv[-1]).read_text()
+        return 1 if os.environ.get("FAIL_SEED1") and "\nseed: 1\n" in config else 0
+
+    monkeypatch.setattr(sweep_run.subprocess, "call", call)
+    return calls
+
+
+def test_rerunning_skips_finished_points(tmp_path: Path, fake_runs: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_sweep(tmp_path, grid={"seed": [0, 1]})
+    monkeypatch.setenv("FAIL_SEED1", "1")
+    assert main(["sweep", str(path)]) == 1  # the seed-1 points fail
+    first = str(tmp_path / "out" / "random-seed0" / "config.yaml")
+    assert len(fake_runs) == 4 and fake_runs[0][-2:] == ["pipeline", first]
+    monkeypatch.delenv("FAIL_SEED1")
+    fake_runs.clear()
+    assert main(["sweep", str(path)]) == 0  # only the failed ones run again
+    assert sorted(Path(a[-1]).parent.name for a in fake_runs) == ["maws-seed1", "random-seed1"]
+    fake_runs.clear()
+    assert main(["sweep", str(path)]) == 0 and fake_runs == []
+    assert main(["sweep", str(path), "--force", "--only", "maws-*"]) == 0 and len(fake_runs) == 2
+    fake_runs.clear()
+    write_sweep(tmp_path, grid={"seed": [0, 1]}, overrides={"train.log_every": 7})  # a changed config re-runs
+    assert main(["sweep", str(path)]) == 0 and len(fake_runs) == 4
+
+
+def test_a_bad_point_stops_the_sweep_before_anything_runs(tmp_path: Path, fake_runs: list, capsys) -> None:
+    path = write_sweep(tmp_path, list=[{"label": "ok"}, {"label": "bad", "optim.lrr": 1.0}])
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "sweep point 'bad-seed0-poolcls'" in err and "optim.lrr" in err
+    assert fake_runs == []
+    assert main(["sweep", str(write_sweep(tmp_path, grid={"seed": []}))]) == 2
+
+
+def test_dry_run_lists_points_and_runs_nothing(tmp_path: Path, fake_runs: list, capsys) -> None:
+    path = write_sweep(tmp_path)
+    assert main(["sweep", str(path), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert len(plan["points"]) == 12 and len(plan["to_run"]) == 12 and plan["launcher"] == "sequential"
+    assert plan["points"][0]["status"] == "pending" and fake_runs == []
+
+
+def test_slurm_sweep_submits_one_job_array(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {"srun": "#!/bin/sh\n", "sbatch": f'#!/bin/sh\ncp "$1" {tmp_path}/array.sh\necho "job 99"\n'}
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755 | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    path = write_sweep(tmp_path, grid={"seed": [0, 1]})
+    argv = ["sweep", str(path), "--slurm", "--nodes", "1", "--gpus-per-node", "1", "--partition", "p"]
+    assert main([*argv, "--dry-run"]) == 0
+    assert "#SBATCH --array=0-3%4" in capsys.readouterr().out
+    assert main(argv) == 0
+    out = capsys.readouterr().out.split()
+    assert out[:2] == ["random-seed0", "99_0"] and len(out) == 8
+    assert "#SBATCH --array=0-3%4" in (tmp_path / "array.sh").read_text()
+    # a world size the batch cannot be split over is refused before submitting
+    assert main(["sweep", str(path), "--slurm", "--nodes", "1", "--gpus-per-node", "3"]) == 2

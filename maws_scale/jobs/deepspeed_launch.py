@@ -8,12 +8,14 @@ line works by hand with ``--no_ssh``-style launches, one per node).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from maws_scale.config import ConfigError
 from maws_scale.jobs.spec import LaunchSpec
@@ -39,22 +41,27 @@ class DeepSpeedPlan:
         return data
 
 
+def _runner() -> ModuleType:
+    """``deepspeed.launcher.runner``, imported with DeepSpeed's start-up log lines sent to stderr (stdout may be
+    the ``--json`` output)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        from deepspeed.launcher import runner
+    return runner
+
+
 def read_hostfile(path: str) -> dict[str, int]:
     """``{host: slots}`` in file order, parsed by DeepSpeed's launcher; ConfigError if missing or malformed."""
-    from deepspeed.launcher.runner import fetch_hostfile
-
     if not Path(path).is_file():
         raise ConfigError(f"--hostfile: {path} not found")
     try:
-        return dict(fetch_hostfile(path))
+        return dict(_runner().fetch_hostfile(path))
     except ValueError as err:
         raise ConfigError(f"--hostfile: {path}: {err}") from None
 
 
 def select_hosts(pool: dict[str, int], nodes: int | None, gpus_per_node: int | None) -> dict[str, list[int]]:
     """The first ``nodes`` hosts with slots ``0..gpus_per_node-1``; refuse more than the hostfile offers."""
-    from deepspeed.launcher.runner import apply_num_nodes_and_gpus, parse_inclusion_exclusion
-
+    runner = _runner()
     if nodes is not None and nodes > len(pool):
         raise ConfigError(f"--nodes={nodes} but the hostfile lists {len(pool)} host(s): {', '.join(pool)}")
     chosen = list(pool)[: nodes or len(pool)]
@@ -62,14 +69,12 @@ def select_hosts(pool: dict[str, int], nodes: int | None, gpus_per_node: int | N
         short = [h for h in chosen if pool[h] < gpus_per_node]
         if short:
             raise ConfigError(f"--gpus-per-node={gpus_per_node} but {short[0]} has only {pool[short[0]]} slots")
-    active = parse_inclusion_exclusion(pool, "", "")
-    return dict(apply_num_nodes_and_gpus(active, nodes or -1, gpus_per_node or -1))
+    active = runner.parse_inclusion_exclusion(pool, "", "")
+    return dict(runner.apply_num_nodes_and_gpus(active, nodes or -1, gpus_per_node or -1))
 
 
 def plan_deepspeed(spec: LaunchSpec, python: str | None = None) -> DeepSpeedPlan:
     """Build the ``deepspeed`` command line (and the per-node launch lines) for ``spec``."""
-    from deepspeed.launcher.runner import encode_world_info
-
     if not spec.hostfile:
         raise ConfigError("--hostfile: the deepspeed launcher needs a hostfile ('host slots=N' per line)")
     hosts = select_hosts(read_hostfile(spec.hostfile), spec.nodes, spec.gpus_per_node)
@@ -86,7 +91,7 @@ def plan_deepspeed(spec: LaunchSpec, python: str | None = None) -> DeepSpeedPlan
         command.append("--no_ssh_check")
     command += ["--no_local_rank", "--module", *user]
 
-    world_info = encode_world_info(hosts)
+    world_info = _runner().encode_world_info(hosts)
     python = python or sys.executable
     node_commands = {
         host: [

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +158,28 @@ def test_parse_minutes_refuses_nonsense() -> None:
     for bad in ("soon", "0", "-5"):
         with pytest.raises(ValueError):
             parse_minutes(bad)
+
+
+@pytest.mark.parametrize("job", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_job_spec_validates(job: Path, launched: list, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)  # job specs name their configs relative to the repository root
+    assert main(["launch", "--job", str(job), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["world_size"] >= 64 and launched == []
+
+
+def test_json_dry_run_is_the_only_thing_on_stdout(hostfile: Path) -> None:
+    """DeepSpeed logs at import time; in a fresh process those lines must not land in the JSON on stdout."""
+    command = [sys.executable, "-m", "maws_scale.cli", "launch", CONFIG, "--hostfile", str(hostfile)]
+    result = subprocess.run([*command, "--nodes", "1", "--dry-run", "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["world_size"] == 24 - 16
+
+
+def test_launch_sh_wraps_the_launcher(hostfile: Path) -> None:
+    env = {**os.environ, "MAWS_SCALE": str(Path(sys.executable).parent / "maws-scale")}
+    args = [str(ROOT / "jobs" / "launch.sh"), CONFIG, str(hostfile), "8", "--nodes", "1", "--dry-run"]
+    result = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "deepspeed --hostfile" in result.stdout and "--num_gpus 8" in result.stdout
+    assert subprocess.run([args[0]], capture_output=True).returncode == 2

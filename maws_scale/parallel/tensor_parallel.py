@@ -36,15 +36,12 @@ from torch import nn
 
 from maws_scale.parallel import megatron_compat
 from maws_scale.parallel.mpu import ModelParallelUnit, init_model_parallel
-from maws_scale.parallel.tp_layout import (
-    PARTITION_DIM,
-    Kind,
-    TPLayout,
-    merge_shards,
-    padded_size,
-    shard_state_dict,
-    shard_tensor,
+from maws_scale.parallel.tp_checkpoint import (
+    consolidate_deepspeed_checkpoint,
+    gather_tensor_parallel_state_dict,
+    load_plain_state_dict,
 )
+from maws_scale.parallel.tp_layout import PARTITION_DIM, Kind, TPLayout, padded_size, shard_state_dict, shard_tensor
 from maws_scale.parallel.tp_loss import VocabParallelSoftTargetCE
 from maws_scale.parallel.tp_params import TPParamCounts, tp_param_counts
 
@@ -55,9 +52,11 @@ __all__ = [
     "TensorParallelPlan",
     "apply_tensor_parallel",
     "check_divisible",
+    "consolidate_deepspeed_checkpoint",
     "gather_tensor_parallel_state_dict",
     "load_plain_state_dict",
     "parallelize_vit",
+    "shard_state_dict",
     "tp_param_counts",
 ]
 
@@ -266,67 +265,3 @@ def apply_tensor_parallel(model: nn.Module, cfg, info) -> TensorParallelPlan:
         layout=model.tp_layout,
         num_classes=num_classes,
     )
-
-
-# ----- checkpoints ---------------------------------------------------------------------------------------------------
-def _local_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """This rank's full TP-local tensors by plain name, gathering ZeRO-3 partitions over the data-parallel group."""
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
-    params = dict(model.named_parameters())
-    zero3 = [p for p in params.values() if hasattr(p, "ds_id")]
-    if not zero3:
-        return {k: v.detach() for k, v in state.items()}
-    import deepspeed
-
-    out = {}
-    for name, value in state.items():
-        param = params.get(name)
-        if param is not None and hasattr(param, "ds_id"):
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                out[name] = param.detach().clone()
-        else:
-            out[name] = value.detach()
-    return out
-
-
-def gather_tensor_parallel_state_dict(
-    model: nn.Module, tp_group: dist.ProcessGroup | None = None, dst: int | None = 0
-) -> dict[str, torch.Tensor]:
-    """The plain (timm-named, unpadded) state dict of a TP model, on CPU.
-
-    Collective over ``tp_group`` (and, for a ZeRO-3-partitioned model, its data-parallel group). ``dst``: the TP
-    group rank that receives it (others get ``{}``), or None for every rank.
-    """
-    group = tp_group if tp_group is not None else ps.get_tensor_model_parallel_group()
-    layout: TPLayout = model.tp_layout
-    tp_rank, tp_size = dist.get_rank(group), dist.get_world_size(group)
-    receives = dst is None or tp_rank == dst
-    out = {}
-    for name, tensor in _local_tensors(model).items():
-        spec = layout.shards.get(name)
-        if spec is None:
-            if receives:
-                out[name] = tensor.cpu().clone()
-            continue
-        local = tensor.contiguous()
-        if dst is None:
-            parts = [torch.empty_like(local) for _ in range(tp_size)]
-            dist.all_gather(parts, local, group=group)
-        else:
-            parts = [torch.empty_like(local) for _ in range(tp_size)] if receives else None
-            dist.gather(local, parts, dst=dist.get_global_rank(group, dst), group=group)
-        if receives:
-            out[name] = merge_shards([p.cpu() for p in parts], *spec)
-    return out
-
-
-def load_plain_state_dict(
-    model: nn.Module,
-    state_dict: dict[str, torch.Tensor],
-    tp_group: dist.ProcessGroup | None = None,
-    strict: bool = True,
-):
-    """Load a plain (timm-named) state dict, saved at any TP size, into this TP model (before ZeRO wraps it)."""
-    group = tp_group if tp_group is not None else ps.get_tensor_model_parallel_group()
-    local = shard_state_dict(state_dict, model.tp_layout, dist.get_rank(group))
-    return model.load_state_dict(local, strict=strict)

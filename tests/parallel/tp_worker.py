@@ -26,6 +26,7 @@ from maws_scale.parallel.distributed import init_distributed  # noqa: E402
 from maws_scale.parallel.mpu import destroy_model_parallel, init_model_parallel  # noqa: E402
 from maws_scale.parallel.tensor_parallel import (  # noqa: E402
     apply_tensor_parallel,
+    consolidate_deepspeed_checkpoint,
     gather_tensor_parallel_state_dict,
     load_plain_state_dict,
     parallelize_vit,
@@ -101,6 +102,7 @@ def equivalence(args) -> None:
     group, tp_rank = mpu.get_tensor_model_parallel_group(), mpu.get_tensor_model_parallel_rank()
     ref = build(args.stage, args.classes, drop_path=args.drop_path)
     tp = parallelize_vit(copy.deepcopy(ref), group)
+    tp.set_grad_checkpointing(args.checkpointing)  # recomputation re-runs the TP collectives and drop-path draws
     criterion = VocabParallelSoftTargetCE(args.classes, group) if args.stage == "wsp" else None
     opt_ref = sgd(ref)
     opt_tp = sgd(tp)
@@ -203,6 +205,17 @@ def zero3(args) -> None:
     full = gather_tensor_parallel_state_dict(engine.module, group, dst=None)
     for name, value in ref.state_dict().items():
         check(f"param {name} after {args.steps} steps", full[name], value)
+    # DeepSpeed's own TP-sharded checkpoint (mp_rank_XX files, ZeRO-partitioned), consolidated offline
+    engine.save_checkpoint(args.dir, tag="final")
+    if dist.get_rank() == 0:
+        plan.layout.save(Path(args.dir) / "final")
+    dist.barrier()
+    if dist.get_rank() == 0:
+        offline = consolidate_deepspeed_checkpoint(args.dir)
+        if set(offline) != set(full):
+            raise AssertionError(f"consolidated keys differ: {sorted(set(offline) ^ set(full))}")
+        for name, value in full.items():
+            check(f"consolidated DeepSpeed checkpoint {name}", offline[name], value, atol=0)
     say("zero3 OK")
 
 
@@ -444,6 +457,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--clip", type=float, default=0.5)
     parser.add_argument("--drop-path", type=float, default=0.0)
+    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the TP model")
     parser.add_argument("--dir", default=None, help="a directory shared by all ranks (checkpoints)")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -107,7 +107,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace):
     world = spec.world_size() if spec is not None else 1  # a point run here is one plain process
     for point in sweep.points:  # each point's batch layout must fit the world it will run on
         try:
-            check_layout(point.config, sweep.spec.command, world)
+            check_layout(point.config, point.command, world)
         except ConfigError as err:
             raise ConfigError(f"sweep point '{point.run_id}': {err}") from None
     return spec
@@ -120,7 +120,7 @@ def _dry_run(sweep: Sweep, pending, launch, as_json: bool) -> int:
             "status": p.status(),
             "coords": p.coords,
             "output_dir": str(p.run_dir),
-            "argv": ["maws-scale", *p.argv(sweep.spec.command)],
+            "argv": ["maws-scale", *p.argv()],
         }
         for p in sweep.points
     ]
@@ -147,7 +147,7 @@ def _dry_run(sweep: Sweep, pending, launch, as_json: bool) -> int:
         table.add_row(p.run_id, p.status(), *(str(p.coords.get(c, "")) for c in sweep.coordinates()))
     Console().print(table)
     for p in pending:
-        print(shlex.join(["maws-scale", *p.argv(sweep.spec.command)]))
+        print(shlex.join(["maws-scale", *p.argv()]))
     if sbatch:
         print(sbatch)
     return 0

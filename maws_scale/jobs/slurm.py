@@ -67,6 +67,7 @@ class TrainingTask(Checkpointable):
 
     ``done_file``: written by rank 0 after a successful run, with ``done_info`` (sweeps skip finished points).
     ``runner``: the callable that runs the argv (default: ``maws_scale.cli.main``).
+    ``after``: argvs rank 0 runs next when the run succeeded (a sweep's evaluation of a single stage).
     """
 
     def __init__(
@@ -75,25 +76,31 @@ class TrainingTask(Checkpointable):
         done_file: str | None = None,
         runner: Runner | None = None,
         done_info: dict[str, Any] | None = None,
+        after: list[list[str]] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.done_file = done_file
         self.runner = runner
         self.done_info = dict(done_info or {})
+        self.after = [list(a) for a in after or []]
 
     def __call__(self) -> int:
         env = distributed_env()
         os.environ.update(env)
-        code = int((self.runner or _cli_main)(self.argv) or 0)
-        if code != 0:
-            raise RuntimeError(f"maws-scale {shlex.join(self.argv)} exited with {code} on rank {env['RANK']}")
+        runner = self.runner or _cli_main
+        steps = [self.argv] + (self.after if env["RANK"] == "0" else [])
+        for argv in steps:
+            code = int(runner(argv) or 0)
+            if code != 0:
+                raise RuntimeError(f"maws-scale {shlex.join(argv)} exited with {code} on rank {env['RANK']}")
         if self.done_file and env["RANK"] == "0":
             write_done(self.done_file, {**self.done_info, "argv": self.argv})
-        return code
+        return 0
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Called by submitit on preemption/timeout: the same run, resuming from its newest checkpoint."""
-        return DelayedSubmission(TrainingTask(with_resume_auto(self.argv), self.done_file, self.runner, self.done_info))
+        resumed = TrainingTask(with_resume_auto(self.argv), self.done_file, self.runner, self.done_info, self.after)
+        return DelayedSubmission(resumed)
 
 
 def write_done(path: str | os.PathLike, info: dict[str, Any]) -> None:

@@ -7,17 +7,19 @@ A sweep YAML::
     command: pipeline                   # pipeline | train
     output_dir: runs/sweeps/maws_effect # each point runs in <output_dir>/<run_id>/ (relative to the working dir)
     overrides: {train.micro_batch: 64}  # for every point
-    list:                               # points; 'label' names a point (a coordinate, not a config key)
-      - {label: wsp_random, wsp.init: random}
-      - {label: maws, stages.mae.train.steps: 400}
+    list:                               # points; 'label' names a point (a coordinate, not a config key),
+      - {label: maws, stages.mae.train.steps: 400}      # 'command' runs it with another command than the sweep's
+      - {label: wsp_random, command: train, stage: wsp, wsp.init: random}
     grid:                               # crossed with every list entry
       seed: [0, 1, 2]
     launch: {}                          # run here, one point after another; or {launcher: slurm, nodes: .., ...}
     report: {...}                       # see maws_scale.jobs.report
 
 Every run logs to one MLflow store per sweep (``sqlite:///<output_dir>/mlflow.db`` unless ``tracking_uri`` is set)
-in the experiment ``name``, tagged ``sweep``, ``sweep_run`` and one tag per coordinate. A run that finished leaves
-``<run_dir>/sweep_done.json`` holding its config hash; re-running the sweep skips it unless its config changed.
+in the experiment ``name``, tagged ``sweep``, ``sweep_run`` and one tag per coordinate. A point run with ``train``
+(one stage) is then evaluated like the pipeline's final stage (``evaluate: true``): ``maws-scale eval`` on
+``<run_dir>/<stage>/consolidated.pt``. A run that finished leaves ``<run_dir>/sweep_done.json`` holding its config
+hash; re-running the sweep skips it unless its config changed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from maws_scale.jobs.spec import LaunchSpec
 
 DONE = "sweep_done.json"
 LABEL = "label"
+COMMAND = "command"
+COMMANDS = ("pipeline", "train")
 
 
 class FitSpec(BaseModel):
@@ -70,6 +74,7 @@ class SweepSpec(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     list_: list[dict[str, Any]] = Field(default_factory=list, alias="list")
+    evaluate: bool = Field(True, description="evaluate the checkpoint of points run with `train`")
     launch: dict[str, Any] = Field(default_factory=dict, description="{} runs here; launcher: slurm submits")
     report: ReportSpec = Field(default_factory=ReportSpec)
 
@@ -86,6 +91,16 @@ class SweepSpec(BaseModel):
         empty = [k for k, v in value.items() if not v]
         if empty:
             raise ValueError(f"grid.{empty[0]}: an empty list would give no runs")
+        if COMMAND in value:
+            raise ValueError("grid.command: set a point's command in a list entry")
+        return value
+
+    @field_validator("list_")
+    @classmethod
+    def _list(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, entry in enumerate(value):
+            if entry.get(COMMAND, "pipeline") not in COMMANDS:
+                raise ValueError(f"list[{i}].command: must be one of {', '.join(COMMANDS)}, got {entry[COMMAND]!r}")
         return value
 
 
@@ -97,6 +112,7 @@ class Point:
     coords: dict[str, Any]
     config: RunConfig
     run_dir: Path
+    command: str = "pipeline"
 
     @property
     def config_path(self) -> Path:
@@ -120,8 +136,19 @@ class Point:
             return "pending"
         return "done" if done.get("config_hash") == self.config_hash else "changed"
 
-    def argv(self, command: str) -> list[str]:
-        return [command, str(self.config_path)]
+    def argv(self) -> list[str]:
+        """The ``maws-scale`` arguments that run this point."""
+        return [self.command, str(self.config_path)]
+
+    def checkpoint(self) -> Path:
+        """The consolidated weights a ``train`` point leaves: ``<run_dir>/<stage>/consolidated.pt``."""
+        from maws_scale.train.checkpoint import CONSOLIDATED
+
+        return self.run_dir / self.config.stage / CONSOLIDATED
+
+    def eval_argv(self) -> list[str]:
+        """``maws-scale eval`` of a ``train`` point's checkpoint (the pipeline evaluates by itself)."""
+        return ["eval", str(self.checkpoint()), "--config", str(self.config_path)]
 
 
 @dataclass
@@ -141,7 +168,7 @@ class Sweep:
     def coordinates(self) -> list[str]:
         keys: list[str] = []
         for entry in self.spec.list_:
-            keys += [k for k in entry if k not in keys]
+            keys += [k for k in entry if k not in keys and k != COMMAND]
         return keys + [k for k in self.spec.grid if k not in keys]
 
     def launch_spec(self, extra: dict[str, Any] | None = None) -> LaunchSpec:
@@ -191,7 +218,7 @@ def _slug(value: Any) -> str:
 def run_ids(points: list[dict[str, Any]], grid_keys: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Readable unique ids: a list entry's label stands for its keys, then ``<name><value>`` for the other
     coordinates, where the name is the key's last part (``seed1``, ``poolgap``) unless two keys share it."""
-    keys = {k for c in points for k in c if k != LABEL}
+    keys = {k for c in points for k in c if k not in (LABEL, COMMAND)}
     last = [k.split(".")[-1] for k in keys]
     names = {k: k.split(".")[-1] if last.count(k.split(".")[-1]) == 1 else k.replace(".", "_") for k in keys}
 
@@ -199,7 +226,7 @@ def run_ids(points: list[dict[str, Any]], grid_keys: list[str] | tuple[str, ...]
         labelled = LABEL in coords
         parts = [_slug(coords[LABEL])] if labelled else []
         for key, value in coords.items():
-            if key != LABEL and (not labelled or key in grid_keys):
+            if key not in (LABEL, COMMAND) and (not labelled or key in grid_keys):
                 parts.append(f"{names[key]}{_slug(value)}")
         return "-".join(parts) or "run"
 
@@ -226,6 +253,8 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     coords_list = expand(spec)
     for run_id, coords in zip(run_ids(coords_list, list(spec.grid)), coords_list):
         run_dir = sweep.output_dir / run_id
+        command = coords.get(COMMAND, spec.command)
+        coords = {k: v for k, v in coords.items() if k != COMMAND}
         settings = {**spec.overrides, **{k: v for k, v in coords.items() if k != LABEL}}
         overrides = [f"{k}={_dump(v)}" for k, v in settings.items()]
         try:
@@ -239,7 +268,13 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         cfg.tracking.experiment = spec.name
         cfg.tracking.run_name = run_id
         cfg.tracking.tags = tags
-        sweep.points.append(Point(run_id, coords, cfg, run_dir))
+        if command == "train":
+            try:
+                cfg = cfg.for_stage(cfg.stage) if cfg.stage in cfg.stages else cfg
+                cfg.check_standalone()
+            except ConfigError as err:
+                raise ConfigError(f"sweep point '{run_id}': {err}") from None
+        sweep.points.append(Point(run_id, coords, cfg, run_dir, command))
     return sweep
 
 

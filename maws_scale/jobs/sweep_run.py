@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -53,13 +54,19 @@ def run_sequential(
             bar.update(task, description=f"sweep {sweep.spec.name}: {point.run_id}")
             start = time.perf_counter()
             log = point.run_dir / "run.log"
+            code = 0
             with open(log, "w") as handle:
-                code = subprocess.call(
-                    [sys.executable, "-m", "maws_scale.cli", *point.argv(sweep.spec.command)],
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
+                for argv in _steps(sweep, point):
+                    handle.write(f"$ maws-scale {shlex.join(argv)}\n")
+                    handle.flush()
+                    code = subprocess.call(
+                        [sys.executable, "-m", "maws_scale.cli", *argv],
+                        stdout=handle,
+                        stderr=subprocess.STDOUT,
+                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    )
+                    if code != 0:
+                        break
             seconds = time.perf_counter() - start
             outcomes.append(Outcome(point, code, seconds))
             if code == 0:
@@ -76,6 +83,14 @@ def run_sequential(
     return outcomes
 
 
+def _steps(sweep: Sweep, point: Point) -> list[list[str]]:
+    """The commands of one point: its run, then (for a ``train`` point) the evaluation of its checkpoint."""
+    steps = [point.argv()]
+    if point.command == "train" and sweep.spec.evaluate:
+        steps.append(point.eval_argv())
+    return steps
+
+
 def _executor(sweep: Sweep, launch: LaunchSpec, offline: bool = False) -> Any:
     folder = str((sweep.output_dir / "submitit" / "%j").absolute())
     return make_executor(launch, folder, offline=offline)
@@ -88,10 +103,12 @@ def submit_points(sweep: Sweep, points: list[Point], launch: LaunchSpec) -> list
     jobs = []
     with executor.batch():
         for point in points:
+            first, *after = _steps(sweep, point)
             task = TrainingTask(
-                point.argv(sweep.spec.command),
+                first,
                 done_file=str(point.done_path),
                 done_info={"run_id": point.run_id, "config_hash": point.config_hash},
+                after=after,
             )
             jobs.append(executor.submit(task))
     return jobs

@@ -156,3 +156,15 @@ def test_preemption_requeues_with_resume_auto(tmp_path: Path) -> None:
     assert first["argv"] == ["pipeline", "c.yaml", "optim.lr=1"]
     assert resumed["argv"] == ["pipeline", "c.yaml", "optim.lr=1", "checkpoint.resume=auto"]
     assert "Requeued" in (job.stderr() or "") + (job.stdout() or "")
+
+
+def test_rank0_runs_the_after_steps_and_requeue_keeps_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key, value in {**SLURM_ENV, "SLURM_PROCID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    seen: list[list[str]] = []
+    task = TrainingTask(["train", "c.yaml"], runner=lambda argv: seen.append(argv) or 0, after=[["eval", "w.pt"]])
+    assert task() == 0 and seen == [["train", "c.yaml"], ["eval", "w.pt"]]
+    assert task.checkpoint().function.after == [["eval", "w.pt"]]
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    seen.clear()
+    assert task() == 0 and seen == [["train", "c.yaml"]]

@@ -148,3 +148,21 @@ def test_slurm_sweep_submits_one_job_array(tmp_path: Path, monkeypatch: pytest.M
     assert "#SBATCH --array=0-3%4" in (tmp_path / "array.sh").read_text()
     # a world size the batch cannot be split over is refused before submitting
     assert main(["sweep", str(path), "--slurm", "--nodes", "1", "--gpus-per-node", "3"]) == 2
+
+
+def test_a_train_point_runs_its_stage_then_evaluates_it(tmp_path: Path, fake_runs: list) -> None:
+    entries = [{"label": "mae_only", "command": "train", "stage": "mae"}, {"label": "maws"}]
+    path = write_sweep(tmp_path, list=entries, grid={"seed": [0]})
+    sweep = load_sweep(path)
+    assert sweep.coordinates() == ["label", "stage", "seed"]
+    mae_only = sweep.points[0]
+    assert mae_only.command == "train" and mae_only.config.train.steps == 300  # stages.mae applied for `train`
+    assert main(["sweep", str(path)]) == 0
+    run_dir = tmp_path / "out" / "mae_only-seed0"
+    assert [a[3:] for a in fake_runs] == [
+        ["train", str(run_dir / "config.yaml")],
+        ["eval", str(run_dir / "mae" / "consolidated.pt"), "--config", str(run_dir / "config.yaml")],
+        ["pipeline", str(tmp_path / "out" / "maws-seed0" / "config.yaml")],
+    ]
+    with pytest.raises(ConfigError, match=r"list\[0\]\.command: must be one of"):
+        load_sweep(write_sweep(tmp_path, list=[{"command": "bench"}]))

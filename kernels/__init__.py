@@ -2,6 +2,7 @@
 
 Each public op takes ``impl="auto"|"triton"|"torch"``: "auto" uses the fused Triton kernel when Triton and a CUDA
 device are there (or the Triton interpreter is on, ``TRITON_INTERPRET=1``) and the torch reference otherwise.
+Importing this package does not import triton; the kernels load on the first fused call. See docs/kernels.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,17 @@
-"""Choose between the fused Triton kernels and the torch references."""
+"""Choose between the fused Triton kernels and the torch references.
+
+``impl="auto"`` runs the fused kernel when :func:`triton_available` says it can run on the input's device and the
+reference otherwise; ``"triton"`` insists (and raises ``RuntimeError`` saying why it cannot); ``"torch"`` always runs
+the reference. The kernel modules import triton, so they are imported only when a fused op first runs: Triton reads
+``TRITON_INTERPRET`` when the kernels are decorated, i.e. then.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib
+import sys
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -9,28 +19,73 @@ import torch
 from . import reference
 
 Impl = Literal["auto", "triton", "torch"]
+IMPLS = ("auto", "triton", "torch")
 
 
-def triton_available(device: torch.device | None = None) -> bool:
-    """True when the fused kernels can run on ``device`` (CUDA + Triton, or the Triton CPU interpreter)."""
-    return False
+@functools.cache
+def _triton_import_error() -> str | None:
+    try:
+        importlib.import_module("triton")
+    except Exception as err:  # a broken install raises more than ImportError
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _interpreter_on() -> bool:
+    import triton
+
+    return bool(triton.knobs.runtime.interpret)
+
+
+def _unavailable_reason(device: torch.device | str | None) -> str | None:
+    """Why the fused kernels cannot run on ``device`` (None when they can)."""
+    error = _triton_import_error()
+    if error is not None:
+        return f"triton cannot be imported ({error})"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    interpret = _interpreter_on()
+    loaded = sys.modules.get(f"{__package__}.triton_common")
+    if loaded is not None and interpret != loaded.INTERPRETED:
+        was = "on" if loaded.INTERPRETED else "off"
+        return f"the kernels were loaded with TRITON_INTERPRET {was} and it has changed since; restart the process"
+    if interpret or (torch.device(device).type == "cuda" and torch.cuda.is_available()):
+        return None
+    return f"the tensors are on {torch.device(device)} and TRITON_INTERPRET=1 (the Triton CPU interpreter) is not set"
+
+
+def triton_available(device: torch.device | str | None = None) -> bool:
+    """True when the fused kernels can run on ``device`` (default: CUDA if present): triton imports, and the device
+    is a CUDA GPU or the Triton CPU interpreter is on (``TRITON_INTERPRET=1`` set before the kernels load)."""
+    return _unavailable_reason(device) is None
 
 
 def _use_triton(impl: Impl, tensor: torch.Tensor) -> bool:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "torch":
         return False
-    available = triton_available(tensor.device)
-    if impl == "triton" and not available:
-        raise RuntimeError(
-            "impl='triton' asked for, but the fused kernels cannot run here (need triton and a CUDA device, "
-            "or TRITON_INTERPRET=1 for the CPU interpreter); use impl='auto' or 'torch'"
-        )
-    return available
+    reason = _unavailable_reason(tensor.device)
+    if impl == "triton" and reason is not None:
+        raise RuntimeError(f"impl='triton' asked for, but the fused kernels cannot run here: {reason}; "
+                           "use impl='auto' or 'torch'")  # fmt: skip
+    return reason is None
 
 
-def gather_visible(tokens: torch.Tensor, pos_embed: torch.Tensor, keep_ids: torch.Tensor, impl: Impl = "auto"):
-    """Visible tokens with position embeddings added: (B, L, D), (L, D), (B, L_keep) → (B, L_keep, D)."""
-    _use_triton(impl, tokens)
+def _fused() -> ModuleType:
+    return importlib.import_module(f"{__package__}.functions")
+
+
+def gather_visible(
+    tokens: torch.Tensor, pos_embed: torch.Tensor, keep_ids: torch.Tensor, impl: Impl = "auto"
+) -> torch.Tensor:
+    """Visible tokens with position embeddings added: (B, L, D), (L, D), (B, L_keep) → (B, L_keep, D).
+
+    Output dtype is ``tokens.dtype`` (``pos_embed`` is cast to it first, as in the reference). Gradients flow to
+    ``tokens`` (zeros at masked patches) and ``pos_embed`` (summed over the batch). ``keep_ids`` must hold distinct
+    in-range indices per row."""
+    if _use_triton(impl, tokens):
+        return _fused().GatherVisible.apply(tokens, pos_embed, keep_ids)
     return reference.gather_visible_torch(tokens, pos_embed, keep_ids)
 
 
@@ -40,9 +95,14 @@ def unshuffle_with_mask_tokens(
     restore_ids: torch.Tensor,
     pos_embed: torch.Tensor,
     impl: Impl = "auto",
-):
-    """Full decoder sequence from visible tokens, the mask token and restore indices: → (B, L, D)."""
-    _use_triton(impl, visible)
+) -> torch.Tensor:
+    """Full decoder sequence from visible tokens, the mask token and restore indices: → (B, L, D).
+
+    Slot ``l`` of sample ``b`` takes ``visible[b, restore_ids[b, l]]`` when that index is below L_keep and the mask
+    token otherwise, plus ``pos_embed[l]``; the output has ``visible.dtype``. Gradients flow to ``visible``,
+    ``mask_token`` and ``pos_embed``. ``restore_ids`` must be a permutation of ``0..L-1`` per row."""
+    if _use_triton(impl, visible):
+        return _fused().UnshuffleWithMaskTokens.apply(visible, mask_token, restore_ids, pos_embed)
     return reference.unshuffle_with_mask_tokens_torch(visible, mask_token, restore_ids, pos_embed)
 
 
@@ -54,7 +114,12 @@ def norm_pix_masked_mse(
     norm_pix: bool = True,
     eps: float = 1e-6,
     impl: Impl = "auto",
-):
-    """MAE loss: (normalised-)pixel MSE over masked patches only (mask: 1 = masked), fp32 accumulation."""
-    _use_triton(impl, pred)
+) -> torch.Tensor:
+    """MAE loss: (normalised-)pixel MSE over masked patches only (mask: 1 = masked, or per-patch weights), fp32.
+
+    ``imgs`` (B, C, H, W) in any float dtype, ``pred`` (B, L, p²·C) in (p, p, C) order. The gradient flows to
+    ``pred`` only. With the fused kernel, patches of weight 0 are not read at all (so non-finite values there do not
+    reach the loss, unlike the reference, where 0 · NaN = NaN)."""
+    if _use_triton(impl, pred):
+        return _fused().NormPixMaskedMSE.apply(imgs, pred, mask, patch_size, norm_pix, eps)
     return reference.norm_pix_masked_mse_torch(imgs, pred, mask, patch_size, norm_pix=norm_pix, eps=eps)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
@@ -117,6 +118,31 @@ def check_schema(table: pa.Table, where: str) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise DatasetError(f"{where}: column '{name}' has type {have}, expected {want}") from None
     return table
+
+
+class BinaryColumn:
+    """Row access to a memory-mapped binary column through its offsets: one copy per image, no ``take`` (which
+    copies large values slowly)."""
+
+    def __init__(self, column: pa.ChunkedArray):
+        self.starts = np.cumsum([0] + [len(chunk) for chunk in column.chunks])
+        self.chunks: list[tuple[np.ndarray, memoryview | None, np.ndarray | None]] = []
+        for chunk in column.chunks:
+            _, offsets, data = chunk.buffers()
+            offs = np.frombuffer(offsets, dtype=np.int32, count=len(chunk) + 1, offset=chunk.offset * 4)
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else None
+            self.chunks.append((offs, memoryview(data) if data is not None else None, valid))
+
+    def get(self, rows: np.ndarray) -> list[bytes | None]:
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        out: list[bytes | None] = []
+        for k, row in zip(which.tolist(), (rows - self.starts[which]).tolist()):
+            offsets, data, valid = self.chunks[k]
+            if data is None or (valid is not None and not valid[row]):
+                out.append(None)
+            else:
+                out.append(bytes(data[offsets[row] : offsets[row + 1]]))
+        return out
 
 
 @dataclass

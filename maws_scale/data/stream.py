@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from maws_scale.data.decode import decode_batch
 from maws_scale.data.labels import Vocabulary
 from maws_scale.data.order import GlobalOrder
-from maws_scale.data.shards import DatasetError, Manifest, check_schema, open_shard, sha256_file
+from maws_scale.data.shards import BinaryColumn, DatasetError, Manifest, check_schema, open_shard, sha256_file
 
 log = logging.getLogger("maws_scale.data")
 STATE_VERSION = 1
@@ -64,24 +64,25 @@ class _Shards:
     def __init__(self, spec: StreamSpec, keep: int = 16):
         self.spec = spec
         self.keep = keep
-        self.tables: dict[int, pa.Table | str] = {}
+        self.tables: dict[int, _Shard | str] = {}
 
-    def get(self, index: int) -> pa.Table | str:
+    def get(self, index: int) -> _Shard | str:
         if index in self.tables:
             return self.tables[index]
         info = self.spec.manifest.shards[index]
         path = Path(self.spec.root) / info.file
-        result: pa.Table | str
+        result: _Shard | str
         try:
             size = path.stat().st_size
             if size != info.bytes:
-                raise _ShardProblem("checksum_mismatch", f"size {size} != manifest {info.bytes}")
+                raise _ShardProblem("size_mismatch", f"size {size} != manifest {info.bytes}")
             if self.spec.verify_checksums and sha256_file(path) != info.sha256:
                 raise _ShardProblem("checksum_mismatch", "sha256 differs from the manifest")
             table = open_shard(path)
             if table.num_rows != info.records:
-                raise _ShardProblem("bad_shard", f"{table.num_rows} rows, manifest says {info.records}")
-            result = check_schema(table, str(path))
+                raise _ShardProblem("unreadable_shard", f"{table.num_rows} rows, manifest says {info.records}")
+            table = check_schema(table, str(path))
+            result = _Shard(table.drop_columns(["image"]), BinaryColumn(table["image"]))
         except _ShardProblem as problem:
             log.error("skipping shard %s: %s (%s)", path, problem.detail, problem.reason)
             result = problem.reason
@@ -96,6 +97,12 @@ class _Shards:
             self.tables.pop(next(iter(self.tables)))
         self.tables[index] = result
         return result
+
+
+@dataclass
+class _Shard:
+    table: pa.Table  # every column but the images
+    images: BinaryColumn
 
 
 class _ShardProblem(Exception):
@@ -222,14 +229,14 @@ def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray, errors: Co
     clean_parts: list[tuple[np.ndarray, pa.Array]] = []
     for shard in np.unique(shard_ids):
         where = np.flatnonzero(shard_ids == shard)
-        table = shards.get(int(shard))
-        if isinstance(table, str):
+        opened = shards.get(int(shard))
+        if isinstance(opened, str):
             for i in where:
-                out["reason"][i] = table
+                out["reason"][i] = opened
             continue
-        taken = table.take(pa.array(row_ids[where]))
+        taken = opened.table.take(pa.array(row_ids[where]))
         keys = taken["key"].to_pylist()
-        images = taken["image"].to_pylist()
+        images = opened.images.get(row_ids[where])
         for i, key, image in zip(where, keys, images):
             if key:
                 out["key"][i] = key

@@ -93,17 +93,19 @@ def test_fuzzed_records_are_counted_never_raised(cfg_for, specs, shards):
 
 def test_bad_shards_are_skipped_with_their_records_counted(tmp_path, cfg_for, caplog):
     good = [{"key": f"g{i}", "image": GOOD_JPEG, "tags": ["a"]} for i in range(10)]
-    root = _dataset(tmp_path, [good[:5], good[5:], good[:3]])
-    # shard 1: same size, scrambled bytes (unreadable); shard 2: deleted
+    root = _dataset(tmp_path, [good[:5], good[5:], good[:3], good[:2]])
+    # shard 1: same size, scrambled bytes (unreadable); shard 2: deleted; shard 3: truncated
     path = tmp_path / shard_name(1)
     path.write_bytes(bytes(reversed(path.read_bytes())))
     (tmp_path / shard_name(2)).unlink()
+    path = tmp_path / shard_name(3)
+    path.write_bytes(path.read_bytes()[:-100])
     for workers in (0, 2):  # counts come back from worker processes too
         with caplog.at_level(logging.ERROR, logger="maws_scale.data"):
             loader = build_loader(cfg_for(root, f"data.num_workers={workers}"), "mae", infinite=False)
             keys, _ = _drain(loader)
         assert set(keys) == {f"g{i}" for i in range(5)}
-        assert loader.error_counts() == {"unreadable_shard": 8}
+        assert loader.error_counts() == {"unreadable_shard": 8, "size_mismatch": 2}
     assert shard_name(1) in caplog.text and shard_name(2) in caplog.text  # logged (in-process run)
 
 

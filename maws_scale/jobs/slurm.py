@@ -68,6 +68,7 @@ class TrainingTask(Checkpointable):
     ``done_file``: written by rank 0 after a successful run, with ``done_info`` (sweeps skip finished points).
     ``runner``: the callable that runs the argv (default: ``maws_scale.cli.main``).
     ``after``: argvs rank 0 runs next when the run succeeded (a sweep's evaluation of a single stage).
+    ``env``: extra environment variables, set before anything runs.
     """
 
     def __init__(
@@ -77,14 +78,17 @@ class TrainingTask(Checkpointable):
         runner: Runner | None = None,
         done_info: dict[str, Any] | None = None,
         after: list[list[str]] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.done_file = done_file
         self.runner = runner
         self.done_info = dict(done_info or {})
         self.after = [list(a) for a in after or []]
+        self.env = dict(env or {})
 
     def __call__(self) -> int:
+        os.environ.update(self.env)
         env = distributed_env()
         os.environ.update(env)
         runner = self.runner or _cli_main
@@ -99,7 +103,9 @@ class TrainingTask(Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Called by submitit on preemption/timeout: the same run, resuming from its newest checkpoint."""
-        resumed = TrainingTask(with_resume_auto(self.argv), self.done_file, self.runner, self.done_info, self.after)
+        resumed = TrainingTask(
+            with_resume_auto(self.argv), self.done_file, self.runner, self.done_info, self.after, self.env
+        )
         return DelayedSubmission(resumed)
 
 

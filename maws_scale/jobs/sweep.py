@@ -6,6 +6,7 @@ A sweep YAML::
     base: ../demo.yaml                  # run config, relative to this file
     command: pipeline                   # pipeline | train
     output_dir: runs/sweeps/maws_effect # each point runs in <output_dir>/<run_id>/ (relative to the working dir)
+    env: {OMP_NUM_THREADS: "1"}         # environment of every run
     overrides: {train.micro_batch: 64}  # for every point
     list:                               # points; 'label' names a point (a coordinate, not a config key),
       - {label: maws, stages.mae.train.steps: 400}      # 'command' runs it with another command than the sweep's
@@ -75,6 +76,7 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     list_: list[dict[str, Any]] = Field(default_factory=list, alias="list")
     evaluate: bool = Field(True, description="evaluate the checkpoint of points run with `train`")
+    env: dict[str, str] = Field(default_factory=dict, description="environment of every run, e.g. OMP_NUM_THREADS")
     launch: dict[str, Any] = Field(default_factory=dict, description="{} runs here; launcher: slurm submits")
     report: ReportSpec = Field(default_factory=ReportSpec)
 

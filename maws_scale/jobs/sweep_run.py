@@ -63,7 +63,7 @@ def run_sequential(
                         [sys.executable, "-m", "maws_scale.cli", *argv],
                         stdout=handle,
                         stderr=subprocess.STDOUT,
-                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                        env={**os.environ, "PYTHONUNBUFFERED": "1", **sweep.spec.env},
                     )
                     if code != 0:
                         break
@@ -109,6 +109,7 @@ def submit_points(sweep: Sweep, points: list[Point], launch: LaunchSpec) -> list
                 done_file=str(point.done_path),
                 done_info={"run_id": point.run_id, "config_hash": point.config_hash},
                 after=after,
+                env=sweep.spec.env,
             )
             jobs.append(executor.submit(task))
     return jobs

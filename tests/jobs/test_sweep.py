@@ -81,17 +81,23 @@ def test_each_point_gets_its_config_dir_tags_and_shared_store(tmp_path: Path) ->
     assert load_config(point.config_path) == cfg  # the child process reads exactly this config
 
 
+class Calls(list):
+    call: object
+
+
 @pytest.fixture
 def fake_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Replace the child processes by a recorder; a run whose config mentions 'seed: 1' fails if FAIL is set."""
-    calls: list[list[str]] = []
+    calls = Calls()
 
     def call(argv, **kwargs):
         calls.append(argv)
+        call.env = kwargs["env"]
         config = Path(argv[-1]).read_text()
         return 1 if os.environ.get("FAIL_SEED1") and "\nseed: 1\n" in config else 0
 
     monkeypatch.setattr(sweep_run.subprocess, "call", call)
+    calls.call = call
     return calls
 
 
@@ -166,3 +172,9 @@ def test_a_train_point_runs_its_stage_then_evaluates_it(tmp_path: Path, fake_run
     ]
     with pytest.raises(ConfigError, match=r"list\[0\]\.command: must be one of"):
         load_sweep(write_sweep(tmp_path, list=[{"command": "bench"}]))
+
+
+def test_runs_get_the_sweep_env(tmp_path: Path, fake_runs: Calls) -> None:
+    path = write_sweep(tmp_path, grid={"seed": [0]}, list=[], env={"OMP_NUM_THREADS": "1"})
+    assert main(["sweep", str(path)]) == 0
+    assert fake_runs.call.env["OMP_NUM_THREADS"] == "1" and fake_runs.call.env["PYTHONUNBUFFERED"] == "1"

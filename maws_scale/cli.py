@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pretraining.",
     )
     parser.add_argument("--version", action="version", version=f"maws-scale {__version__}")
+    # `deepspeed -m maws_scale.cli ...` passes --local_rank=N first; the rank is read from LOCAL_RANK instead
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):

@@ -1,0 +1,51 @@
+"""`maws-scale train CONFIG [key=value ...]`: train one stage (``stage=mae|wsp``) on any launcher."""
+
+from __future__ import annotations
+
+import argparse
+
+from maws_scale.commands._common import add_config_arguments, config_from_args
+from maws_scale.config import RunConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train one stage (stage=mae or stage=wsp with wsp.init_from=PATH or wsp.init=random)",
+        description="Train one stage. Works as one process, under torchrun, and under `deepspeed -m maws_scale.cli`. "
+        "A config with a `stages:` section gets that stage's overrides applied.",
+    )
+    add_stage_run_arguments(parser)
+    parser.set_defaults(func=_train)
+
+
+def add_stage_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """CONFIG, overrides, and the run flags shared by `train` and `pipeline`."""
+    add_config_arguments(parser)
+    parser.add_argument("--resume", metavar="auto|PATH", help="checkpoint.resume: 'auto' = newest complete checkpoint")
+    parser.add_argument("--tracking-uri", metavar="URI", help="tracking.uri: an MLflow server or store")
+    parser.add_argument("--output-dir", metavar="DIR", help="output_dir")
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """Load the config and fold the flags in as overrides (so the error messages name the config keys)."""
+    extra = []
+    if args.resume:
+        extra.append(f"checkpoint.resume={args.resume}")
+    if args.tracking_uri:
+        extra.append(f"tracking.uri={args.tracking_uri}")
+    if args.output_dir:
+        extra.append(f"output_dir={args.output_dir}")
+    args.overrides = [*(args.overrides or []), *extra]
+    return config_from_args(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = run_config(args)
+    if cfg.stage in cfg.stages:
+        cfg = cfg.for_stage(cfg.stage)
+    cfg.check_standalone()
+    from maws_scale.train.loop import train_stage
+
+    train_stage(cfg)
+    return 0

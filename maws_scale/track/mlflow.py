@@ -1,0 +1,314 @@
+"""MLflow tracking on rank 0 (a no-op elsewhere) that never stops training.
+
+Every MLflow call runs on one background thread fed by a queue, so a slow or dead tracking server costs the training
+loop nothing: the first failure is warned about once, records are buffered (bounded; the oldest are dropped when
+full) and retried, and whatever is still undelivered at the end is reported and given up after a timeout.
+
+Default store: ``sqlite:///<output_dir>/mlflow.db`` with artifacts in ``<output_dir>/mlartifacts`` (the old
+``./mlruns`` file store raises in MLflow 3.17). ``tracking.uri`` (or ``--tracking-uri``) points at a server instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from maws_scale.config import ConfigError, RunConfig
+
+log = logging.getLogger("maws_scale.track")
+
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_LENGTH = 6000
+RUN_ID_FILE = "mlflow_run_id"
+_STOP = object()
+
+
+class TrackingWarning(UserWarning):
+    """The tracking server could not be reached; training goes on."""
+
+
+class NullTracker:
+    """The tracker of every rank but 0, and of runs with ``tracking.enabled=false``."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record run parameters."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Record metrics at ``step``."""
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a local file."""
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the run."""
+
+
+def default_uri(output_dir: str | Path) -> str:
+    """The embedded store of a run: ``sqlite:///<output_dir>/mlflow.db``."""
+    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config → ``{"optim.lr": "0.001", ...}`` with values cut to MLflow's length limit."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            flat[name] = text[:MAX_PARAM_LENGTH]
+    return flat
+
+
+class MLflowTracker:
+    """One MLflow run, written from a background thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        artifact_location: str | None = None,
+        run_id_file: str | Path | None = None,
+        flush_timeout: float = 30.0,
+        retry_every: float = 20.0,
+        max_buffer: int = 200_000,
+    ) -> None:
+        try:
+            import mlflow  # noqa: F401  (fail here, on the main thread, with a clear message)
+        except ImportError:
+            raise ConfigError(
+                "tracking.enabled: MLflow is not installed (pip install 'maws-scale[track]'), or set "
+                "tracking.enabled=false"
+            ) from None
+        self.uri = uri
+        self.experiment = experiment
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.artifact_location = artifact_location
+        self.run_id_file = Path(run_id_file) if run_id_file else None
+        self.flush_timeout = flush_timeout
+        self.retry_every = retry_every
+        self.run_id: str | None = None
+        self.dropped = 0
+        self.failures = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._pending: deque = deque(maxlen=max_buffer)
+        self._healthy = True
+        self._warned = False
+        self._client = None
+        self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
+        self._thread.start()
+
+    # ----- main-thread API (never blocks on the server) -----------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._queue.put(("params", flatten_params(params)))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        stamp = int(time.time() * 1000)
+        values = {k: float(v) for k, v in metrics.items() if v is not None}
+        self._queue.put(("metrics", (values, step, stamp)))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._queue.put(("artifact", (str(path), artifact_path)))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Flush (up to ``flush_timeout`` seconds, 5 s if the server is down) and close the run."""
+        self._queue.put((_STOP, status))
+        self._thread.join(self.flush_timeout if self._healthy else min(self.flush_timeout, 5.0))
+        if self._thread.is_alive():
+            left = self._queue.qsize() + len(self._pending)
+            self._warn(f"gave up on {left} tracking records after the flush timeout; the run's metrics are incomplete")
+        if self.dropped:
+            self._warn(f"dropped {self.dropped} tracking records while the server was unreachable")
+
+    # ----- background thread --------------------------------------------------------------------------------------
+    def _warn(self, message: str) -> None:
+        warnings.warn(f"MLflow ({self.uri}): {message}", TrackingWarning, stacklevel=3)
+        log.warning("MLflow (%s): %s", self.uri, message)
+
+    def _work(self) -> None:
+        stopping: str | None = None
+        next_try = 0.0
+        while True:
+            timeout = None if stopping is None and self._healthy else 0.2
+            try:
+                item = self._queue.get(timeout=timeout)
+                if item[0] is _STOP:
+                    stopping = item[1]
+                else:
+                    if len(self._pending) == self._pending.maxlen:
+                        self.dropped += 1
+                    self._pending.append(item)
+                while True:  # take everything already queued, to batch it
+                    item = self._queue.get_nowait()
+                    if item[0] is _STOP:
+                        stopping = item[1]
+                        continue
+                    if len(self._pending) == self._pending.maxlen:
+                        self.dropped += 1
+                    self._pending.append(item)
+            except queue.Empty:
+                pass
+            if time.monotonic() < next_try:
+                continue
+            try:
+                self._deliver()
+                if stopping is not None:
+                    self._client.set_terminated(self.run_id, status=stopping)
+                    return
+                if not self._healthy:
+                    log.warning("MLflow (%s): reachable again; buffered records delivered", self.uri)
+                self._healthy = True
+            except Exception as err:  # any failure of the server or the network: buffer and keep going
+                self.failures += 1
+                self._healthy = False
+                next_try = time.monotonic() + self.retry_every
+                if not self._warned:
+                    self._warned = True
+                    self._warn(
+                        f"tracking failed ({type(err).__name__}: {str(err)[:300]}); training continues, "
+                        f"records are buffered and retried every {self.retry_every:.0f} s"
+                    )
+
+    def _probe(self) -> None:
+        """Fail fast on an unreachable server (MLflow's own client retries for minutes before it gives up)."""
+        if not self.uri.startswith(("http://", "https://")):
+            return
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=5):
+                pass
+        except urllib.error.HTTPError:
+            pass  # the server answers (a proxy may not route /health): let MLflow's calls decide
+        except OSError as err:
+            raise ConnectionError(f"cannot reach {self.uri}: {err}") from None
+
+    def _ensure_run(self) -> None:
+        if not self._healthy or self.run_id is None:
+            self._probe()
+        if self.run_id is not None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=self.uri)
+        experiment = self._client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            experiment_id = self._client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        else:
+            experiment_id = experiment.experiment_id
+        previous = self._previous_run_id()
+        if previous is not None:
+            self._client.update_run(previous, status="RUNNING")
+            self.run_id = previous
+        else:
+            run = self._client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
+            self.run_id = run.info.run_id
+            if self.run_id_file is not None:
+                self.run_id_file.parent.mkdir(parents=True, exist_ok=True)
+                self.run_id_file.write_text(self.run_id)
+
+    def _previous_run_id(self) -> str | None:
+        """The run of an interrupted attempt of this stage (resumed training continues the same MLflow run)."""
+        if self.run_id_file is None or not self.run_id_file.exists():
+            return None
+        run_id = self.run_id_file.read_text().strip()
+        try:
+            self._client.get_run(run_id)
+        except Exception:
+            return None
+        return run_id
+
+    def _deliver(self) -> None:
+        from mlflow.entities import Metric, Param
+
+        self._ensure_run()
+        while self._pending:
+            kind, payload = self._pending[0]
+            if kind == "params":
+                items = list(payload.items())
+                for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+                    chunk = [Param(k, v) for k, v in items[i : i + MAX_PARAMS_PER_BATCH]]
+                    self._client.log_batch(self.run_id, params=chunk)
+                self._pending.popleft()
+            elif kind == "metrics":
+                batch: list = []
+                taken = 0
+                for kind_i, payload_i in self._pending:
+                    if kind_i != "metrics" or (taken and len(batch) + len(payload_i[0]) > MAX_METRICS_PER_BATCH):
+                        break
+                    values, step, stamp = payload_i
+                    batch.extend(Metric(k, v, stamp, step) for k, v in values.items())
+                    taken += 1
+                self._client.log_batch(self.run_id, metrics=batch)
+                for _ in range(taken):
+                    self._pending.popleft()
+            else:
+                path, artifact_path = payload
+                if Path(path).exists():
+                    self._client.log_artifact(self.run_id, path, artifact_path)
+                else:
+                    log.warning("MLflow: artifact %s vanished before upload; skipped", path)
+                self._pending.popleft()
+
+
+def save_loss_curve(history: Mapping[str, list[tuple[int, float]]], path: str | Path, title: str = "") -> Path:
+    """Plot each series of ``history`` (name -> [(step, value)]) against the step into a PNG (Agg, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    for name, points in history.items():
+        if points:
+            steps, values = zip(*points)
+            axes.plot(steps, values, label=name, linewidth=1.2)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if len(history) > 1:
+        axes.legend()
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def make_tracker(cfg: RunConfig, stage_dir: str | Path, is_main: bool) -> MLflowTracker | NullTracker:
+    """The run's tracker: MLflow on rank 0 when ``tracking.enabled``, else a no-op."""
+    if not is_main or not cfg.tracking.enabled:
+        return NullTracker()
+    out = Path(cfg.output_dir)
+    uri = cfg.tracking.uri or default_uri(out)
+    artifacts = None
+    if cfg.tracking.uri is None:
+        out.mkdir(parents=True, exist_ok=True)
+        artifacts = (out / "mlartifacts").resolve().as_uri()
+    base = cfg.tracking.run_name or out.name
+    tags = {"stage": cfg.stage, "model": cfg.model.name, **cfg.tracking.tags}
+    return MLflowTracker(
+        uri=uri,
+        experiment=cfg.tracking.experiment,
+        run_name=f"{base}-{cfg.stage}",
+        tags=tags,
+        artifact_location=artifacts,
+        run_id_file=Path(stage_dir) / RUN_ID_FILE,
+    )

@@ -1,0 +1,158 @@
+"""Throughput and model-FLOPs utilisation: datasheet peaks, a measured device peak, and a per-step meter.
+
+MFU is reported twice: against the datasheet peak of the accelerator (A100 / H100 / H200 bf16 dense, or
+``tracking.peak_tflops``), and against the device's own peak measured once at start-up with a large matmul in the
+run's precision, so the number means something on a CPU run too.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+# Dense (no sparsity) peak TFLOP/s from the vendor datasheets, by (device-name substring, precision).
+PEAK_TFLOPS: dict[tuple[str, str], float] = {
+    ("A100", "bf16"): 312.0,
+    ("A100", "fp16"): 312.0,
+    ("A100", "fp32"): 156.0,  # TF32 tensor cores
+    ("H100", "bf16"): 989.0,  # SXM; the PCIe card is lower (756)
+    ("H100", "fp16"): 989.0,
+    ("H100", "fp32"): 494.0,
+    ("H200", "bf16"): 989.0,
+    ("H200", "fp16"): 989.0,
+    ("H200", "fp32"): 494.0,
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    """Human name of the accelerator (``torch.cuda.get_device_name``) or ``cpu``."""
+    device = torch.device(device) if device is not None else None
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def datasheet_peak_tflops(name: str, precision: str = "bf16") -> float | None:
+    """Datasheet peak for a device name such as 'NVIDIA H100 80GB HBM3'; None when the device is not in the table."""
+    if "PCIe" in name and "H100" in name:
+        return {"bf16": 756.0, "fp16": 756.0, "fp32": 378.0}.get(precision)
+    for (key, prec), value in PEAK_TFLOPS.items():
+        if key in name and prec == precision:
+            return value
+    return None
+
+
+def measure_peak_tflops(
+    device: torch.device | str = "cpu", precision: str = "bf16", size: int | None = None, seconds: float = 0.3
+) -> float:
+    """Achieved TFLOP/s of repeated square matmuls on ``device`` in ``precision`` (a practical ceiling)."""
+    device = torch.device(device)
+    dtype = DTYPES[precision]
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.float32  # CPU fp16 matmul is emulated and says nothing about the hardware
+    n = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    torch.matmul(a, b)  # warm-up (kernel selection, allocation)
+    sync()
+    iters, start = 0, time.perf_counter()
+    while True:
+        torch.matmul(a, b)
+        iters += 1
+        if iters % 4 == 0:
+            sync()
+            if time.perf_counter() - start >= seconds:
+                break
+    elapsed = time.perf_counter() - start
+    return 2.0 * n**3 * iters / elapsed / 1e12
+
+
+def peak_memory_gib(device: torch.device | str = "cpu") -> float:
+    """Peak memory so far: allocated accelerator memory on CUDA, the process's peak resident set on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+@dataclass
+class StepRate:
+    """Throughput numbers of one measured interval."""
+
+    images_per_s: float
+    tokens_per_s: float
+    tflops_per_device: float
+    mfu: float | None
+    mfu_measured: float | None
+
+    def as_metrics(self) -> dict[str, float]:
+        out = {
+            "images_per_s": self.images_per_s,
+            "tokens_per_s": self.tokens_per_s,
+            "tflops_per_device": self.tflops_per_device,
+        }
+        if self.mfu is not None:
+            out["mfu"] = self.mfu
+        if self.mfu_measured is not None:
+            out["mfu_measured"] = self.mfu_measured
+        return out
+
+
+class ThroughputMeter:
+    """Images/s, tokens/s, TFLOP/s per device and MFU over the steps since the last :meth:`rate` call.
+
+    ``flops_per_sample`` is forward + backward model FLOPs for one sample (``models.flops.step_flops``); activation
+    recomputation is not counted (the usual MFU convention). ``world_size`` counts every device, TP ranks included.
+    """
+
+    def __init__(
+        self,
+        flops_per_sample: int,
+        tokens_per_sample: int,
+        world_size: int,
+        datasheet_peak: float | None,
+        measured_peak: float | None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.clock = clock
+        self.flops_per_sample = flops_per_sample
+        self.tokens_per_sample = tokens_per_sample
+        self.world_size = world_size
+        self.datasheet_peak = datasheet_peak
+        self.measured_peak = measured_peak
+        self.reset()
+
+    def reset(self) -> None:
+        self._samples = 0
+        self._start = self.clock()
+
+    def update(self, samples: int) -> None:
+        """Count ``samples`` (global batch) processed since the last reset."""
+        self._samples += samples
+
+    def rate(self, reset: bool = True) -> StepRate:
+        elapsed = max(self.clock() - self._start, 1e-9)
+        images = self._samples / elapsed
+        tflops = images * self.flops_per_sample / self.world_size / 1e12
+        result = StepRate(
+            images_per_s=images,
+            tokens_per_s=images * self.tokens_per_sample,
+            tflops_per_device=tflops,
+            mfu=tflops / self.datasheet_peak if self.datasheet_peak else None,
+            mfu_measured=tflops / self.measured_peak if self.measured_peak else None,
+        )
+        if reset:
+            self.reset()
+        return result

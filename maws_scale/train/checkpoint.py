@@ -1,0 +1,294 @@
+"""Checkpoints for exact resume, written atomically; consolidation to one fp32 state dict.
+
+Layout of ``checkpoint.dir`` (one per stage)::
+
+    step_00000200/            a complete checkpoint (renamed into place only once every rank has written)
+        complete              marker (JSON: step, world layout, time)
+        trainer_state.pt      step, schedule, data-loader position, counters (also in DeepSpeed's client_state)
+        mp_rank_00_model_states.pt, *optim_states.pt   DeepSpeed's save_checkpoint (client_state inside)
+        rank_00000.pt         per-rank state: RNG (torch, CUDA, numpy, python) and the data loader
+    .tmp-step_00000300/       a save in progress (ignored, removed by the next save)
+    .universal/step_00000200/ DeepSpeed universal checkpoint, made on demand for a resume on another DP size
+
+A save writes into ``.tmp-<tag>/<tag>``, every rank barriers, rank 0 writes ``complete`` and renames the directory
+into place; ``resume: auto`` takes the newest directory with a marker. Checkpoints assume a file system shared by
+all ranks (as DeepSpeed's own ``save_checkpoint`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from maws_scale.config import ConfigError
+
+log = logging.getLogger("maws_scale.train")
+
+MARKER = "complete"
+TAG_RE = re.compile(r"^step_(\d+)$")
+TMP_PREFIX = ".tmp-"
+UNIVERSAL_DIR = ".universal"
+TRAINER_STATE = "trainer_state.pt"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+# ----- RNG --------------------------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from, on this rank."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----- checkpoint records -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A complete checkpoint on disk and what its marker says."""
+
+    path: Path
+    step: int
+    meta: dict[str, Any]
+
+    @property
+    def world_size(self) -> int:
+        return int(self.meta.get("world_size", 1))
+
+    @property
+    def dp_size(self) -> int:
+        return int(self.meta.get("dp_size", self.world_size))
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.meta.get("zero_stage", 0))
+
+
+def read_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Describe a complete checkpoint directory or raise ConfigError naming ``checkpoint.resume``."""
+    path = Path(path)
+    marker = path / MARKER
+    if not marker.is_file():
+        raise ConfigError(f"checkpoint.resume: {path} is not a complete checkpoint (no '{MARKER}' marker)")
+    meta = json.loads(marker.read_text())
+    return CheckpointInfo(path=path, step=int(meta["step"]), meta=meta)
+
+
+class CheckpointManager:
+    """Atomic save, keep-last-k, and discovery of checkpoints under ``root`` (see the module docstring)."""
+
+    def __init__(self, root: str | Path, keep_last: int = 3) -> None:
+        self.root = Path(root)
+        self.keep_last = keep_last
+
+    # ----- discovery ----------------------------------------------------------------------------------------------
+    def complete(self) -> list[CheckpointInfo]:
+        """Complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            if child.is_dir() and TAG_RE.match(child.name) and (child / MARKER).is_file():
+                try:
+                    found.append(read_checkpoint(child))
+                except (ValueError, KeyError, OSError) as err:
+                    log.warning("ignoring checkpoint %s: unreadable marker (%s)", child, err)
+        return sorted(found, key=lambda info: info.step)
+
+    def latest(self) -> CheckpointInfo | None:
+        """The newest complete checkpoint, or None."""
+        found = self.complete()
+        return found[-1] if found else None
+
+    def resolve(self, resume: str | None) -> CheckpointInfo | None:
+        """``checkpoint.resume``: None → start fresh; 'auto' → newest complete (or fresh); a path → that one."""
+        if resume is None:
+            return None
+        if resume == "auto":
+            return self.latest()
+        return read_checkpoint(resume)
+
+    # ----- saving -------------------------------------------------------------------------------------------------
+    def save(
+        self,
+        engine: Any,
+        step: int,
+        trainer_state: dict[str, Any],
+        rank_state: dict[str, Any],
+        meta: dict[str, Any],
+    ) -> Path:
+        """Collective: every rank calls it. ``trainer_state`` (step, schedule, loader, counters; rank 0's) goes into
+        DeepSpeed's client_state and ``trainer_state.pt``; ``rank_state`` and the RNG states into ``rank_NNNNN.pt``.
+        Returns the final checkpoint directory."""
+        tag = tag_for(step)
+        tmp_parent = self.root / f"{TMP_PREFIX}{tag}"
+        final = self.root / tag
+        rank = _rank()
+        if rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(f"{TMP_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)  # a save killed half-way
+            tmp_parent.mkdir()
+        _barrier()
+        engine.save_checkpoint(str(tmp_parent), tag=tag, client_state=_client_state(trainer_state), save_latest=False)
+        torch.save({**rank_state, "rng": rng_state()}, tmp_parent / tag / f"rank_{rank:05d}.pt")
+        _barrier()
+        if rank == 0:
+            torch.save(trainer_state, tmp_parent / tag / TRAINER_STATE)
+            marker = {**meta, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            _write_atomic(tmp_parent / tag / MARKER, json.dumps(marker, indent=2))
+            if final.exists():  # e.g. the same step reached again after a rollback
+                shutil.rmtree(final)
+            os.replace(tmp_parent / tag, final)
+            shutil.rmtree(tmp_parent)  # DeepSpeed also drops its zero_to_fp32.py script there
+            self.prune()
+        _barrier()
+        return final
+
+    def prune(self) -> None:
+        """Delete all but the newest ``keep_last`` complete checkpoints (and their universal conversions)."""
+        found = self.complete()
+        for info in found[: max(0, len(found) - self.keep_last)]:
+            shutil.rmtree(info.path, ignore_errors=True)
+            shutil.rmtree(self.root / UNIVERSAL_DIR / info.path.name, ignore_errors=True)
+
+    # ----- loading ------------------------------------------------------------------------------------------------
+    def universal_path(self, info: CheckpointInfo) -> Path:
+        return info.path.parent / UNIVERSAL_DIR / info.path.name
+
+    def make_universal(self, info: CheckpointInfo) -> Path:
+        """Collective: rank 0 converts ``info`` to a DeepSpeed universal checkpoint (once; cached beside it)."""
+        out = self.universal_path(info)
+        if _rank() == 0 and not (out / MARKER).is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            _convert_to_universal(info.path, out)
+            (out / MARKER).write_text(json.dumps(info.meta))
+        _barrier()
+        return out
+
+
+def _client_state(trainer_state: dict[str, Any]) -> dict[str, Any]:
+    """DeepSpeed client_state: our trainer state, plus the universal-checkpoint info DeepSpeed's converter requires
+    (no tensor-parallel slicing patterns: parameters are whole within each model-parallel rank)."""
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    return {
+        "trainer": trainer_state,
+        UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
+    }
+
+
+def load_trainer_state(info: CheckpointInfo) -> dict[str, Any]:
+    """Step, schedule, loader position and counters saved with the checkpoint."""
+    return torch.load(info.path / TRAINER_STATE, map_location="cpu", weights_only=False)
+
+
+def load_rank_state(info: CheckpointInfo, rank: int) -> dict[str, Any] | None:
+    """This rank's saved state (RNG, loader), or None when the checkpoint was written by fewer ranks."""
+    path = info.path / f"rank_{rank:05d}.pt"
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _convert_to_universal(src: Path, out: Path) -> None:
+    from argparse import Namespace
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = Namespace(
+        input_folder=str(src),
+        output_folder=str(out),
+        num_extract_workers=max(1, min(4, (os.cpu_count() or 2) // 2)),
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=False,
+    )
+    ds_to_universal.main(args)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ----- consolidation ----------------------------------------------------------------------------------------------
+CONSOLIDATED = "consolidated.pt"
+
+
+def consolidate(info: CheckpointInfo, out: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint's model as one fp32 state dict (``torch.save`` of name → tensor) plus a JSON sidecar.
+
+    ZeRO 1-3: ``deepspeed.utils.zero_to_fp32`` merges the fp32 master partitions. ZeRO 0: the module state saved
+    by DeepSpeed (fp32 runs keep fp32 weights there). Runs on one process; the file appears atomically.
+    """
+    if int(info.meta.get("tp_size", 1)) > 1:
+        raise ConfigError(
+            f"{info.path}: consolidating a tensor-parallel checkpoint (tp={info.meta['tp_size']}) needs the shards "
+            "merged by the TP plan; rerun consolidation with parallel.tp=1 weights"
+        )
+    if info.zero_stage >= 1 or (_is_bf16_zero0(info) and list(info.path.glob("*optim_states.pt"))):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(info.path.parent), tag=info.path.name)
+    else:
+        saved = torch.load(info.path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        state = saved["module"]
+    meta = {**(extra_meta or {}), "source": str(info.path), "step": info.step}
+    return write_state_dict(state, out, meta)
+
+
+def write_state_dict(state: dict[str, torch.Tensor], out: str | Path, meta: dict[str, Any]) -> Path:
+    """Save ``state`` as fp32 CPU tensors to ``out`` (atomically) with a JSON sidecar ``out.json``; → ``out``."""
+    state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state.items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(state, tmp)
+    meta = {**meta, "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values()))}
+    _write_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2))
+    os.replace(tmp, out)
+    return out
+
+
+def _is_bf16_zero0(info: CheckpointInfo) -> bool:
+    """ZeRO-0 bf16 runs keep their fp32 master weights in DeepSpeed's BF16_Optimizer partitions."""
+    return info.meta.get("precision") in ("bf16", "fp16")

@@ -1,0 +1,487 @@
+"""The one training loop, for every stage: accumulate, clip, schedule, guard, log, checkpoint, resume.
+
+``train_stage(cfg)`` runs ``cfg.stage`` to ``train.steps`` (or ``train.epochs``) optimizer steps on whatever world
+the launcher made (deepspeed, torchrun, or one plain process) and leaves ``<output_dir>/<stage>/consolidated.pt``.
+The Stage object (``train/stages.py``) is the only thing that differs between MAE and WSP.
+
+Non-finite guard: a micro-batch whose loss is not finite on any rank marks its step bad and the update is skipped
+(as is one DeepSpeed finds a non-finite gradient norm for); ``train.nan_tolerance`` bad steps in a row roll back
+to the newest complete checkpoint (at most ``MAX_ROLLBACKS`` times per run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.markup import escape
+
+from maws_scale.config import ConfigError, RunConfig
+from maws_scale.parallel.distributed import DistInfo, init_distributed
+from maws_scale.parallel.engine import (
+    BlockInfo,
+    build_ds_config,
+    global_grad_norm,
+    initialize_engine,
+    model_init_context,
+    optimizer_impl,
+    set_lr,
+    write_ds_config,
+)
+from maws_scale.parallel.parallelize import parallelize
+from maws_scale.track.mlflow import make_tracker, save_loss_curve
+from maws_scale.track.throughput import (
+    ThroughputMeter,
+    datasheet_peak_tflops,
+    device_name,
+    measure_peak_tflops,
+    peak_memory_gib,
+)
+from maws_scale.train.checkpoint import (
+    CONSOLIDATED,
+    CheckpointInfo,
+    CheckpointManager,
+    consolidate,
+    load_rank_state,
+    load_trainer_state,
+    set_rng_state,
+)
+from maws_scale.train.schedule import Schedule
+from maws_scale.train.stages import Stage, make_stage
+
+log = logging.getLogger("maws_scale.train")
+console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+MAX_ROLLBACKS = 3
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def stage_dir(cfg: RunConfig) -> Path:
+    """``<output_dir>/<stage>``: the stage's config, DeepSpeed config, metrics, checkpoints, consolidated weights."""
+    return Path(cfg.output_dir) / cfg.stage
+
+
+def checkpoint_root(cfg: RunConfig) -> Path:
+    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else stage_dir(cfg) / "checkpoints"
+
+
+@dataclass
+class StageResult:
+    """What a finished stage leaves behind."""
+
+    stage: str
+    steps: int
+    stage_dir: Path
+    consolidated: Path
+    final_loss: float | None
+    skipped_steps: int
+    rollbacks: int
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Counters:
+    skipped_steps: int = 0
+    consecutive_bad: int = 0
+    rollbacks: int = 0
+
+
+def _all_reduce(tensor: torch.Tensor, op=None) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor
+
+
+class Trainer:
+    """One stage's run; ``Trainer(cfg, ...).run()`` (see :func:`train_stage`)."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        info: DistInfo | None = None,
+        stage: Stage | None = None,
+        loader_factory: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.info = info or init_distributed(cfg.parallel.backend)
+        self.dir = stage_dir(cfg)
+        self.manager = CheckpointManager(checkpoint_root(cfg), keep_last=cfg.checkpoint.keep_last)
+        self.loader_factory = loader_factory or _default_loader
+        self._stage = stage
+        self.counters = _Counters()
+        self.losses: list[float] = []
+        self.history: list[tuple[int, float]] = []
+
+    # ----- set-up -------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, info = self.cfg, self.info
+        self.dp_size, self.accum = cfg.batch_layout(info.world_size)
+        self.dtype = DTYPES[cfg.parallel.precision]
+        self.resume = self.manager.resolve(cfg.checkpoint.resume)
+        self._check_resume()
+        if self._stage is None:
+            num_classes = None
+            if cfg.stage == "wsp":
+                num_classes = self.loader_factory(cfg, "wsp", 0, 1).num_classes
+            self._stage = make_stage(cfg, num_classes)
+        self.stage = self._stage
+
+        meta_model = self.stage.build_model(device="meta")
+        blocks = BlockInfo.from_model(meta_model) if hasattr(meta_model, "blocks") else None
+        del meta_model
+        if blocks is not None and cfg.parallel.tp > 1:
+            blocks = BlockInfo(
+                blocks.block_numel // cfg.parallel.tp,
+                blocks.max_vector_numel,
+                blocks.min_matrix_numel // cfg.parallel.tp,
+                blocks.block_class,
+            )
+        self.ds_config = build_ds_config(cfg, self.dp_size, self.accum, blocks, client_optimizer=optimizer_impl(cfg))
+        self.elastic = self.resume is not None and self._needs_universal(self.resume)
+        if self.elastic:
+            self.ds_config["checkpoint"] = {"load_universal": True}
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        with model_init_context(cfg, self.ds_config):
+            model = self.stage.build_model()
+        self.plan = parallelize(model, cfg, info)
+        if hasattr(self.stage, "criterion"):
+            self.stage.criterion = self.plan.wsp_criterion
+        if self.resume is None:
+            self.stage.initialize_weights(self.plan.model, info.rank)
+        self.engine, self.guard = initialize_engine(self.plan.model, cfg, self.ds_config, self.plan.mpu)
+        torch.manual_seed(cfg.seed + 1 + info.rank)  # per-rank stream for dropout / drop-path
+
+        self.loader = self.loader_factory(cfg, self.stage.data_stage, self.plan.dp_rank, self.plan.dp_size)
+        self.total_steps = self._total_steps()
+        self.schedule = Schedule.from_config(cfg, self.total_steps)
+        self.step = 0
+        if self.resume is not None:
+            self._load(self.resume)
+        self.tracker = make_tracker(cfg, self.dir, info.is_main)
+        self._start_tracking()
+
+    def _check_resume(self) -> None:
+        if self.resume is None:
+            return
+        saved_tp = int(self.resume.meta.get("tp_size", 1))
+        if saved_tp != self.cfg.parallel.tp:
+            raise ConfigError(
+                f"checkpoint.resume: {self.resume.path} was written with parallel.tp={saved_tp}; resume with the same "
+                "tp (consolidate and restart with wsp.init_from to change it)"
+            )
+        if self.resume.meta.get("stage", self.cfg.stage) != self.cfg.stage:
+            raise ConfigError(
+                f"checkpoint.resume: {self.resume.path} belongs to stage '{self.resume.meta['stage']}', "
+                f"not '{self.cfg.stage}'"
+            )
+
+    def _needs_universal(self, info: CheckpointInfo) -> bool:
+        """ZeRO 1-3 partitions optimizer state by data-parallel rank: another DP size needs a universal checkpoint."""
+        return info.dp_size != self.dp_size and info.zero_stage >= 1
+
+    def _total_steps(self) -> int:
+        train = self.cfg.train
+        if train.steps is not None:
+            return train.steps
+        return max(1, math.ceil(train.epochs * self.loader.epoch_size / train.global_batch))
+
+    def _start_tracking(self) -> None:
+        cfg, info = self.cfg, self.info
+        if info.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(cfg.to_yaml())
+            write_ds_config(self.ds_config, self.dir / "ds_config.json")
+        precision = cfg.parallel.precision
+        name = device_name(info.device)
+        self.datasheet_peak = cfg.tracking.peak_tflops or datasheet_peak_tflops(name, precision)
+        if dist.is_initialized():
+            dist.barrier()  # every rank measures at once, as they will share the machine while training
+        self.measured_peak = measure_peak_tflops(info.device, precision)
+        self.meter = ThroughputMeter(
+            self.stage.flops_per_sample(),
+            self.stage.tokens_per_sample(),
+            info.world_size,
+            self.datasheet_peak,
+            self.measured_peak,
+        )
+        if self.resume is not None and self.resume.step > 0:
+            return  # the MLflow run of the interrupted attempt already has the params
+        self.tracker.log_params(
+            {
+                **cfg.model_dump(mode="json", exclude={"stages"}),
+                "derived": {
+                    "world_size": info.world_size,
+                    "dp_size": self.dp_size,
+                    "tp_size": self.plan.tp_size,
+                    "grad_accum": self.accum,
+                    "peak_lr": cfg.peak_lr(),
+                    "total_steps": self.total_steps,
+                    "warmup_steps": self.schedule.warmup_steps,
+                    "device": name,
+                    "datasheet_peak_tflops": self.datasheet_peak,
+                    "measured_peak_tflops": round(self.measured_peak, 4),
+                    "optimizer": optimizer_impl(cfg),
+                    "flops_per_sample": self.stage.flops_per_sample(),
+                },
+            }
+        )
+        self.tracker.log_artifact(self.dir / "config.yaml")
+        self.tracker.log_artifact(self.dir / "ds_config.json")
+        if self.stage.init_report is not None and info.is_main:
+            path = self.dir / "handoff.json"
+            path.write_text(json.dumps(self.stage.init_report, indent=2))
+            self.tracker.log_artifact(path)
+            if "summary" in self.stage.init_report:
+                console.print(f"{escape(f'[{cfg.stage}]')} init from MAE: {self.stage.init_report['summary']}")
+
+    # ----- checkpoints --------------------------------------------------------------------------------------------
+    @property
+    def _tag(self) -> str:
+        return escape(f"[{self.cfg.stage}]")
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "schedule": self.schedule.state_dict(),
+            "loader": self.loader.state_dict(),
+            "skipped_steps": self.counters.skipped_steps,
+            "rollbacks": self.counters.rollbacks,
+            "stage": self.cfg.stage,
+        }
+
+    def save(self) -> Path:
+        meta = {
+            "stage": self.cfg.stage,
+            "world_size": self.info.world_size,
+            "dp_size": self.dp_size,
+            "tp_size": self.plan.tp_size,
+            "zero_stage": self.cfg.parallel.zero_stage,
+            "precision": self.cfg.parallel.precision,
+            "model": self.cfg.model.name,
+        }
+        state = self._trainer_state()
+        return self.manager.save(self.engine, self.step, state, rank_state={"loader": state["loader"]}, meta=meta)
+
+    def _load(self, info: CheckpointInfo) -> None:
+        if self._needs_universal(info):
+            path = self.manager.make_universal(info)
+            self.engine._config.load_universal_checkpoint = True
+        else:
+            path = info.path
+            self.engine._config.load_universal_checkpoint = False
+        loaded, _ = self.engine.load_checkpoint(
+            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        state = load_trainer_state(info)
+        self.step = int(state["step"])
+        self.loader.load_state_dict(state["loader"])  # global sample position: valid on any DP size
+        self.counters.skipped_steps = int(state["skipped_steps"])
+        self.counters.rollbacks = int(state.get("rollbacks", 0))
+        rank_state = load_rank_state(info, self.info.rank) if info.world_size == self.info.world_size else None
+        if rank_state is not None:
+            set_rng_state(rank_state["rng"])
+        else:
+            torch.manual_seed(self.cfg.seed + 1 + self.info.rank + 7919 * self.step)
+        if self.info.is_main:
+            how = "universal checkpoint, new DP size" if self._needs_universal(info) else "exact"
+            console.print(f"{self._tag} resumed from {info.path} at step {self.step} ({how})")
+
+    def _rollback(self) -> None:
+        latest = self.manager.latest()
+        tol = self.cfg.train.nan_tolerance
+        if latest is None:
+            raise RuntimeError(
+                f"{tol} optimizer steps in a row had a non-finite loss or gradient (train.nan_tolerance={tol}) and "
+                f"there is no checkpoint in {self.manager.root} to roll back to; lower optim.lr / base_lr, set "
+                "train.clip_grad, or use parallel.precision=bf16 instead of fp16"
+            )
+        if self.counters.rollbacks >= MAX_ROLLBACKS:
+            raise RuntimeError(
+                f"training diverged again after {MAX_ROLLBACKS} rollbacks to {latest.path}; lower the LR or clip"
+            )
+        skipped, rollbacks = self.counters.skipped_steps, self.counters.rollbacks + 1
+        self._load(latest)
+        self.counters = _Counters(skipped_steps=skipped, consecutive_bad=0, rollbacks=rollbacks)
+        if self.info.is_main:
+            console.print(f"[bold yellow]{self._tag} rolled back to step {self.step} ({latest.path})")
+
+    # ----- the loop -----------------------------------------------------------------------------------------------
+    def train_step(self, batches) -> tuple[float, bool]:
+        """One optimizer step over ``accum`` micro-batches; → (mean loss over ranks and micro-batches, skipped)."""
+        engine, device = self.engine, self.info.device
+        set_lr(engine, self.schedule.lr(self.step))
+        window_bad = False
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        for micro in range(self.accum):
+            batch = next(batches)
+            loss, _ = self.stage.loss(engine, batch, device, self.dtype)
+            finite = torch.isfinite(loss.detach())
+            flags = torch.stack([torch.where(finite, loss.detach(), 0.0).double(), (~finite).double()])
+            flags = _all_reduce(flags)
+            total += flags
+            window_bad |= bool(flags[1] > 0)
+            engine.backward(loss if not window_bad else torch.nan_to_num(loss, 0.0, 0.0, 0.0))
+            if micro == self.accum - 1:
+                self.guard.arm(window_bad)
+                self.guard.measure()
+            engine.step()
+        skipped = window_bad or self.guard.skipped_by_grads or not engine.was_step_applied()
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        mean = float(total[0]) / (world * self.accum) if not window_bad else float("nan")
+        return mean, skipped
+
+    def run(self) -> StageResult:
+        self.setup()
+        cfg = self.cfg
+        batches = iter(self.loader)
+        log_every = cfg.train.log_every
+        every = cfg.checkpoint.every
+        saved_at = self.resume.step if self.resume is not None else -1
+        self.meter.reset()
+        while self.step < self.total_steps:
+            loss, skipped = self.train_step(batches)
+            self.step += 1
+            self.meter.update(cfg.train.global_batch)
+            self.counters.skipped_steps += int(skipped)
+            self.counters.consecutive_bad = self.counters.consecutive_bad + 1 if skipped else 0
+            metrics = {"loss": loss, "lr": self.schedule.lr(self.step - 1)}
+            norm = global_grad_norm(self.engine, self.guard)
+            if norm is not None:
+                metrics["grad_norm"] = norm
+            if self.step % log_every == 0 or self.step == self.total_steps:
+                metrics.update(self._periodic_metrics())
+                self._print(metrics)
+            self._record(metrics)
+            if self.counters.consecutive_bad >= cfg.train.nan_tolerance:
+                self._rollback()
+                batches = iter(self.loader)
+                saved_at = self.step
+                continue
+            if every and self.step % every == 0 and self.step < self.total_steps:
+                self.save()
+                saved_at = self.step
+        if saved_at != self.step:
+            self.save()
+        return self._finish()
+
+    def _periodic_metrics(self) -> dict[str, float]:
+        errors = sum(self.loader.error_counts().values()) if hasattr(self.loader, "error_counts") else 0
+        bad = _all_reduce(torch.tensor([float(errors)], dtype=torch.float64, device=self.info.device))
+        rate = self.meter.rate()
+        return {
+            **rate.as_metrics(),
+            "peak_mem_gib": peak_memory_gib(self.info.device),
+            "skipped_steps": float(self.counters.skipped_steps),
+            "bad_records": float(bad.item()) / self.plan.tp_size,
+            "rollbacks": float(self.counters.rollbacks),
+        }
+
+    def _record(self, metrics: dict[str, float]) -> None:
+        if not self.info.is_main:
+            return
+        self.losses.append(metrics["loss"])
+        if math.isfinite(metrics["loss"]):
+            self.history.append((self.step, metrics["loss"]))
+        self.tracker.log_metrics(metrics, step=self.step)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+
+    def _print(self, m: dict[str, float]) -> None:
+        if not self.info.is_main:
+            return
+        parts = [
+            f"[bold]{self.cfg.stage}[/] step {self.step}/{self.total_steps}",
+            f"loss {m['loss']:.4f}",
+            f"lr {m['lr']:.2e}",
+        ]
+        if "grad_norm" in m:
+            parts.append(f"gnorm {m['grad_norm']:.3f}")
+        parts += [
+            f"{m['images_per_s']:.1f} img/s",
+            f"{m['tokens_per_s'] / 1e3:.1f}k tok/s",
+            f"{m['tflops_per_device']:.3f} TFLOP/s/dev",
+        ]
+        mfu = f"MFU {100 * m['mfu']:.1f}% " if "mfu" in m else ""
+        parts.append(f"{mfu}(device-peak MFU {100 * m.get('mfu_measured', 0.0):.1f}%)")
+        parts += [
+            f"mem {m['peak_mem_gib']:.2f} GiB",
+            f"skipped {int(m['skipped_steps'])}",
+            f"bad records {int(m['bad_records'])}",
+        ]
+        console.print(" | ".join(parts))
+
+    def _finish(self) -> StageResult:
+        out = self.dir / CONSOLIDATED
+        final = self.manager.latest()
+        if self.plan.tp_size > 1:
+            self._consolidate_tensor_parallel(out, final)
+        elif self.info.is_main:
+            consolidate(final, out, extra_meta={"stage": self.cfg.stage, "model": self.cfg.model.name})
+        if dist.is_initialized():
+            dist.barrier()
+        status = "FINISHED"
+        if self.info.is_main:
+            if self.history:
+                curve = save_loss_curve(
+                    {"loss": self.history},
+                    self.dir / "loss_curve.png",
+                    title=f"{self.cfg.stage}: {self.cfg.model.name}",
+                )
+                self.tracker.log_artifact(curve)
+            self.tracker.log_artifact(out.with_suffix(".json"))
+            console.print(f"{self._tag} done: {self.step} steps, consolidated weights in {out}")
+        self.tracker.finish(status)
+        if hasattr(self.engine, "destroy"):
+            self.engine.destroy()
+        finite = [x for x in self.losses if math.isfinite(x)]
+        return StageResult(
+            stage=self.cfg.stage,
+            steps=self.step,
+            stage_dir=self.dir,
+            consolidated=out,
+            final_loss=finite[-1] if finite else None,
+            skipped_steps=self.counters.skipped_steps,
+            rollbacks=self.counters.rollbacks,
+            losses=self.losses,
+        )
+
+    def _consolidate_tensor_parallel(self, out: Path, final: CheckpointInfo) -> None:
+        """TP shards are merged live (collective over the TP group, ZeRO-3 partitions gathered) by the TP plan."""
+        from maws_scale.parallel.tensor_parallel import gather_tensor_parallel_state_dict
+        from maws_scale.train.checkpoint import write_state_dict
+
+        state = gather_tensor_parallel_state_dict(self.engine.module, dst=0)
+        if self.info.is_main:
+            write_state_dict(
+                state,
+                out,
+                {
+                    "stage": self.cfg.stage,
+                    "model": self.cfg.model.name,
+                    "source": str(final.path),
+                    "step": final.step,
+                    "from": "live TP gather",
+                },
+            )
+
+
+def _default_loader(cfg: RunConfig, stage: str, dp_rank: int, dp_size: int):
+    from maws_scale.data import build_loader
+
+    return build_loader(cfg, stage=stage, rank=dp_rank, world_size=dp_size, micro_batch=cfg.train.micro_batch)
+
+
+def train_stage(cfg: RunConfig, info: DistInfo | None = None, **kwargs: Any) -> StageResult:
+    """Train ``cfg.stage`` (resuming per ``checkpoint.resume``) and consolidate its final weights."""
+    return Trainer(cfg, info, **kwargs).run()

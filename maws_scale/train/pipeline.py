@@ -1,0 +1,90 @@
+"""The MAWS recipe as one restartable run: MAE → consolidate → WSP from the MAE encoder → consolidate → evaluate.
+
+Each stage trains under ``<output_dir>/<stage>/`` and ends with ``consolidated.pt`` (one fp32 state dict). A stage
+whose consolidated weights exist is not run again, and an interrupted stage resumes from its newest complete
+checkpoint, so re-running the same command after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch.distributed as dist
+from rich.console import Console
+from rich.markup import escape
+
+from maws_scale.config import RunConfig
+from maws_scale.parallel.distributed import DistInfo, init_distributed
+from maws_scale.track.mlflow import make_tracker
+from maws_scale.train.checkpoint import CONSOLIDATED
+from maws_scale.train.loop import StageResult, stage_dir, train_stage
+
+log = logging.getLogger("maws_scale.train")
+console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+@dataclass
+class PipelineResult:
+    """Consolidated weights of each stage, what ran this time, and the evaluation metrics (if any)."""
+
+    weights: dict[str, Path] = field(default_factory=dict)
+    ran: dict[str, StageResult] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    eval: dict[str, float] | None = None
+
+
+def stage_configs(cfg: RunConfig) -> tuple[RunConfig, RunConfig]:
+    """The MAE and WSP configs of a pipeline: ``stages.<stage>`` applied, resume=auto, WSP initialised from MAE."""
+    resume = cfg.checkpoint.resume or "auto"
+    mae = cfg.for_stage("mae")
+    mae.checkpoint.resume = resume
+    wsp = cfg.for_stage("wsp")
+    wsp.checkpoint.resume = resume
+    if wsp.wsp.init == "mae" and not wsp.wsp.init_from:
+        wsp.wsp.init_from = str(stage_dir(mae) / CONSOLIDATED)
+    return mae, wsp
+
+
+def run_pipeline(cfg: RunConfig, info: DistInfo | None = None) -> PipelineResult:
+    """Run (or finish) the MAE → WSP pipeline of ``cfg``, then evaluate the WSP encoder."""
+    info = info or init_distributed(cfg.parallel.backend)
+    mae, wsp = stage_configs(cfg)
+    result = PipelineResult()
+    for stage_cfg in (mae, wsp):
+        done = stage_dir(stage_cfg) / CONSOLIDATED
+        if done.is_file():
+            result.skipped.append(stage_cfg.stage)
+            if info.is_main:
+                console.print(f"{escape(f'[{stage_cfg.stage}]')} already finished ({done}); not run again")
+        else:
+            result.ran[stage_cfg.stage] = train_stage(stage_cfg, info)
+        result.weights[stage_cfg.stage] = done
+    result.eval = _evaluate(wsp, result.weights["wsp"], info)
+    return result
+
+
+def _evaluate(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float] | None:
+    """``maws_scale.eval.evaluate_checkpoint`` on rank 0 when eval is on, eval data is set and the module exists."""
+    if not (cfg.eval.enabled and cfg.data.eval_path):
+        return None
+    if importlib.util.find_spec("maws_scale.eval.evaluate") is None:
+        if info.is_main:
+            console.print("[yellow]evaluation skipped: maws_scale.eval is not installed in this version")
+        return None
+    from maws_scale.eval import evaluate_checkpoint
+
+    metrics = None
+    if info.is_main:
+        tracker = make_tracker(cfg, stage_dir(cfg), is_main=True)  # continues the WSP stage's MLflow run
+        try:
+            metrics = evaluate_checkpoint(cfg, weights, tracker=tracker)
+        finally:
+            tracker.finish()
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        console.print(f"{escape('[eval]')} {shown}")
+    if dist.is_initialized():
+        dist.barrier()
+    return metrics

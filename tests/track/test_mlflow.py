@@ -1,0 +1,87 @@
+"""MLflow tracking: the embedded sqlite store round trip, rank-0-only, and a dead server that must not stop training."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+
+from maws_scale.config import load_config
+from maws_scale.parallel.distributed import free_port
+from maws_scale.track.mlflow import (
+    MLflowTracker,
+    NullTracker,
+    TrackingWarning,
+    default_uri,
+    flatten_params,
+    make_tracker,
+    save_loss_curve,
+)
+
+pytest.importorskip("mlflow")
+
+
+def test_flatten_params():
+    flat = flatten_params({"optim": {"lr": 0.001, "betas": [0.9, 0.95]}, "stage": "mae", "tags": {}})
+    assert flat == {"optim.lr": "0.001", "optim.betas": "[0.9, 0.95]", "stage": "mae", "tags": "{}"}
+
+
+def test_sqlite_store_round_trip(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "tracking.experiment=unit", "tracking.run_name=r"])
+    tracker = make_tracker(cfg, tmp_path / "mae", is_main=True)
+    assert isinstance(tracker, MLflowTracker) and tracker.uri == default_uri(tmp_path)
+    tracker.log_params({"optim": {"lr": 0.5}, "derived": {"dp_size": 2}})
+    for step in range(1, 6):
+        tracker.log_metrics({"loss": 1.0 / step, "lr": 0.1}, step=step)
+    curve = save_loss_curve({"loss": [(s, 1.0 / s) for s in range(1, 6)]}, tmp_path / "curve.png")
+    tracker.log_artifact(curve)
+    tracker.finish()
+    client = MlflowClient(default_uri(tmp_path))
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "r-mae"
+    assert run.data.params["optim.lr"] == "0.5" and run.data.tags["stage"] == "mae"
+    assert [m.value for m in client.get_metric_history(tracker.run_id, "loss")] == pytest.approx(
+        [1.0, 0.5, 1 / 3, 0.25, 0.2]
+    )
+    assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["curve.png"]
+    assert (tmp_path / "mlartifacts").is_dir()
+    assert (tmp_path / "mae" / "mlflow_run_id").read_text() == tracker.run_id
+    # a resumed stage keeps logging into the same run
+    again = make_tracker(cfg, tmp_path / "mae", is_main=True)
+    again.log_metrics({"loss": 0.1}, step=6)
+    again.finish()
+    assert again.run_id == tracker.run_id
+    assert len(client.get_metric_history(tracker.run_id, "loss")) == 6
+
+
+def test_only_rank_zero_tracks_and_disabled_is_a_no_op(tmp_path):
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    assert isinstance(make_tracker(cfg, tmp_path, is_main=False), NullTracker)
+    off = load_config(None, [f"output_dir={tmp_path}", "tracking.enabled=false"])
+    assert isinstance(make_tracker(off, tmp_path, is_main=True), NullTracker)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_dead_server_warns_once_and_never_blocks(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker = MLflowTracker(uri, "dead", run_id_file=tmp_path / "id", flush_timeout=10, retry_every=0.5)
+        start = time.monotonic()
+        for step in range(200):
+            tracker.log_metrics({"loss": 1.0, "lr": 0.1}, step=step)  # returns at once: queued
+        tracker.log_params({"a": 1})
+        queued = time.monotonic() - start
+        time.sleep(1.5)  # several retries happen meanwhile
+        start = time.monotonic()
+        tracker.finish()
+        finished = time.monotonic() - start
+    assert queued < 1.0
+    assert finished < 7.0  # the flush gives up after at most 5 s once the server is known to be down
+    assert tracker.failures >= 2 and tracker.run_id is None
+    failures = [w for w in caught if issubclass(w.category, TrackingWarning) and "training continues" in str(w.message)]
+    assert len(failures) == 1  # warned once, not per record or retry
+    assert any("gave up" in str(w.message) for w in caught)

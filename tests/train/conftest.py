@@ -1,0 +1,40 @@
+"""Shared fixtures of the training-engine tests: a tiny real data set and an in-process one-rank world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY = [
+    "model.name=vit_micro_p4",
+    "data.num_workers=0",
+    "data.shuffle_buffer=64",
+    "parallel.precision=fp32",
+    "optim.impl=torch",
+    "tracking.enabled=false",
+]
+
+
+@pytest.fixture(scope="session")
+def mosaics(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """512 noisy Fashion-MNIST mosaics (56 px, multi-label tags) with vocab.json, plus a 256-image test split."""
+    from maws_scale.data.build import build_dataset
+    from maws_scale.data.fashion_mnist import DEFAULT_DIR, FashionMNISTSource
+    from maws_scale.data.labels import build_vocab
+
+    if not Path(DEFAULT_DIR, "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian dataset-fashion-mnist is not installed")
+    root = tmp_path_factory.mktemp("fmnist-mosaic")
+    build_dataset(FashionMNISTSource(noise=0.2, limit=512, seed=0), root / "train", progress=False)
+    build_vocab(root / "train", min_count=1)
+    build_dataset(FashionMNISTSource(split="test", noise=0.0, limit=256, seed=0), root / "test", progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def world():
+    """This pytest process as a one-rank gloo world (DeepSpeed initialised, shm build skipped)."""
+    from maws_scale.parallel.distributed import init_distributed
+
+    return init_distributed("gloo")

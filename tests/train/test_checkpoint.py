@@ -1,0 +1,119 @@
+"""Checkpoint manager: atomic saves, keep-last-k, resume discovery, RNG capture, consolidation files."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maws_scale.config import ConfigError
+from maws_scale.train.checkpoint import (
+    MARKER,
+    CheckpointManager,
+    consolidate,
+    load_rank_state,
+    load_trainer_state,
+    read_checkpoint,
+    rng_state,
+    set_rng_state,
+    tag_for,
+)
+
+
+class FakeEngine:
+    """Writes what DeepSpeed's save_checkpoint writes for ZeRO-0 (and the script it drops beside the tag)."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+        self.weight = torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        assert save_latest is False
+        folder = Path(save_dir) / tag
+        folder.mkdir(parents=True)
+        (Path(save_dir) / "zero_to_fp32.py").write_text("# script\n")
+        torch.save({"module": {"w": self.weight}, **client_state}, folder / "mp_rank_00_model_states.pt")
+        if self.fail_at is not None and tag == tag_for(self.fail_at):
+            raise KeyboardInterrupt("killed while writing")
+
+
+def save(manager: CheckpointManager, engine: FakeEngine, step: int) -> Path:
+    meta = {"stage": "mae", "world_size": 1, "dp_size": 1, "zero_stage": 0, "precision": "fp32"}
+    return manager.save(engine, step, {"step": step, "loader": {"consumed": 8 * step}}, {"loader": step}, meta)
+
+
+def test_save_is_complete_and_readable(tmp_path):
+    manager = CheckpointManager(tmp_path / "ckpt", keep_last=3)
+    path = save(manager, FakeEngine(), 5)
+    assert path == tmp_path / "ckpt" / "step_00000005"
+    assert json.loads((path / MARKER).read_text())["step"] == 5
+    info = read_checkpoint(path)
+    assert (info.step, info.dp_size, info.zero_stage) == (5, 1, 0)
+    assert load_trainer_state(info) == {"step": 5, "loader": {"consumed": 40}}
+    assert load_rank_state(info, 0)["loader"] == 5
+    assert load_rank_state(info, 1) is None  # written by one rank only
+    client = torch.load(path / "mp_rank_00_model_states.pt", weights_only=False)
+    assert client["trainer"]["step"] == 5 and "universal_checkpoint_info" in client
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_00000005"]  # no temp dirs left
+
+
+def test_a_killed_save_leaves_the_previous_checkpoint_as_latest(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    save(manager, FakeEngine(), 2)
+    with pytest.raises(KeyboardInterrupt):
+        save(manager, FakeEngine(fail_at=4), 4)
+    assert not (tmp_path / "step_00000004").exists()
+    assert manager.resolve("auto").step == 2
+    save(manager, FakeEngine(), 6)  # the next save sweeps the half-written one away
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002", "step_00000006"]
+
+
+def test_keep_last_k_and_auto_picks_the_newest_complete(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (1, 2, 3, 10):
+        save(manager, FakeEngine(), step)
+    assert [c.step for c in manager.complete()] == [3, 10]
+    (tmp_path / "step_00000020").mkdir()  # a directory without the marker is not a checkpoint
+    (tmp_path / "step_00000020" / "mp_rank_00_model_states.pt").write_bytes(b"partial")
+    assert manager.resolve("auto").step == 10
+    assert manager.resolve(None) is None
+    assert manager.resolve(str(tmp_path / "step_00000003")).step == 3
+    with pytest.raises(ConfigError, match=r"checkpoint.resume: .*not a complete checkpoint"):
+        manager.resolve(str(tmp_path / "step_00000020"))
+
+
+def test_auto_on_an_empty_directory_starts_fresh(tmp_path):
+    assert CheckpointManager(tmp_path / "none").resolve("auto") is None
+
+
+def test_saving_the_same_step_again_replaces_it(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    save(manager, FakeEngine(), 4)
+    engine = FakeEngine()
+    engine.weight = engine.weight + 1
+    save(manager, engine, 4)
+    state = torch.load(tmp_path / "step_00000004" / "mp_rank_00_model_states.pt", weights_only=False)
+    assert torch.equal(state["module"]["w"], engine.weight)
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_consolidate_zero0_writes_fp32_with_a_sidecar(tmp_path):
+    manager = CheckpointManager(tmp_path / "ckpt")
+    info = read_checkpoint(save(manager, FakeEngine(), 3))
+    out = consolidate(info, tmp_path / "consolidated.pt", extra_meta={"stage": "mae"})
+    state = torch.load(out, weights_only=True)
+    assert state["w"].dtype == torch.float32 and torch.equal(state["w"], torch.arange(6.0).reshape(2, 3))
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["stage"], meta["step"], meta["parameters"]) == ("mae", 3, 6)
+    assert not list(tmp_path.glob(".*tmp"))

@@ -1,9 +1,9 @@
 """Tensor-parallel ViT / MAE / WSP with megatron-core layers, under DeepSpeed ZeRO over the data-parallel group.
 
-:func:`parallelize_vit` rewrites a plain model in place: in every encoder block (and in the MAE decoder's when
-``shard_decoder``) ``attn.qkv`` and ``mlp.fc1`` become megatron ``ColumnParallelLinear`` and ``attn.proj`` and
-``mlp.fc2`` ``RowParallelLinear`` (wrapped to return a tensor, not megatron's ``(out, bias)``), each rank keeping
-``heads / tp`` whole heads (``attn.num_heads`` is set to the local count); the WSP ``head`` becomes a vocab-parallel
+:func:`parallelize_vit` rewrites a plain model in place: in every encoder block (and in the MAE decoder's, see
+below) ``attn.qkv`` and ``mlp.fc1`` become megatron ``ColumnParallelLinear`` and ``attn.proj`` and ``mlp.fc2``
+``RowParallelLinear`` (wrapped to return a tensor, not megatron's ``(out, bias)``), each rank keeping ``heads / tp``
+whole heads (``attn.num_heads`` is set to the local count); the WSP ``head`` becomes a vocab-parallel
 ColumnParallelLinear over K padded to a multiple of tp. LayerNorms, embeddings, tokens and pooling stay replicated.
 Weights are sharded from the plain model, or initialised directly sharded when it was built on the meta device.
 Parameter names stay timm's, so a rank's state dict is the plain one with sharded tensors
@@ -13,9 +13,11 @@ Parameter names stay timm's, so a rank's state dict is the plain one with sharde
 parallelized and moved to the device, the DeepSpeed ``mpu`` and the vocab-parallel WSP criterion in a
 :class:`TensorParallelPlan`.
 
-The MAE decoder stays replicated by default (``shard_decoder=False``): at MAWS sizes it is 8 × 512 wide, ~5 % of the
-encoder's FLOPs at 2B, and splitting a 512-wide layer 4–8 ways costs two all-reduces of the full 257-token
-activations per block for GEMMs too thin to run well. docs/tensor_parallel.md has the CPU measurement.
+The MAE decoder is sharded like the encoder whenever tp divides its heads and MLP width (``shard_decoder="auto"``)
+and replicated otherwise, so no TP size is refused because of the decoder. Replicating it would leave the decoder's
+full work on every rank: at TP=8 that is 28 % of a 2B rank's MAE compute (11 % at 6.5B) that sharding removes, for
+26 % (12 %) more all-reduce volume; on CPU the sharded decoder also measured faster (docs/tensor_parallel.md,
+benchmarks/bench_tp_decoder.py). ``shard_decoder=False`` keeps it replicated.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "apply_tensor_parallel",
     "check_divisible",
     "consolidate_deepspeed_checkpoint",
+    "decoder_shardable",
     "gather_tensor_parallel_state_dict",
     "load_plain_state_dict",
     "parallelize_vit",
@@ -178,6 +181,14 @@ def _materialize_replicated(model: nn.Module, seed: int) -> None:
         model.init_weights()  # every replicated tensor; the megatron layers are not nn.Linear and are left alone
 
 
+def decoder_shardable(model: nn.Module, tp_size: int) -> bool:
+    """Whether ``tp_size`` divides the heads and MLP width of every MAE decoder block (False without a decoder)."""
+    blocks = getattr(model, "decoder_blocks", None) or []
+    return bool(blocks) and all(
+        b.attn.num_heads % tp_size == 0 and b.mlp.fc1.out_features % tp_size == 0 for b in blocks
+    )
+
+
 def check_divisible(model: nn.Module, tp_size: int, shard_decoder: bool = False) -> None:
     """Raise ValueError naming the config key when ``tp_size`` does not divide the heads or MLP width of a block that
     :func:`parallelize_vit` would shard (the encoder's, and the MAE decoder's with ``shard_decoder``)."""
@@ -199,7 +210,7 @@ def parallelize_vit(
     model: nn.Module,
     tp_group: dist.ProcessGroup | None = None,
     *,
-    shard_decoder: bool = False,
+    shard_decoder: bool | str = "auto",
     seed: int = 0,
 ) -> nn.Module:
     """Make ``model`` (ViT encoder, MAE or WSP classifier) tensor-parallel over ``tp_group``, in place; return it.
@@ -207,11 +218,14 @@ def parallelize_vit(
     ``tp_group`` defaults to megatron's tensor-parallel group. A model on the meta device is initialised directly
     sharded: each sharded Linear's full weight is drawn from a per-layer generator (seed ``seed`` + layer index, so
     all TP ranks agree) and only this rank's shard is kept; replicated tensors get the model's own init under
-    ``seed``. ``model.tp_layout`` records the layout for checkpoints. Raises ValueError naming the config key when the
-    TP size does not divide heads or MLP width.
+    ``seed``. ``shard_decoder``: "auto" (shard the MAE decoder when tp divides its heads and MLP width), True (refuse
+    when it does not) or False (replicate it). ``model.tp_layout`` records the layout for checkpoints. Raises
+    ValueError naming the config key when the TP size does not divide the heads or MLP width of a sharded stack.
     """
     group = tp_group if tp_group is not None else ps.get_tensor_model_parallel_group()
     tp_size = dist.get_world_size(group)
+    if shard_decoder == "auto":
+        shard_decoder = decoder_shardable(model, tp_size)
     check_divisible(model, tp_size, shard_decoder)
     megatron_compat.install()
     layout = TPLayout.for_state_dict(model.state_dict(), tp_size, shard_decoder)

@@ -43,13 +43,13 @@ def tp_param_counts(
     num_classes: int = 0,
     *,
     stage: str = "wsp",
-    shard_decoder: bool = False,
+    shard_decoder: bool | str = "auto",
     pool: str = "cls",
     img_size: int | None = None,
 ) -> TPParamCounts:
     """Per-rank parameters of ``spec`` at tensor-parallel size ``tp``: the WSP classifier (``num_classes`` > 0 adds
     the vocab-parallel head, K padded to a multiple of tp) or, for ``stage="mae"``, the MAE with its decoder
-    (replicated unless ``shard_decoder``)."""
+    (``shard_decoder``: "auto" shards it when tp divides its heads and MLP width, as ``parallelize_vit`` does)."""
     if tp < 1 or spec.heads % tp or spec.mlp_hidden % tp:
         raise ValueError(f"parallel.tp={tp} does not divide the {spec.heads} heads and MLP width {spec.mlp_hidden}")
     if stage not in ("wsp", "mae"):
@@ -70,6 +70,8 @@ def tp_param_counts(
         full += num_classes * (width + 1)
     if stage == "mae":
         dec, dec_hidden = spec.decoder_width, int(spec.decoder_width * spec.mlp_ratio)
+        if shard_decoder == "auto":
+            shard_decoder = spec.decoder_heads % tp == 0 and dec_hidden % tp == 0
         if shard_decoder and (spec.decoder_heads % tp or dec_hidden % tp):
             raise ValueError(f"mae.decoder_heads: tp={tp} does not divide the decoder's {spec.decoder_heads} heads")
         dec_sharded, dec_replicated = _blocks(dec, dec_hidden, spec.decoder_depth, tp, shard_decoder)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from maws_scale.models import build_mae, build_wsp, get_spec
-from maws_scale.parallel.tensor_parallel import check_divisible
+from maws_scale.parallel.tensor_parallel import check_divisible, decoder_shardable
 from maws_scale.parallel.tp_layout import (
     TPLayout,
     merge_shards,
@@ -96,7 +96,9 @@ def test_divisibility_refused_with_the_config_key():
     with pytest.raises(ValueError, match=r"parallel\.tp: .* 2 heads of the encoder"):
         check_divisible(build_wsp("vit_micro_p4", 3), 4)
     mae = build_mae("vit_tiny_p4", decoder_heads=2)
-    check_divisible(mae, 4)  # the decoder stays replicated by default
+    check_divisible(mae, 4)  # the decoder is not checked unless it is to be sharded
+    assert decoder_shardable(mae, 2) and not decoder_shardable(mae, 4)  # "auto" replicates it at tp=4
+    assert not decoder_shardable(build_wsp("vit_tiny_p4", 3), 2)
     with pytest.raises(ValueError, match=r"mae\.decoder_heads: .* 2 heads of the MAE decoder"):
         check_divisible(mae, 4, shard_decoder=True)
 
@@ -127,7 +129,10 @@ def test_param_counts_split_at_tp4():
     assert 0.25 < four.per_rank / one.full < 0.26  # norms, embeddings and row biases are < 1 % at 6.5B
     padded = tp_param_counts(get_spec("vit_tiny_p4"), 4, 11)
     assert padded.sharded * 4 - tp_param_counts(get_spec("vit_tiny_p4"), 1, 11).sharded == 97  # one padding row
-    mae = tp_param_counts(spec, 4, stage="mae")
-    assert mae.replicated - one.replicated > 25_000_000  # the replicated 8 × 512 decoder
+    replicated_decoder = tp_param_counts(spec, 4, stage="mae", shard_decoder=False)
+    assert replicated_decoder.replicated - one.replicated > 25_000_000  # the 8 × 512 decoder on every rank
+    auto = tp_param_counts(spec, 4, stage="mae")  # 16 decoder heads: "auto" shards the decoder at tp=4
+    split_per_block = 12 * 512 * 512 + 3 * 512 + 2048  # qkv, proj, fc1, fc2 weights; qkv and fc1 biases
+    assert replicated_decoder.per_rank - auto.per_rank == 8 * split_per_block * 3 // 4
     with pytest.raises(ValueError, match=r"parallel\.tp=3"):
         tp_param_counts(spec, 3)

@@ -101,7 +101,7 @@ def equivalence(args) -> None:
     mpu = init_model_parallel(dist.get_world_size())
     group, tp_rank = mpu.get_tensor_model_parallel_group(), mpu.get_tensor_model_parallel_rank()
     ref = build(args.stage, args.classes, drop_path=args.drop_path)
-    tp = parallelize_vit(copy.deepcopy(ref), group)
+    tp = parallelize_vit(copy.deepcopy(ref), group, shard_decoder=not args.replicate_decoder)
     tp.set_grad_checkpointing(args.checkpointing)  # recomputation re-runs the TP collectives and drop-path draws
     criterion = VocabParallelSoftTargetCE(args.classes, group) if args.stage == "wsp" else None
     opt_ref = sgd(ref)
@@ -457,6 +457,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--clip", type=float, default=0.5)
     parser.add_argument("--drop-path", type=float, default=0.0)
+    parser.add_argument("--replicate-decoder", action="store_true", help="keep the MAE decoder replicated")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the TP model")
     parser.add_argument("--dir", default=None, help="a directory shared by all ranks (checkpoints)")
     args = parser.parse_args()

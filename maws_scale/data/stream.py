@@ -151,7 +151,7 @@ class ShardStream(IterableDataset):
         spec = self.spec
         positions = self.positions(batch)
         errors: Counter = Counter()
-        rows = _gather(spec, shards, positions, errors)
+        rows = _gather(spec, shards, positions)
         n = len(positions)
         keys = rows["key"]
         # in a worker process, decode straight into shared memory: the DataLoader then sends it without a copy
@@ -212,8 +212,8 @@ def _keep_index(ok: np.ndarray, n: int, pad: bool) -> np.ndarray:
     return np.concatenate([valid, valid[np.arange(n - valid.size) % valid.size]])
 
 
-def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray, errors: Counter) -> dict[str, Any]:
-    """Fetch the records at ``positions`` (batch-level ``take`` per shard); mark what cannot be used."""
+def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray) -> dict[str, Any]:
+    """Fetch the records at ``positions`` (one ``take`` per shard, image bytes by offset); mark what cannot be used."""
     n = len(positions)
     shard_ids, row_ids = spec.order.locate(positions)
     out: dict[str, Any] = {

@@ -165,9 +165,9 @@ def _report(sweep: Sweep, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"fits": report.fits, "files": [str(f) for f in report.files]}, indent=1))
         return 0
-    keys = [c for c in sweep.coordinates() if c != sweep.spec.report.seed_key]
-    from maws_scale.jobs.report import markdown
+    from maws_scale.jobs.report import group_keys, markdown
 
+    keys = group_keys(sweep)
     metrics = sweep.spec.report.metrics or [c for c in report.runs.columns if c not in ("run", "_mlflow", *keys)]
     print(markdown(report.summary, keys, metrics))
     for fit in report.fits:

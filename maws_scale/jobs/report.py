@@ -116,8 +116,12 @@ def gather(sweep: Sweep, runs: list[Any] | None = None) -> pd.DataFrame:
 
 
 # ----- tables -----------------------------------------------------------------------------------------------------
-def group_keys(sweep: Sweep, seed_key: str) -> list[str]:
-    return [c for c in sweep.coordinates() if c != seed_key]
+def group_keys(sweep: Sweep) -> list[str]:
+    """The coordinates a group shares: ``report.group_by``, or every coordinate but the seed."""
+    spec = sweep.spec.report
+    if spec.group_by is not None:
+        return list(spec.group_by)
+    return [c for c in sweep.coordinates() if c != spec.seed_key]
 
 
 def summarize(runs: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
@@ -215,32 +219,38 @@ def bar_plot(summary: pd.DataFrame, keys: list[str], metric: str, out: Path) -> 
     return path
 
 
-def curve_plot(sweep: Sweep, runs: pd.DataFrame, keys: list[str], metric: str, out: Path) -> Path:
-    """History of ``<stage>/<metric>`` averaged over seeds per group (band: ± std)."""
+def histories(sweep: Sweep, runs: pd.DataFrame, metric: str) -> list[pd.Series | None]:
+    """Per row, the step → value history of ``<stage>/<metric>`` (None where that stage did not run)."""
     stage, _, key = metric.partition("/")
     client = _client(sweep.tracking_uri)
+    out: list[pd.Series | None] = []
+    for ids in runs["_mlflow"]:
+        history = client.get_metric_history(ids[stage], key) if stage in ids else []
+        out.append(pd.Series({m.step: m.value for m in history}).sort_index() if history else None)
+    return out
+
+
+def curve_plot(
+    runs: pd.DataFrame, series: list[pd.Series | None], keys: list[str], metric: str, out: Path, smooth: int = 1
+) -> Path:
+    """History of ``<stage>/<metric>`` (rolling mean over ``smooth`` steps) averaged over seeds per group, ± std."""
+    stage, _, key = metric.partition("/")
     figure = _figure(6.5, 4.0)
     axes = figure.add_subplot(1, 1, 1)
+    runs = runs.assign(_series=series)
     groups = runs.groupby(keys, sort=False) if keys else [("all", runs)]
     for name, part in groups:
-        series = []
-        for ids in part["_mlflow"]:
-            run_id = ids.get(stage)
-            if run_id is None:
-                continue
-            history = client.get_metric_history(run_id, key)
-            if history:
-                series.append(pd.Series({m.step: m.value for m in history}))
-        if not series:
+        found = [s.rolling(smooth, min_periods=1).mean() for s in part["_series"] if s is not None]
+        if not found:
             continue
-        table = pd.concat(series, axis=1).sort_index().dropna()
+        table = pd.concat(found, axis=1).sort_index().dropna()
         steps, mean, std = table.index.to_numpy(), table.mean(axis=1).to_numpy(), table.std(axis=1, ddof=1)
         label = name if isinstance(name, str) else ", ".join(map(str, np.atleast_1d(name)))
         axes.plot(steps, mean, linewidth=1.3, label=f"{label} (n={table.shape[1]})")
         if table.shape[1] > 1:
             axes.fill_between(steps, mean - std.to_numpy(), mean + std.to_numpy(), alpha=0.2)
     axes.set_xlabel(f"{stage} step")
-    axes.set_ylabel(key)
+    axes.set_ylabel(key + (f" (rolling mean of {smooth})" if smooth > 1 else ""))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -258,13 +268,19 @@ def build_report(sweep: Sweep, out: Path | None = None, runs: list[Any] | None =
     table = gather(sweep, runs)
     if table.empty:
         raise ValueError(f"sweep {sweep.spec.name}: no finished runs in {sweep.tracking_uri}")
-    keys = group_keys(sweep, spec.seed_key)
+    keys = group_keys(sweep)
+    curves = {metric: histories(sweep, table, metric) for metric in spec.curves}
+    for metric, series in curves.items():  # the last steps' mean: a less noisy final value than the last batch
+        if spec.tail > 0:
+            table[f"{metric} last{spec.tail}"] = [
+                s.iloc[-spec.tail :].mean() if s is not None else np.nan for s in series
+            ]
     metric_cols = [c for c in table.columns if c not in ("run", "_mlflow", *sweep.coordinates())]
     metrics = spec.metrics or metric_cols
     summary = summarize(table, keys, [*metrics, *(c for c in ("params", "compute") if c not in metrics)])
     report = Report(table, summary)
-    table.drop(columns=["_mlflow"]).to_csv(out / "runs.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
+    table.drop(columns=["_mlflow"]).to_csv(out / "runs.csv", index=False, float_format="%.6g")
+    summary.to_csv(out / "summary.csv", index=False, float_format="%.6g")
     (out / "summary.md").write_text(markdown(summary, keys, metrics))
     report.files += [out / "runs.csv", out / "summary.csv", out / "summary.md"]
     for fit in spec.fits:
@@ -277,8 +293,8 @@ def build_report(sweep: Sweep, out: Path | None = None, runs: list[Any] | None =
     for metric in spec.bars:
         if f"{metric} mean" in summary.columns:
             report.files.append(bar_plot(summary, keys, metric, out))
-    for metric in spec.curves:
-        report.files.append(curve_plot(sweep, table, keys, metric, out))
+    for metric, series in curves.items():
+        report.files.append(curve_plot(table, series, keys, metric, out, spec.smooth))
     return report
 
 

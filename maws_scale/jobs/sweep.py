@@ -62,6 +62,9 @@ class ReportSpec(BaseModel):
     curves: list[str] = Field(default_factory=list, description="metric histories to plot (mean ± std over seeds)")
     bars: list[str] = Field(default_factory=list, description="final metrics to plot per group (mean ± std)")
     seed_key: str = "seed"
+    group_by: list[str] | None = Field(None, description="coordinates that define a group (default: all but seed)")
+    smooth: int = Field(1, ge=1, description="rolling mean window of the curve plots (steps)")
+    tail: int = Field(10, ge=0, description="add '<curve> last<N>': mean of each curve's last N values (0 = off)")
 
 
 class SweepSpec(BaseModel):
@@ -217,18 +220,39 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
 
 
+def _distinguishing(entries: list[dict[str, Any]], candidates: list[str]) -> set[str]:
+    """The fewest short keys (greedy, shortest values first) whose values tell ``entries`` apart."""
+    varying = [k for k in candidates if len({_slug(e.get(k)) for e in entries}) > 1]
+    varying.sort(key=lambda k: (sum(len(_slug(e.get(k))) for e in entries), k))
+    chosen: list[str] = []
+    for key in varying:
+        if len({tuple(_slug(e.get(k)) for k in chosen) for e in entries}) == len(entries):
+            break
+        chosen.append(key)
+    return set(chosen)
+
+
 def run_ids(points: list[dict[str, Any]], grid_keys: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Readable unique ids: a list entry's label stands for its keys, then ``<name><value>`` for the other
-    coordinates, where the name is the key's last part (``seed1``, ``poolgap``) unless two keys share it."""
+    """Readable unique ids: a list entry's label stands for its keys (plus the fewest of them that tell entries
+    with the same label apart), then ``<name><value>`` for the grid coordinates, where the name is the key's last
+    part (``seed1``, ``poolgap``) unless two keys share it."""
     keys = {k for c in points for k in c if k not in (LABEL, COMMAND)}
     last = [k.split(".")[-1] for k in keys]
     names = {k: k.split(".")[-1] if last.count(k.split(".")[-1]) == 1 else k.replace(".", "_") for k in keys}
+    shown: dict[str, set[str]] = {}
+    for label in {c[LABEL] for c in points if LABEL in c}:
+        entries = [{k: v for k, v in c.items() if k not in grid_keys} for c in points if c.get(LABEL) == label]
+        unique = list({json.dumps(e, sort_keys=True, default=str): e for e in entries}.values())
+        candidates = sorted({k for e in unique for k in e if k not in (LABEL, COMMAND)})
+        shown[label] = _distinguishing(unique, candidates)
 
     def make(coords: dict[str, Any]) -> str:
         labelled = LABEL in coords
         parts = [_slug(coords[LABEL])] if labelled else []
         for key, value in coords.items():
-            if key not in (LABEL, COMMAND) and (not labelled or key in grid_keys):
+            if key in (LABEL, COMMAND):
+                continue
+            if not labelled or key in grid_keys or key in shown[coords[LABEL]]:
                 parts.append(f"{names[key]}{_slug(value)}")
         return "-".join(parts) or "run"
 

@@ -104,6 +104,8 @@ def test_report_table_groups_seeds_and_fits_the_exponent(sweep_with_store, tmp_p
     for name in ("runs.csv", "summary.csv", "fits.json", "fit_wsp_loss_vs_params.png", "curve_wsp_loss.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "bar_eval_linear_top1.png").read_bytes()[:4] == b"\x89PNG"
+    tail = report.runs["wsp/loss last10"]  # the mean of the last 10 logged values
+    assert np.allclose(tail, report.runs["wsp/loss"] * (6 + sum(1 / s for s in range(1, 6))) / 6)
 
 
 def test_derived_compute_counts_both_stages(sweep_with_store) -> None:

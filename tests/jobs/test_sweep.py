@@ -61,6 +61,11 @@ def test_run_ids_are_readable_and_unique() -> None:
     ]
     with pytest.raises(ConfigError, match="repeats a point"):
         run_ids([{"seed": 1}, {"seed": 1}])
+    # entries sharing a label: the shortest keys that tell them apart join the id (seed, not the long path)
+    same = [{"label": "m", "seed": s, "wsp.init_from": f"runs/x/m-seed{s}/mae/consolidated.pt"} for s in (0, 1)]
+    assert run_ids([{**e, "pool": p} for e in same for p in ("gap", "max")], ["pool"]) == [
+        "m-seed0-poolgap", "m-seed0-poolmax", "m-seed1-poolgap", "m-seed1-poolmax",
+    ]  # fmt: skip
 
 
 def test_each_point_gets_its_config_dir_tags_and_shared_store(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from maws_scale.parallel.tp_checkpoint import (
     consolidate_deepspeed_checkpoint,
     gather_tensor_parallel_state_dict,
     load_plain_state_dict,
+    local_shards,
 )
 from maws_scale.parallel.tp_layout import PARTITION_DIM, Kind, TPLayout, padded_size, shard_state_dict, shard_tensor
 from maws_scale.parallel.tp_loss import VocabParallelSoftTargetCE
@@ -58,6 +59,7 @@ __all__ = [
     "decoder_shardable",
     "gather_tensor_parallel_state_dict",
     "load_plain_state_dict",
+    "local_shards",
     "parallelize_vit",
     "shard_state_dict",
     "tp_param_counts",

@@ -71,6 +71,18 @@ def gather_tensor_parallel_state_dict(
     return out
 
 
+def local_shards(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], tp_group: dist.ProcessGroup | None = None
+) -> dict[str, torch.Tensor]:
+    """This rank's part of a plain (timm-named) state dict for ``model``: shards where ``model`` is tensor-parallel,
+    the tensors themselves elsewhere, and ``state_dict`` unchanged for a model that is not tensor-parallel."""
+    layout: TPLayout | None = getattr(model, "tp_layout", None)
+    if layout is None:
+        return dict(state_dict)
+    group = tp_group if tp_group is not None else ps.get_tensor_model_parallel_group()
+    return shard_state_dict(state_dict, layout, dist.get_rank(group))
+
+
 def load_plain_state_dict(
     model: nn.Module,
     state_dict: dict[str, torch.Tensor],
@@ -78,9 +90,7 @@ def load_plain_state_dict(
     strict: bool = True,
 ):
     """Load a plain (timm-named) state dict, saved at any TP size, into this TP model; before ZeRO wraps it."""
-    group = tp_group if tp_group is not None else ps.get_tensor_model_parallel_group()
-    local = shard_state_dict(state_dict, model.tp_layout, dist.get_rank(group))
-    return model.load_state_dict(local, strict=strict)
+    return model.load_state_dict(local_shards(model, state_dict, tp_group), strict=strict)
 
 
 def _read_tag(checkpoint_dir: Path, tag: str | None) -> str:

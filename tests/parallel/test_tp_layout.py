@@ -136,3 +136,14 @@ def test_param_counts_split_at_tp4():
     assert replicated_decoder.per_rank - auto.per_rank == 8 * split_per_block * 3 // 4
     with pytest.raises(ValueError, match=r"parallel\.tp=3"):
         tp_param_counts(spec, 3)
+
+
+def test_local_shards_of_a_plain_model_is_the_state_dict():
+    """The engine calls local_shards on whatever model it has; without TP it must hand the tensors back untouched."""
+    from maws_scale.parallel.tensor_parallel import local_shards
+
+    model = build_wsp("vit_micro_p4", 3)
+    state = model.state_dict()
+    local = local_shards(model, state)
+    assert list(local) == list(state)
+    assert all(local[k] is state[k] for k in state)

@@ -11,6 +11,7 @@ A sweep YAML::
     list:                               # points; 'label' names a point (a coordinate, not a config key),
       - {label: maws, stages.mae.train.steps: 400}      # 'command' runs it with another command than the sweep's
       - {label: wsp_random, command: train, stage: wsp, wsp.init: random}
+      - {label: mae_only, command: eval, checkpoint: "{output_dir}/maws-seed{seed}/mae/consolidated.pt"}
     grid:                               # crossed with every list entry
       seed: [0, 1, 2]
     launch: {}                          # run here, one point after another; or {launcher: slurm, nodes: .., ...}
@@ -19,8 +20,10 @@ A sweep YAML::
 Every run logs to one MLflow store per sweep (``sqlite:///<output_dir>/mlflow.db`` unless ``tracking_uri`` is set)
 in the experiment ``name``, tagged ``sweep``, ``sweep_run`` and one tag per coordinate. A point run with ``train``
 (one stage) is then evaluated like the pipeline's final stage (``evaluate: true``): ``maws-scale eval`` on
-``<run_dir>/<stage>/consolidated.pt``. A run that finished leaves ``<run_dir>/sweep_done.json`` holding its config
-hash; re-running the sweep skips it unless its config changed.
+``<run_dir>/<stage>/consolidated.pt``. An ``eval`` point evaluates an existing ``checkpoint`` (``{output_dir}`` and
+the coordinates, dots as underscores, are filled in); list it after the points that make it. A run that finished
+leaves ``<run_dir>/sweep_done.json`` holding its config hash; re-running the sweep skips it unless its config
+changed.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ from maws_scale.jobs.spec import LaunchSpec
 DONE = "sweep_done.json"
 LABEL = "label"
 COMMAND = "command"
-COMMANDS = ("pipeline", "train")
+COMMANDS = ("pipeline", "train", "eval")
+CHECKPOINT = "checkpoint"
+RESERVED = (LABEL, COMMAND, CHECKPOINT)
 
 
 class FitSpec(BaseModel):
@@ -96,8 +101,8 @@ class SweepSpec(BaseModel):
         empty = [k for k, v in value.items() if not v]
         if empty:
             raise ValueError(f"grid.{empty[0]}: an empty list would give no runs")
-        if COMMAND in value:
-            raise ValueError("grid.command: set a point's command in a list entry")
+        if set(value) & {COMMAND, CHECKPOINT}:
+            raise ValueError("grid: set a point's command / checkpoint in a list entry")
         return value
 
     @field_validator("list_")
@@ -106,6 +111,8 @@ class SweepSpec(BaseModel):
         for i, entry in enumerate(value):
             if entry.get(COMMAND, "pipeline") not in COMMANDS:
                 raise ValueError(f"list[{i}].command: must be one of {', '.join(COMMANDS)}, got {entry[COMMAND]!r}")
+            if (entry.get(COMMAND) == "eval") != (CHECKPOINT in entry):
+                raise ValueError(f"list[{i}]: 'command: eval' and 'checkpoint: PATH' go together")
         return value
 
 
@@ -118,6 +125,7 @@ class Point:
     config: RunConfig
     run_dir: Path
     command: str = "pipeline"
+    evaluates: str | None = None
 
     @property
     def config_path(self) -> Path:
@@ -143,6 +151,8 @@ class Point:
 
     def argv(self) -> list[str]:
         """The ``maws-scale`` arguments that run this point."""
+        if self.command == "eval":
+            return ["eval", str(self.evaluates), "--config", str(self.config_path)]
         return [self.command, str(self.config_path)]
 
     def checkpoint(self) -> Path:
@@ -173,7 +183,7 @@ class Sweep:
     def coordinates(self) -> list[str]:
         keys: list[str] = []
         for entry in self.spec.list_:
-            keys += [k for k in entry if k not in keys and k != COMMAND]
+            keys += [k for k in entry if k not in keys and k not in (COMMAND, CHECKPOINT)]
         return keys + [k for k in self.spec.grid if k not in keys]
 
     def launch_spec(self, extra: dict[str, Any] | None = None) -> LaunchSpec:
@@ -236,21 +246,21 @@ def run_ids(points: list[dict[str, Any]], grid_keys: list[str] | tuple[str, ...]
     """Readable unique ids: a list entry's label stands for its keys (plus the fewest of them that tell entries
     with the same label apart), then ``<name><value>`` for the grid coordinates, where the name is the key's last
     part (``seed1``, ``poolgap``) unless two keys share it."""
-    keys = {k for c in points for k in c if k not in (LABEL, COMMAND)}
+    keys = {k for c in points for k in c if k not in RESERVED}
     last = [k.split(".")[-1] for k in keys]
     names = {k: k.split(".")[-1] if last.count(k.split(".")[-1]) == 1 else k.replace(".", "_") for k in keys}
     shown: dict[str, set[str]] = {}
     for label in {c[LABEL] for c in points if LABEL in c}:
         entries = [{k: v for k, v in c.items() if k not in grid_keys} for c in points if c.get(LABEL) == label]
         unique = list({json.dumps(e, sort_keys=True, default=str): e for e in entries}.values())
-        candidates = sorted({k for e in unique for k in e if k not in (LABEL, COMMAND)})
+        candidates = sorted({k for e in unique for k in e if k not in RESERVED})
         shown[label] = _distinguishing(unique, candidates)
 
     def make(coords: dict[str, Any]) -> str:
         labelled = LABEL in coords
         parts = [_slug(coords[LABEL])] if labelled else []
         for key, value in coords.items():
-            if key in (LABEL, COMMAND):
+            if key in RESERVED:
                 continue
             if not labelled or key in grid_keys or key in shown[coords[LABEL]]:
                 parts.append(f"{names[key]}{_slug(value)}")
@@ -280,7 +290,15 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     for run_id, coords in zip(run_ids(coords_list, list(spec.grid)), coords_list):
         run_dir = sweep.output_dir / run_id
         command = coords.get(COMMAND, spec.command)
-        coords = {k: v for k, v in coords.items() if k != COMMAND}
+        evaluates = None
+        if command == "eval":  # an existing checkpoint, e.g. another point's MAE stage: '{output_dir}/m-seed{seed}/..'
+            fields = {k.replace(".", "_"): v for k, v in coords.items()}
+            try:
+                evaluates = str(coords[CHECKPOINT]).format(output_dir=sweep.output_dir, **fields)
+            except (KeyError, IndexError, ValueError) as err:
+                message = f"sweep point '{run_id}': checkpoint: cannot fill {coords[CHECKPOINT]!r} ({err})"
+                raise ConfigError(message) from None
+        coords = {k: v for k, v in coords.items() if k not in (COMMAND, CHECKPOINT)}
         settings = {**spec.overrides, **{k: v for k, v in coords.items() if k != LABEL}}
         overrides = [f"{k}={_dump(v)}" for k, v in settings.items()]
         try:
@@ -300,7 +318,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
                 cfg.check_standalone()
             except ConfigError as err:
                 raise ConfigError(f"sweep point '{run_id}': {err}") from None
-        sweep.points.append(Point(run_id, coords, cfg, run_dir, command))
+        sweep.points.append(Point(run_id, coords, cfg, run_dir, command, evaluates))
     return sweep
 
 

@@ -183,3 +183,23 @@ def test_runs_get_the_sweep_env(tmp_path: Path, fake_runs: Calls) -> None:
     path = write_sweep(tmp_path, grid={"seed": [0]}, list=[], env={"OMP_NUM_THREADS": "1"})
     assert main(["sweep", str(path)]) == 0
     assert fake_runs.call.env["OMP_NUM_THREADS"] == "1" and fake_runs.call.env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_an_eval_point_evaluates_another_points_checkpoint(tmp_path: Path, fake_runs: Calls) -> None:
+    entries = [
+        {"label": "maws"},
+        {"label": "mae_only", "command": "eval", "checkpoint": "{output_dir}/maws-seed{seed}/mae/consolidated.pt"},
+    ]
+    path = write_sweep(tmp_path, list=entries, grid={"seed": [3]})
+    sweep = load_sweep(path)
+    assert sweep.coordinates() == ["label", "seed"] and [p.run_id for p in sweep.points] == [
+        "maws-seed3",
+        "mae_only-seed3",
+    ]
+    assert main(["sweep", str(path)]) == 0
+    out = tmp_path / "out"
+    weights, config = out / "maws-seed3" / "mae" / "consolidated.pt", out / "mae_only-seed3" / "config.yaml"
+    assert [a[3:] for a in fake_runs][1] == ["eval", str(weights), "--config", str(config)]
+    for bad in ({"command": "eval"}, {"checkpoint": "x.pt"}, {"command": "eval", "checkpoint": "{nope}.pt"}):
+        with pytest.raises(ConfigError, match="checkpoint"):
+            load_sweep(write_sweep(tmp_path, list=[bad]))

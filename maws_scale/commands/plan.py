@@ -1,0 +1,161 @@
+"""`maws-scale plan CONFIG [KEY=VALUE ...]`: will it fit, and which layout is fastest? (analytic, no GPU needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from maws_scale.commands._common import add_config_arguments, config_from_args
+from maws_scale.commands._intermixed import allow_intermixed
+
+GPU_PEAKS = {"a100": "A100", "h100": "H100", "h200": "H200"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = allow_intermixed(
+        subparsers.add_parser(
+            "plan",
+            help="memory per GPU (params, grads, optimizer, activations, buffers) and a fits / does-not-fit verdict",
+            description="Analytic memory per GPU for the config's layout (ZeRO stage, TP, activation checkpointing, "
+            "offload, micro-batch) as DeepSpeed 0.19 holds it, FLOPs per step, the largest micro-batch that fits, "
+            "and with --search the fastest fitting layout by a simple speed model (docs/bench.md).",
+        )
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--gpus", type=int, help="GPUs in the job (default: parallel.world_size, else 1)")
+    parser.add_argument("--gpu-mem", default="80GiB", help="memory per GPU (default 80GiB)")
+    parser.add_argument("--reserve", default="2GiB", help="kept free: CUDA context, NCCL, fragmentation (2GiB)")
+    parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
+    parser.add_argument("--gpu", choices=sorted(GPU_PEAKS), default="h100", help="datasheet peak to use (h100)")
+    parser.add_argument("--peak-tflops", type=float, help="override the peak TFLOP/s per GPU")
+    parser.add_argument("--num-classes", type=int, help="WSP head size (default wsp.num_classes)")
+    parser.add_argument("--search", action="store_true", help="search ZeRO × TP × checkpointing × offload × micro")
+    parser.add_argument("--top", type=int, default=12, help="rows of the search table (default 12)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.set_defaults(func=run)
+
+
+def hardware_from_args(args: argparse.Namespace, cfg) -> object:
+    from maws_scale.bench.planner import Hardware, parse_bytes
+    from maws_scale.track.throughput import datasheet_peak_tflops
+
+    peak = args.peak_tflops or datasheet_peak_tflops(GPU_PEAKS[args.gpu], cfg.parallel.precision)
+    return Hardware(
+        gpus=args.gpus or cfg.parallel.world_size or 1,
+        gpu_mem=parse_bytes(args.gpu_mem),
+        reserve=parse_bytes(args.reserve),
+        gpus_per_node=args.gpus_per_node,
+        peak_tflops=float(peak),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from maws_scale.bench.planner import plan_layout, search
+
+    cfg = config_from_args(args)
+    hw = hardware_from_args(args, cfg)
+    fused = cfg.model.kernels != "torch"
+    plan = plan_layout(cfg, hw, num_classes=args.num_classes, fused_kernels=fused)
+    rows = search(cfg, hw, args.num_classes, fused) if args.search else None
+    if args.json:
+        out = {"hardware": vars(hw), "plan": plan.as_dict()}
+        if rows is not None:
+            out["search"] = [{**r.plan.as_dict(), "fits": r.fits} for r in rows]
+            best = next((r for r in rows if r.fits), None)
+            out["best"] = best.plan.as_dict() if best else None
+        print(json.dumps(out))
+        return 0
+    console = Console()
+    print_plan(console, plan, hw)
+    if rows is not None:
+        print_search(console, rows, args.top)
+    return 0
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:,.2f}"
+
+
+def print_plan(console: Console, plan, hw) -> None:
+    mem = plan.memory()
+    layout = plan.layout
+    console.print(
+        f"[bold]{plan.model}[/] {plan.stage}: {plan.params_total / 1e6:,.1f} M parameters, "
+        f"{plan.params_per_gpu / 1e6:,.1f} M per GPU (tp {layout.tp}); {hw.gpus} GPUs = dp {plan.dp} × tp {layout.tp}, "
+        f"micro {layout.micro_batch} × accum {plan.grad_accum:g}"
+    )
+    table = Table(title=f"memory per GPU — {layout.label()}", title_justify="left")
+    table.add_column("category")
+    table.add_column("GiB", justify="right")
+    table.add_column("what", overflow="fold")
+    s = plan.states
+    rows = [
+        ("parameters", mem["params"], "model dtype; ZeRO-3: partition + resident vectors"),
+        ("gradients", mem["grads"], "model dtype; ZeRO-1/2: params touching this rank's part"),
+        ("optimizer", mem["optimizer"], f"fp32 master {_gib(s.master)} + Adam m, v {_gib(s.moments)}"),
+        ("activations", mem["activations"], f"{plan.activations_per_sample / 2**20:,.2f} MiB/sample × micro"),
+        ("buffers", mem["buffers"], "gradient buckets; ZeRO-3 gathered blocks"),
+        ("step temporaries", mem["step_temporaries"], "fp32 gradient copies at the step (replace activations)"),
+    ]
+    for name, value, what in rows:
+        table.add_row(name, _gib(value), what)
+    table.add_row(
+        "[bold]peak[/]",
+        f"[bold]{_gib(mem['peak'])}[/]",
+        f"of {_gib(hw.usable)} usable ({_gib(hw.gpu_mem)} − reserve {_gib(hw.reserve)})",
+    )
+    if s.host:
+        table.add_row("host (CPU)", _gib(s.host), "offloaded per GPU")
+    console.print(table)
+    if plan.head_params_per_gpu:
+        console.print(f"WSP head: {plan.head_params_per_gpu / 1e6:,.2f} M parameters per GPU (vocab-parallel over tp)")
+    sp = plan.speed
+    console.print(
+        f"FLOPs: {plan.flops_per_sample / 1e9:,.1f} GFLOP per sample, {plan.flops_per_step / 1e15:,.2f} PFLOP per "
+        f"step; speed model: {sp.est_images_per_s:,.0f} img/s, est. MFU {100 * sp.est_mfu:.1f}% (compute "
+        f"{sp.compute_s * 1e3:,.1f} ms, overlapped comm {sp.comm_overlapped_s * 1e3:,.1f} ms, exposed "
+        f"{sp.comm_exposed_s * 1e3:,.1f} ms per step)"
+    )
+    verdict = plan.as_dict()["verdict"]
+    if plan.fits:
+        console.print(f"[bold green]fits[/]: largest micro-batch that fits {verdict['max_micro_batch']}", end="")
+    else:
+        console.print(f"[bold red]does not fit[/]: largest micro-batch that fits {verdict['max_micro_batch']}", end="")
+    console.print(f" ({verdict['max_micro_batch_for_global_batch']} dividing the global batch {plan.global_batch})")
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def print_search(console: Console, rows, top: int) -> None:
+    table = Table(
+        title="layouts at their largest fitting micro-batch, fastest first (speed model)", title_justify="left"
+    )
+    for col in ("zero", "tp", "ckpt", "offload", "micro", "peak GiB", "host GiB", "est img/s", "est MFU", "fits"):
+        table.add_column(col, justify="right")
+    fitting = [r for r in rows if r.fits]
+    for i, r in enumerate(fitting[:top]):
+        p, lay = r.plan, r.plan.layout
+        style = "bold green" if i == 0 else None
+        table.add_row(
+            str(lay.zero_stage),
+            str(lay.tp),
+            "on" if lay.checkpointing else "off",
+            lay.offload,
+            str(r.micro_batch),
+            _gib(p.peak),
+            _gib(p.states.host),
+            f"{p.speed.est_images_per_s:,.0f}",
+            f"{100 * p.speed.est_mfu:.1f}%",
+            "yes",
+            style=style,
+        )
+    console.print(table)
+    misses = len(rows) - len(fitting)
+    if fitting:
+        best = fitting[0].plan.layout
+        console.print(f"fastest fitting layout: [bold]{best.label()}[/] ({len(fitting)} fit, {misses} do not)")
+    else:
+        console.print(f"[bold red]no layout fits[/] ({misses} tried); more GPUs, or a bigger --gpu-mem")

@@ -23,7 +23,11 @@ def run(scenario: str, nproc: int, *args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("stage,extra", [("mae", []), ("mae", ["--replicate-decoder"]), ("wsp", ["--checkpointing"])])
+@pytest.mark.parametrize(
+    "stage,extra",
+    [("mae", []), ("mae", ["--replicate-decoder"]), ("wsp", ["--checkpointing"])],
+    ids=["mae", "mae-replicated-decoder", "wsp-activation-checkpointing"],
+)
 def test_tp2_matches_tp1_over_steps(stage, extra):
     """TP=2: loss, every gradient, clipped grad norm and the parameters after 3 SGD steps equal TP=1 (drop-path on;
     MAE masks from one generator, decoder sharded or replicated; WSP K=11 padded to 12, activation checkpointing)."""

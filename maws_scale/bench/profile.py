@@ -1,0 +1,424 @@
+"""``maws-scale bench``: real training steps of our stack (the trainer's own step: stage loss, DeepSpeed backward and
+step, TP when configured) on synthetic input, timed, with the planner's prediction and a plain-PyTorch baseline.
+
+Timing: ``warmup`` steps, then ``steps`` timed optimizer steps (CUDA events on GPU, wall clock on CPU). The split into
+forward (stage loss), backward and optimizer step comes from timing those three calls inside the trainer's step;
+``other`` is the rest (loss checks, LR setting). Communication is the time spent inside collectives during one extra
+profiled step (torch.profiler: NCCL kernels on GPU, ``gloo:*`` work on CPU; it overlaps compute, so it is not a part
+of the step-time sum). Synthetic batches are drawn once and kept on the device, so data loading is excluded;
+``with_data`` uses the configured loader instead and its time is inside the steps.
+
+Memory: on GPU ``torch.cuda.max_memory_allocated`` over the timed steps. On CPU, tensor-storage accounting (see
+:mod:`maws_scale.bench.storage`): at the end of a micro-batch's forward, every live storage plus every storage saved
+for backward, each once, no allocator overhead; the process's peak RSS is reported beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from maws_scale.config import RunConfig
+from maws_scale.parallel.distributed import DistInfo, init_distributed
+
+
+@dataclass
+class BenchOptions:
+    steps: int = 10
+    warmup: int = 3
+    with_data: bool = False
+    baseline: bool = False
+    profile_dir: str | None = None
+    peak_tflops: float | None = None
+    num_classes: int | None = None
+    out: str | None = None
+
+
+class PhaseTimer:
+    """Times calls of wrapped methods per phase: CUDA events on GPU, ``perf_counter`` on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.records: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
+        self._restore: list[tuple[Any, str]] = []
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def wrap(self, obj: Any, attr: str, phase: str) -> None:
+        original = getattr(obj, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = self.mark()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.records[phase].append((start, self.mark()))
+
+        object.__setattr__(obj, attr, timed)
+        self._restore.append((obj, attr))
+
+    def unwrap(self) -> None:
+        for obj, attr in self._restore:
+            if attr in vars(obj):
+                object.__delattr__(obj, attr)
+        self._restore.clear()
+
+    def elapsed(self, start: Any, end: Any) -> float:
+        if self.cuda:
+            return start.elapsed_time(end) / 1e3
+        return end - start
+
+    def collect(self) -> dict[str, float]:
+        """Seconds per phase since the last collect (synchronises the device)."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        out = {k: sum(self.elapsed(s, e) for s, e in v) for k, v in self.records.items()}
+        self.records.clear()
+        return out
+
+
+class DeviceBatches:
+    """A few synthetic batches drawn once from the configured synthetic loader and moved to the device, cycled: the
+    loader's cost stays out of the timed steps. Keeps the loader's interface for the trainer."""
+
+    def __init__(self, loader: Any, device: torch.device, count: int = 2) -> None:
+        self.loader = loader
+        self.num_classes = getattr(loader, "num_classes", None)
+        self.epoch_size = getattr(loader, "epoch_size", 1 << 30)
+        it = iter(loader)
+        self.batches = [
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in next(it).items()} for _ in range(count)
+        ]
+        self.consumed = 0
+
+    def __iter__(self):
+        while True:
+            batch = self.batches[self.consumed % len(self.batches)]
+            self.consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed": self.consumed, "synthetic": True}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.consumed = int(state.get("consumed", 0))
+
+    def error_counts(self) -> dict[str, int]:
+        return {}
+
+
+def bench_config(cfg: RunConfig, opts: BenchOptions) -> RunConfig:
+    """The config the benchmark trains with: the user's, with its own output folder, random WSP init, no resume,
+    synthetic data unless ``with_data``, and enough steps for warm-up + timing + the measurement steps."""
+    raw = cfg.model_dump(mode="json")
+    raw["output_dir"] = str(Path(cfg.output_dir) / "bench")
+    raw["wsp"]["init"] = "random"
+    raw["wsp"]["init_from"] = None
+    if opts.num_classes:
+        raw["wsp"]["num_classes"] = opts.num_classes
+    raw["checkpoint"]["resume"] = None
+    raw["data"]["synthetic"] = not opts.with_data
+    raw["train"]["steps"] = opts.warmup + opts.steps + 3
+    raw["train"]["epochs"] = None
+    raw["tracking"]["run_name"] = cfg.tracking.run_name or f"bench-{cfg.model.name}"
+    raw["tracking"]["tags"] = {**cfg.tracking.tags, "kind": "bench"}
+    return RunConfig.model_validate(raw)
+
+
+def loader_factory(opts: BenchOptions, device: torch.device):
+    from maws_scale.data import build_loader
+
+    def factory(cfg: RunConfig, stage: str, dp_rank: int, dp_size: int):
+        loader = build_loader(cfg, stage=stage, rank=dp_rank, world_size=dp_size, micro_batch=cfg.train.micro_batch)
+        return loader if opts.with_data else DeviceBatches(loader, device)
+
+    return factory
+
+
+# ----- measurement passes -----------------------------------------------------------------------------------------
+def _timed_steps(trainer: Any, batches, timer: PhaseTimer, steps: int) -> tuple[list[float], dict[str, float]]:
+    step_times: list[float] = []
+    phases: dict[str, float] = defaultdict(float)
+    for _ in range(steps):
+        start = timer.mark()
+        trainer.train_step(batches)
+        end = timer.mark()
+        split = timer.collect()
+        step_times.append(timer.elapsed(start, end))
+        for k, v in split.items():
+            phases[k] += v
+    return step_times, dict(phases)
+
+
+def _comm_seconds(trainer: Any, batches, device: torch.device, trace_dir: str | None, rank: int) -> float:
+    """Seconds inside collectives during one profiled step (and a Chrome trace when ``trace_dir`` is set)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        trainer.train_step(batches)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    if trace_dir:
+        path = Path(trace_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(path / f"trace_rank{rank}.json"))
+    total_us = 0.0
+    for event in prof.events():
+        name = event.name.lower()
+        if device.type == "cuda" and "nccl" in name and event.device_type.name == "CUDA":
+            total_us += event.device_time_total
+        elif name.startswith("gloo:"):
+            total_us += event.cpu_time_total
+    return total_us / 1e6
+
+
+def memory_step(trainer: Any, batches, cpu: bool, baseline: dict[int, int] | None = None) -> tuple[int | None, Any]:
+    """One more step, observed: the engine's model states just before the optimizer step at the accumulation
+    boundary (gradients complete, optimizer states allocated) and, on CPU, the tensor-storage high-water mark —
+    the largest of (live storages ∪ storages saved for backward) at the end of each micro-batch's forward and of
+    live storages before each ``engine.step`` (gradient buckets). ``baseline``: storages to leave out of the
+    engine's (a snapshot taken before it was built, :func:`~maws_scale.bench.storage.live_storages`)."""
+    from maws_scale.bench.storage import SavedTensors, engine_state_bytes, live_storages
+
+    stage, engine = trainer.stage, trainer.engine
+    loss, step = stage.loss, engine.step
+    seen: dict[str, Any] = {"peak": 0, "states": None}
+    inputs: dict[int, int] = dict(baseline or {})  # neither are the cached synthetic batches
+    for batch in getattr(trainer.loader, "batches", []):
+        for value in batch.values():
+            if isinstance(value, torch.Tensor):
+                inputs[value.untyped_storage().data_ptr()] = value.untyped_storage().nbytes()
+
+    def observed_loss(model, batch, device, dtype):
+        with SavedTensors(engine.module.parameters()) as saved:
+            out = loss(model, batch, device, dtype)
+        if cpu:
+            seen["peak"] = max(seen["peak"], sum({**live_storages(), **saved._seen}.values()))
+        return out
+
+    def observed_step(*args, **kwargs):
+        if cpu:
+            seen["peak"] = max(seen["peak"], sum(live_storages().values()))
+        if engine.is_gradient_accumulation_boundary():
+            seen["states"] = engine_state_bytes(engine, baseline=inputs)
+        return step(*args, **kwargs)
+
+    object.__setattr__(stage, "loss", observed_loss)
+    object.__setattr__(engine, "step", observed_step)
+    try:
+        trainer.train_step(batches)
+    finally:
+        object.__delattr__(stage, "loss")
+        object.__delattr__(engine, "step")
+    return (seen["peak"] if cpu else None), seen["states"]
+
+
+def _rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ----- the benchmark ------------------------------------------------------------------------------------------------
+@dataclass
+class RankResult:
+    step_s: list[float]
+    phases: dict[str, float]
+    comm_s: float
+    peak_bytes: int
+    rss_bytes: int
+    states: dict[str, int]
+    baseline: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) -> dict[str, Any] | None:
+    """Run the benchmark on every rank; rank 0 returns the aggregated result (and writes it), the others None."""
+    from maws_scale.train.loop import Trainer
+
+    info = info or init_distributed(cfg.parallel.backend)
+    bcfg = bench_config(cfg, opts)
+    trainer = Trainer(bcfg, info, loader_factory=loader_factory(opts, info.device))
+    trainer.setup()
+    device = info.device
+    batches = iter(trainer.loader)
+    timer = PhaseTimer(device)
+    timer.wrap(trainer.stage, "loss", "forward")
+    timer.wrap(trainer.engine, "backward", "backward")
+    timer.wrap(trainer.engine, "step", "optimizer")
+    try:
+        for _ in range(opts.warmup):
+            trainer.train_step(batches)
+        timer.collect()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        step_s, phases = _timed_steps(trainer, batches, timer, opts.steps)
+        gpu_peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    finally:
+        timer.unwrap()
+    comm = _comm_seconds(trainer, batches, device, opts.profile_dir, info.rank)
+    cpu_peak, states = memory_step(trainer, batches, cpu=gpu_peak is None)
+    peak = gpu_peak if gpu_peak is not None else cpu_peak
+    result = RankResult(
+        step_s=step_s,
+        phases={k: v / max(opts.steps, 1) for k, v in phases.items()},
+        comm_s=comm,
+        peak_bytes=peak,
+        rss_bytes=_rss_bytes(),
+        states={
+            "params": states.params,
+            "grads": states.grads,
+            "optimizer": states.optimizer,
+            "buckets": states.buckets,
+        },
+    )
+    if opts.baseline:
+        result.baseline = _baseline(bcfg, trainer, opts, device)
+    gathered = [result]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, result)
+    summary = None
+    if info.is_main:
+        summary = summarize(bcfg, trainer, gathered, opts, device)
+        write_result(summary, trainer, opts)
+    trainer.tracker.finish("FINISHED")
+    if hasattr(trainer.engine, "destroy"):
+        trainer.engine.destroy()
+    return summary
+
+
+def _baseline(cfg: RunConfig, trainer: Any, opts: BenchOptions, device: torch.device) -> dict[str, Any]:
+    from maws_scale.bench.baseline import run_baseline
+    from maws_scale.data import build_loader
+
+    raw = build_loader(cfg, stage=cfg.stage, micro_batch=cfg.train.micro_batch)
+    it = iter(raw)
+    batches = []
+    for _ in range(2):
+        b = next(it)
+        item = {"images": trainer.stage.images(b, device, torch.float32)}
+        if "targets" in b:
+            item["targets"] = b["targets"].to(device).float()
+        batches.append(item)
+    res = run_baseline(cfg, batches, opts.steps, opts.warmup, trainer.accum, device, getattr(raw, "num_classes", None))
+    return {
+        "encoder": res.encoder,
+        "step_s": res.step_s,
+        "images_per_s": res.images_per_s,
+        "peak_mem_bytes": res.peak_mem_bytes,
+    }
+
+
+def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: BenchOptions, device) -> dict[str, Any]:
+    """Rank 0's report: throughput, MFU, step split, memory, the planner's prediction, the baseline."""
+    from maws_scale import kernels
+    from maws_scale.bench.planner import Hardware, plan_layout
+    from maws_scale.track.throughput import datasheet_peak_tflops, device_name
+
+    world = len(ranks)
+    step_s = statistics.mean(statistics.mean(r.step_s) for r in ranks)
+    images = cfg.train.global_batch / step_s
+    flops = trainer.stage.flops_per_sample()
+    tflops = images * flops / world / 1e12
+    name = device_name(device)
+    datasheet = opts.peak_tflops or cfg.tracking.peak_tflops or datasheet_peak_tflops(name, cfg.parallel.precision)
+    measured_peak = trainer.measured_peak
+    peak_bytes = max(r.peak_bytes for r in ranks)
+    total_mem = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 1 << 50
+    num_classes = getattr(trainer.stage, "num_classes", None)
+    plan = plan_layout(
+        cfg,
+        Hardware(gpus=world, gpu_mem=total_mem, reserve=0, peak_tflops=float(datasheet or 1.0)),
+        num_classes=num_classes,
+        fused_kernels=kernels.triton_available(device),
+    )
+    predicted = plan.memory()
+    worst = max(ranks, key=lambda r: sum(r.states.values()))
+    phases = {k: statistics.mean(r.phases.get(k, 0.0) for r in ranks) for k in ("forward", "backward", "optimizer")}
+    phases["other"] = max(0.0, step_s - sum(phases.values()))
+    out: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "model": cfg.model.name,
+        "stage": cfg.stage,
+        "device": name,
+        "world_size": world,
+        "dp": trainer.dp_size,
+        "tp": cfg.parallel.tp,
+        "zero_stage": cfg.parallel.zero_stage,
+        "precision": cfg.parallel.precision,
+        "activation_checkpointing": cfg.parallel.activation_checkpointing,
+        "offload": cfg.parallel.offload,
+        "micro_batch": cfg.train.micro_batch,
+        "grad_accum": trainer.accum,
+        "global_batch": cfg.train.global_batch,
+        "steps": opts.steps,
+        "warmup": opts.warmup,
+        "data": "loader" if opts.with_data else "synthetic (on device)",
+        "step_s": step_s,
+        "step_s_per_rank": [statistics.mean(r.step_s) for r in ranks],
+        "images_per_s": images,
+        "tokens_per_s": images * trainer.stage.tokens_per_sample(),
+        "phases_s": phases,
+        "comm_s": statistics.mean(r.comm_s for r in ranks),
+        "flops_per_sample": flops,
+        "tflops_per_device": tflops,
+        "peak_tflops_datasheet": datasheet,
+        "peak_tflops_measured": measured_peak,
+        "mfu": tflops / datasheet if datasheet else None,
+        "mfu_measured_peak": tflops / measured_peak if measured_peak else None,
+        "memory_method": "cuda max_memory_allocated"
+        if device.type == "cuda"
+        else "tensor storages (live + saved for backward, end of forward)",
+        "peak_mem_bytes": peak_bytes,
+        "peak_rss_bytes": max(r.rss_bytes for r in ranks),
+        "planner_peak_bytes": predicted["peak"],
+        "planner_error_pct": 100.0 * (predicted["peak"] - peak_bytes) / peak_bytes,
+        "model_states_measured": worst.states,
+        "model_states_predicted": {k: predicted[k] for k in ("params", "grads", "optimizer", "buffers")},
+    }
+    baselines = [r.baseline for r in ranks if r.baseline]
+    if baselines:
+        base_images = statistics.mean(b["images_per_s"] for b in baselines)
+        ours_per_device = images / world
+        out["baseline"] = {
+            **baselines[0],
+            "images_per_s_per_device": base_images,
+            "speedup": ours_per_device / base_images if base_images else math.nan,
+        }
+    return out
+
+
+def write_result(summary: dict[str, Any], trainer: Any, opts: BenchOptions) -> Path:
+    """Write the JSON (``opts.out`` or ``<output_dir>/bench.json``) and log metrics and the file to the tracker."""
+    path = Path(opts.out) if opts.out else Path(trainer.cfg.output_dir) / "bench.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    metrics = {
+        f"bench/{k}": float(v)
+        for k, v in summary.items()
+        if isinstance(v, (int, float)) and v is not None and not isinstance(v, bool)
+    }
+    metrics.update({f"bench/phase_{k}_s": v for k, v in summary["phases_s"].items()})
+    if "baseline" in summary:
+        metrics["bench/baseline_images_per_s"] = summary["baseline"]["images_per_s_per_device"]
+        metrics["bench/speedup_vs_baseline"] = summary["baseline"]["speedup"]
+    trainer.tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=0)
+    trainer.tracker.log_artifact(path)
+    return path

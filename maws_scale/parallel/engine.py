@@ -315,6 +315,7 @@ class StepGuard:
         self.skip_next = False
         self.skipped_by_grads = False
         self.grad_norm: float | None = None
+        self.group_hparams: list[dict[str, Any]] = []
         self._step = optimizer.step
         optimizer.step = self._guarded_step  # instance attribute: DeepSpeed calls optimizer.step()
 
@@ -381,10 +382,31 @@ def initialize_engine(
         model.to(device)
     optimizer = build_optimizer(model, cfg)
     guard = StepGuard(optimizer, mpu=mpu)
+    guard.group_hparams = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
     # DeepSpeed drives our optimizer directly only in fp32 ZeRO-0; everywhere else it checks the grad norm itself
     guard.check_grads = engine.optimizer is optimizer
     return engine, guard
+
+
+def repair_optimizer_after_load(engine: Any, guard: StepGuard) -> None:
+    """Undo two side effects of DeepSpeed 0.19's universal-checkpoint loader on the inner optimizer.
+
+    It copies the hyper-parameters of group 0 onto every group (weight decay on norms and biases), and gives every
+    sub-group's Adam state the *same* ``step`` tensor, which torch's AdamW then increments once per group and step
+    (wrong bias correction from the second group on). Harmless after a regular load.
+    """
+    groups = engine.optimizer.param_groups
+    if len(groups) != len(guard.group_hparams):
+        raise RuntimeError(
+            f"optimizer has {len(groups)} parameter groups after loading, expected {len(guard.group_hparams)}"
+        )
+    for group, hparams in zip(groups, guard.group_hparams):
+        group.update(hparams)
+    for state in guard.optimizer.state.values():
+        step = state.get("step")
+        if torch.is_tensor(step):
+            state["step"] = step.clone()
 
 
 def set_lr(engine: Any, lr: float) -> None:

@@ -32,6 +32,7 @@ from maws_scale.parallel.engine import (
     initialize_engine,
     model_init_context,
     optimizer_impl,
+    repair_optimizer_after_load,
     set_lr,
     write_ds_config,
 )
@@ -282,6 +283,7 @@ class Trainer:
         )
         if loaded is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        repair_optimizer_after_load(self.engine, self.guard)
         state = load_trainer_state(info)
         self.step = int(state["step"])
         self.loader.load_state_dict(state["loader"])  # global sample position: valid on any DP size

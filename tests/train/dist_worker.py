@@ -66,8 +66,16 @@ def main() -> None:
         trainer.kill_after = args.kill_after
         result = trainer.run()
         per_step = _gather_ids(stage.seen, trainer.accum)
+        blocks = getattr(trainer.plan.model, "blocks", [])
         results.append(
-            {"losses": result.losses, "ids": per_step, "steps": result.steps, "skipped": result.skipped_steps}
+            {
+                "losses": result.losses,
+                "ids": per_step,
+                "steps": result.steps,
+                "skipped": result.skipped_steps,
+                "start": result.steps - len(per_step),
+                "leaf_blocks": bool(blocks) and all(getattr(b, "_z3_leaf", False) for b in blocks),
+            }
         )
     if info.rank == 0:
         with open(args.result, "w") as f:

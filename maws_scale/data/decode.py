@@ -117,6 +117,10 @@ def error_reason(err: BaseException) -> str:
     return "corrupt_image"
 
 
+def _boxes(sizes: np.ndarray, u: np.ndarray | None, scale: tuple[float, float]) -> np.ndarray:
+    return center_params(sizes) if u is None else random_resized_crop_params(sizes, u, scale)
+
+
 def decode_batch(
     images: Sequence[bytes | None],
     positions: np.ndarray,
@@ -127,37 +131,42 @@ def decode_batch(
     hflip: bool = True,
     draft: bool = True,
     out: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """Decode and augment a batch into ``out`` (uint8 (B, size, size, 3), allocated when None: channels last, so
     each image is one contiguous write); return (out, ok mask (B,), failure reason per sample). Failed rows are
-    zero."""
+    zero. ``sizes`` (B, 2) = stored (width, height), -1 where unknown: with them the crops are drawn for the whole
+    batch before anything is opened, and each image is opened and decoded in one pass (a wrong stored size is
+    noticed and its crop redrawn)."""
     n = len(images)
     batch = np.empty((n, size, size, 3), dtype=np.uint8) if out is None else out
     ok = np.zeros(n, dtype=bool)
     reasons: list[str | None] = [None] * n
     opened: list[Image.Image | None] = [None] * n
-    sizes = np.ones((n, 2), dtype=np.int64)
-    for i, data in enumerate(images):
-        if not data:
+    sizes = np.full((n, 2), -1, dtype=np.int64) if sizes is None else np.array(sizes, dtype=np.int64)
+    for i in np.flatnonzero((sizes <= 0).any(axis=1)):
+        if not images[i]:
             reasons[i] = "empty_image"
             continue
         try:
-            opened[i] = open_image(data)
+            opened[i] = open_image(images[i])
             sizes[i] = opened[i].size
         except Exception as err:  # PIL raises many types on hostile input; each one is counted by the caller
             reasons[i] = error_reason(err)
-    if train:
-        u = uniforms(seed, positions, 4 * ATTEMPTS + 1)
-        boxes = random_resized_crop_params(sizes, u, scale)
-        flips = (u[:, -1] < 0.5) if hflip else np.zeros(n, dtype=bool)
-    else:
-        boxes = center_params(sizes)
-        flips = np.zeros(n, dtype=bool)
-    for i, image in enumerate(opened):
-        if image is None:
+    sizes[(sizes <= 0).any(axis=1)] = 1  # failed rows: any box will do
+    u = uniforms(seed, positions, 4 * ATTEMPTS + 1) if train else None
+    boxes = _boxes(sizes, u, scale)
+    flips = (u[:, -1] < 0.5) if (u is not None and hflip) else np.zeros(n, dtype=bool)
+    for i in range(n):
+        if reasons[i] is not None or not images[i]:
+            reasons[i] = reasons[i] or "empty_image"
             batch[i] = 0
             continue
         try:
+            image = opened[i] or open_image(images[i])
+            if image.size != tuple(sizes[i]):
+                sizes[i] = image.size
+                boxes[i] = _boxes(sizes[i : i + 1], None if u is None else u[i : i + 1], scale)[0]
             decode_into(image, boxes[i], batch[i], flip=bool(flips[i]), draft=draft)
             ok[i] = True
         except Exception as err:

@@ -168,6 +168,7 @@ class ShardStream(IterableDataset):
             spec.crop_scale,
             spec.hflip,
             out=buffer.numpy(),
+            sizes=rows["size"],
         )
         ok &= rows["ok"]
         for i in np.flatnonzero(~ok):
@@ -223,6 +224,7 @@ def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray) -> dict[st
         "reason": [None] * n,
         "shard": [spec.manifest.shards[s].file for s in shard_ids.tolist()],
         "label": np.full(n, -1, dtype=np.int64),
+        "size": np.full((n, 2), -1, dtype=np.int64),
     }
     tag_type = pa.list_(pa.string())
     tag_parts: list[tuple[np.ndarray, pa.Array]] = []
@@ -247,6 +249,9 @@ def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray) -> dict[st
                 log.warning("skipping record without key at row %d of %s", row_ids[i], out["shard"][i])
         if "label" in taken.column_names:
             out["label"][where] = taken["label"].fill_null(-1).to_numpy()
+        if "width" in taken.column_names and "height" in taken.column_names:
+            out["size"][where, 0] = taken["width"].fill_null(-1).to_numpy()
+            out["size"][where, 1] = taken["height"].fill_null(-1).to_numpy()
         tag_parts.append((where, taken["tags"].combine_chunks()))
         if "clean_tags" in taken.column_names:
             clean_parts.append((where, taken["clean_tags"].combine_chunks()))

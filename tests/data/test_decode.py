@@ -122,3 +122,16 @@ def test_real_photo_jpegs_decode():
     assert all(224 <= max(size) <= 512 for _, size in photos)
     out, ok, _ = decode_batch([p for p, _ in photos], np.arange(6), 0, 224, train=True)
     assert ok.all() and out.shape == (6, 224, 224, 3) and out.std() > 10
+
+
+def test_stored_sizes_give_the_same_pixels_and_wrong_ones_are_corrected():
+    data = [_encode(_photo(480, 360), "JPEG"), _encode(_photo(200, 300), "PNG"), b"", b"junk"]
+    pos = np.arange(4)
+    plain, ok, reasons = decode_batch(data, pos, 5, 40, train=True)
+    stored = np.array([[480, 360], [200, 300], [-1, -1], [10, 10]])
+    known, ok2, reasons2 = decode_batch(data, pos, 5, 40, train=True, sizes=stored)
+    wrong = np.array([[100, 900], [-1, -1], [3, 3], [-1, -1]])
+    fixed, ok3, _ = decode_batch(data, pos, 5, 40, train=True, sizes=wrong)
+    assert np.array_equal(plain, known) and np.array_equal(plain, fixed)
+    assert ok.tolist() == ok2.tolist() == ok3.tolist() == [True, True, False, False]
+    assert reasons[2:] == reasons2[2:] == ["empty_image", "corrupt_image"]

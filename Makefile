@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+DEMO_DATA := data/fmnist-mosaic
+MAWS := $(VENV)/bin/maws-scale
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint fashion-mnist clean
@@ -28,8 +30,16 @@ $(VENV)/.test: setup.py constraints.txt $(VENV)/.torch
 fashion-mnist:
 	@test -d $(FASHION_MNIST) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 
-demo: $(VENV)/.demo fashion-mnist
-	$(VENV)/bin/maws-scale pipeline configs/demo.yaml
+# The demo data set: 20k noisy 2x2 mosaics (train, 20 % label noise) + 5k clean mosaics (test); built once.
+$(DEMO_DATA)/train/vocab.json: | $(VENV)/.demo fashion-mnist
+	$(MAWS) data build --source fashion-mnist --input $(FASHION_MNIST) --output $(DEMO_DATA)/train \
+		--split train --variant mosaic --noise 0.2 --limit 20000 --workers 2
+	$(MAWS) data build --source fashion-mnist --input $(FASHION_MNIST) --output $(DEMO_DATA)/test \
+		--split test --variant mosaic --noise 0 --limit 5000 --workers 2
+	$(MAWS) data vocab $(DEMO_DATA)/train --min-count 1
+
+demo: $(VENV)/.demo fashion-mnist $(DEMO_DATA)/train/vocab.json
+	$(MAWS) pipeline configs/demo.yaml
 
 test: $(VENV)/.test fashion-mnist
 	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]

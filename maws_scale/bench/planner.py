@@ -70,7 +70,7 @@ def parse_bytes(text: str | int | float) -> int:
 @dataclass(frozen=True)
 class Hardware:
     """The machine a plan is for. Bandwidths in GB/s per GPU; ``cpu_adam_rate``: parameters/s one rank's CPU Adam
-    updates under offload."""
+    updates under offload; ``host_mem``: CPU memory per node for offloaded states (None: not checked)."""
 
     gpus: int = 1
     gpu_mem: int = 80 * GiB
@@ -82,10 +82,16 @@ class Hardware:
     inter_node_gbps: float = 25.0
     pcie_gbps: float = 25.0
     cpu_adam_rate: float = 1.0e9
+    host_mem: int | None = None
 
     @property
     def usable(self) -> int:
         return self.gpu_mem - self.reserve
+
+    @property
+    def host_per_gpu(self) -> int | None:
+        """Host memory available to one GPU's offloaded states (the node's, shared by its GPUs)."""
+        return None if self.host_mem is None else self.host_mem // min(self.gpus, self.gpus_per_node)
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,7 @@ class Plan:
     flops_per_step: int
     usable: int
     global_batch: int
+    host_limit: int | None
     speed: Speed
     notes: list[str] = field(default_factory=list)
 
@@ -154,13 +161,17 @@ class Plan:
         return self.states.device_total + max(self.activations, self.states.step_temp)
 
     @property
+    def host_fits(self) -> bool:
+        return self.host_limit is None or self.states.host <= self.host_limit
+
+    @property
     def fits(self) -> bool:
-        return self.peak <= self.usable
+        return self.peak <= self.usable and self.host_fits
 
     def max_micro_batch(self) -> int:
         """Largest micro-batch whose peak fits (0 when even the model states do not)."""
         fixed = self.states.device_total
-        if fixed + self.states.step_temp > self.usable:
+        if fixed + self.states.step_temp > self.usable or not self.host_fits:
             return 0
         return max(0, int((self.usable - fixed) // self.activations_per_sample))
 
@@ -200,6 +211,7 @@ class Plan:
             "speed": asdict(self.speed),
             "verdict": {
                 "fits": self.fits,
+                "host_fits": self.host_fits,
                 "max_micro_batch": self.max_micro_batch(),
                 "max_micro_batch_for_global_batch": best_micro_batch(self, self.global_batch),
             },
@@ -323,6 +335,7 @@ def plan_layout(
         flops_per_step=per_sample * lcfg.train.global_batch,
         usable=hw.usable,
         global_batch=lcfg.train.global_batch,
+        host_limit=hw.host_per_gpu,
         speed=estimate_speed(lcfg, hw, layout, dp, inv, zs, parts, act),
         notes=notes,
     )

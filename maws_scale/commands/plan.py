@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gpu-mem", default="80GiB", help="memory per GPU (default 80GiB)")
     parser.add_argument("--reserve", default="2GiB", help="kept free: CUDA context, NCCL, fragmentation (2GiB)")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
+    parser.add_argument("--host-mem", help="CPU memory per node for offloaded states, e.g. 1TiB (default: unchecked)")
     parser.add_argument("--gpu", choices=sorted(GPU_PEAKS), default="h100", help="datasheet peak to use (h100)")
     parser.add_argument("--peak-tflops", type=float, help="override the peak TFLOP/s per GPU")
     parser.add_argument("--num-classes", type=int, help="WSP head size (default wsp.num_classes)")
@@ -49,6 +50,7 @@ def hardware_from_args(args: argparse.Namespace, cfg) -> object:
         reserve=parse_bytes(args.reserve),
         gpus_per_node=args.gpus_per_node,
         peak_tflops=float(peak),
+        host_mem=parse_bytes(args.host_mem) if args.host_mem else None,
     )
 
 
@@ -108,7 +110,8 @@ def print_plan(console: Console, plan, hw) -> None:
         f"of {_gib(hw.usable)} usable ({_gib(hw.gpu_mem)} − reserve {_gib(hw.reserve)})",
     )
     if s.host:
-        table.add_row("host (CPU)", _gib(s.host), "offloaded per GPU")
+        limit = f"of {_gib(plan.host_limit)} host per GPU" if plan.host_limit is not None else "host not checked"
+        table.add_row("host (CPU)", _gib(s.host), f"offloaded per GPU, {limit}")
     console.print(table)
     if plan.head_params_per_gpu:
         console.print(f"WSP head: {plan.head_params_per_gpu / 1e6:,.2f} M parameters per GPU (vocab-parallel over tp)")
@@ -125,6 +128,8 @@ def print_plan(console: Console, plan, hw) -> None:
     else:
         console.print(f"[bold red]does not fit[/]: largest micro-batch that fits {verdict['max_micro_batch']}", end="")
     console.print(f" ({verdict['max_micro_batch_for_global_batch']} dividing the global batch {plan.global_batch})")
+    if not plan.host_fits:
+        console.print("[bold red]offloaded states do not fit the host memory[/] (--host-mem)")
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}")
 

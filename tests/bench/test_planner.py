@@ -217,5 +217,24 @@ def test_plan_json_is_one_object(capsys: pytest.CaptureFixture[str]) -> None:
     for key in ("params", "grads", "optimizer", "activations", "buffers", "peak"):
         assert plan["bytes_per_gpu"][key] > 0
     assert plan["flops"]["per_step"] == plan["flops"]["per_sample"] * 4096
-    assert set(plan["verdict"]) == {"fits", "max_micro_batch", "max_micro_batch_for_global_batch"}
+    assert set(plan["verdict"]) == {"fits", "host_fits", "max_micro_batch", "max_micro_batch_for_global_batch"}
     assert data["best"]["verdict"]["fits"] and len(data["search"]) > 1
+
+
+def test_offload_moves_states_to_the_host_and_checks_host_memory() -> None:
+    cfg = cfg_for(
+        "model.name=vit_6.5b14",
+        "stage=mae",
+        "parallel.zero_stage=3",
+        "parallel.offload=all",
+        "train.global_batch=8",
+        "train.micro_batch=8",
+    )
+    plain = plan_layout(cfg, Hardware(gpus=1))
+    psi = build_inventory(cfg).trainable_numel
+    # fp32 master + Adam moments + fp32 gradient part (16 B) and the bf16 parameters (2 B) live on the host
+    assert plain.states.host == pytest.approx(18 * psi, rel=0.01)
+    assert plain.states.master == plain.states.moments == 0 and plain.fits
+    small_host = plan_layout(cfg, Hardware(gpus=1, host_mem=96 * GiB))  # 18 B × 6.47e9 = 108 GiB
+    assert not small_host.host_fits and not small_host.fits and small_host.max_micro_batch() == 0
+    assert plan_layout(cfg, Hardware(gpus=1, host_mem=128 * GiB)).fits

@@ -168,6 +168,8 @@ def baseline_loss(cfg: RunConfig) -> Callable[[nn.Module, dict], torch.Tensor]:
 class BaselineResult:
     encoder: str
     step_s: float
+    cpu_s: float
+    images_per_step: int
     images_per_s: float
     peak_mem_bytes: int | None
     steps: int
@@ -219,18 +221,20 @@ def run_baseline(
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     if cuda:
         torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     per_step = elapsed / max(steps, 1)
     images = accum * batches[0]["images"].shape[0]
     peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
     return BaselineResult(
         encoder="timm.VisionTransformer" if use_timm else "maws_scale.bench.baseline.PlainViT (math attention)",
         step_s=per_step,
+        cpu_s=cpu / max(steps, 1),
+        images_per_step=images,
         images_per_s=images / per_step if per_step > 0 else math.nan,
         peak_mem_bytes=peak,
         steps=steps,

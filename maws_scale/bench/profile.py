@@ -6,7 +6,9 @@ forward (stage loss), backward and optimizer step comes from timing those three 
 ``other`` is the rest (loss checks, LR setting). Communication is the time spent inside collectives during one extra
 profiled step (torch.profiler: NCCL kernels on GPU, ``gloo:*`` work on CPU; it overlaps compute, so it is not a part
 of the step-time sum). Synthetic batches are drawn once and kept on the device, so data loading is excluded;
-``with_data`` uses the configured loader instead and its time is inside the steps.
+``with_data`` uses the configured loader instead and its time is inside the steps. The process CPU time of each
+step is recorded too: on a shared CPU machine it is robust to other load, so the baseline ratio is also given by
+CPU time per image.
 
 Memory: on GPU ``torch.cuda.max_memory_allocated`` over the timed steps. On CPU, tensor-storage accounting (see
 :mod:`maws_scale.bench.storage`): at the end of a micro-batch's forward, every live storage plus every storage saved
@@ -151,18 +153,24 @@ def loader_factory(opts: BenchOptions, device: torch.device):
 
 
 # ----- measurement passes -----------------------------------------------------------------------------------------
-def _timed_steps(trainer: Any, batches, timer: PhaseTimer, steps: int) -> tuple[list[float], dict[str, float]]:
+def _timed_steps(
+    trainer: Any, batches, timer: PhaseTimer, steps: int
+) -> tuple[list[float], list[float], dict[str, float]]:
+    """→ (wall seconds per step, process CPU seconds per step, seconds per phase summed over the steps)."""
     step_times: list[float] = []
+    cpu_times: list[float] = []
     phases: dict[str, float] = defaultdict(float)
     for _ in range(steps):
+        cpu = time.process_time()
         start = timer.mark()
         trainer.train_step(batches)
         end = timer.mark()
         split = timer.collect()
+        cpu_times.append(time.process_time() - cpu)
         step_times.append(timer.elapsed(start, end))
         for k, v in split.items():
             phases[k] += v
-    return step_times, dict(phases)
+    return step_times, cpu_times, dict(phases)
 
 
 def _comm_seconds(trainer: Any, batches, device: torch.device, trace_dir: str | None, rank: int) -> float:
@@ -239,6 +247,7 @@ def _rss_bytes() -> int:
 @dataclass
 class RankResult:
     step_s: list[float]
+    cpu_s: list[float]
     phases: dict[str, float]
     comm_s: float
     peak_bytes: int
@@ -268,7 +277,7 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
         timer.collect()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        step_s, phases = _timed_steps(trainer, batches, timer, opts.steps)
+        step_s, cpu_s, phases = _timed_steps(trainer, batches, timer, opts.steps)
         gpu_peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     finally:
         timer.unwrap()
@@ -277,6 +286,7 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
     peak = gpu_peak if gpu_peak is not None else cpu_peak
     result = RankResult(
         step_s=step_s,
+        cpu_s=cpu_s,
         phases={k: v / max(opts.steps, 1) for k, v in phases.items()},
         comm_s=comm,
         peak_bytes=peak,
@@ -321,6 +331,8 @@ def _baseline(cfg: RunConfig, trainer: Any, opts: BenchOptions, device: torch.de
     return {
         "encoder": res.encoder,
         "step_s": res.step_s,
+        "cpu_s": res.cpu_s,
+        "images_per_step": res.images_per_step,
         "images_per_s": res.images_per_s,
         "peak_mem_bytes": res.peak_mem_bytes,
     }
@@ -373,6 +385,7 @@ def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: Bench
         "data": "loader" if opts.with_data else "synthetic (on device)",
         "step_s": step_s,
         "step_s_per_rank": [statistics.mean(r.step_s) for r in ranks],
+        "cpu_s_per_rank": [statistics.mean(r.cpu_s) for r in ranks],
         "images_per_s": images,
         "tokens_per_s": images * trainer.stage.tokens_per_sample(),
         "phases_s": phases,
@@ -401,6 +414,9 @@ def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: Bench
             **baselines[0],
             "images_per_s_per_device": base_images,
             "speedup": ours_per_device / base_images if base_images else math.nan,
+            # process CPU time per image, ours vs baseline: robust to other load on a shared CPU machine
+            "speedup_cpu_time": (statistics.mean(b["cpu_s"] for b in baselines) / baselines[0]["images_per_step"])
+            / (statistics.mean(statistics.mean(r.cpu_s) for r in ranks) * world / cfg.train.global_batch),
         }
     return out
 
@@ -419,6 +435,7 @@ def write_result(summary: dict[str, Any], trainer: Any, opts: BenchOptions) -> P
     if "baseline" in summary:
         metrics["bench/baseline_images_per_s"] = summary["baseline"]["images_per_s_per_device"]
         metrics["bench/speedup_vs_baseline"] = summary["baseline"]["speedup"]
+        metrics["bench/speedup_vs_baseline_cpu_time"] = summary["baseline"]["speedup_cpu_time"]
     trainer.tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=0)
     trainer.tracker.log_artifact(path)
     return path

@@ -107,7 +107,10 @@ def print_summary(console: Console, s: dict) -> None:
         )
     console.print(table)
     if base:
-        console.print(f"speed-up vs baseline ({base['encoder']}): [bold]{base['speedup']:.2f}×[/] per device")
+        console.print(
+            f"speed-up vs baseline ({base['encoder']}): [bold]{base['speedup']:.2f}×[/] per device "
+            f"(wall clock); {base['speedup_cpu_time']:.2f}× by process CPU time per image"
+        )
     ph = s["phases_s"]
     console.print(
         "step split: "

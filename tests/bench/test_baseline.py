@@ -47,4 +47,5 @@ def test_run_baseline_reports_finite_numbers(stage: str) -> None:
     assert res.steps == 2 and len(res.losses) == 3
     assert all(math.isfinite(x) and x > 0 for x in res.losses)
     assert res.step_s > 0 and res.images_per_s == pytest.approx(8 / res.step_s)
+    assert res.cpu_s > 0 and res.images_per_step == 8
     assert res.peak_mem_bytes is None  # CPU

@@ -316,6 +316,7 @@ class StepGuard:
         self.skipped_by_grads = False
         self.grad_norm: float | None = None
         self.group_hparams: list[dict[str, Any]] = []
+        self.group_names: list[list[str]] = []
         self._step = optimizer.step
         optimizer.step = self._guarded_step  # instance attribute: DeepSpeed calls optimizer.step()
 
@@ -383,6 +384,7 @@ def initialize_engine(
     optimizer = build_optimizer(model, cfg)
     guard = StepGuard(optimizer, mpu=mpu)
     guard.group_hparams = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]
+    guard.group_names = [g["names"] for g in param_groups(model, cfg.optim.weight_decay)]
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
     # DeepSpeed drives our optimizer directly only in fp32 ZeRO-0; everywhere else it checks the grad norm itself
     guard.check_grads = engine.optimizer is optimizer

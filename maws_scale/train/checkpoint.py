@@ -265,15 +265,29 @@ def consolidate(info: CheckpointInfo, out: str | Path, extra_meta: dict[str, Any
             f"{info.path}: consolidating a tensor-parallel checkpoint (tp={info.meta['tp_size']}) needs the shards "
             "merged by the TP plan; rerun consolidation with parallel.tp=1 weights"
         )
-    if info.zero_stage >= 1 or (_is_bf16_zero0(info) and list(info.path.glob("*optim_states.pt"))):
+    if info.zero_stage >= 1:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(info.path.parent), tag=info.path.name)
+        _add_frozen_tensors(info, state)
     else:
         saved = torch.load(info.path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-        state = saved["module"]
+        state = dict(saved["module"])
+        _use_fp32_masters(info, saved, state)
     meta = {**(extra_meta or {}), "source": str(info.path), "step": info.step}
     return write_state_dict(state, out, meta)
+
+
+def _add_frozen_tensors(info: CheckpointInfo, state: dict[str, torch.Tensor]) -> None:
+    """Frozen parameters (e.g. MAE's fixed sin-cos position tables) have no fp32 master copy, and ZeRO-1 does not
+    record them for zero_to_fp32: take them from the module state DeepSpeed saved beside the optimizer shards."""
+    files = sorted(info.path.glob("*mp_rank_00_model_states.pt"))
+    if not files:
+        return
+    module = torch.load(files[0], map_location="cpu", weights_only=False).get("module") or {}
+    for key, value in module.items():
+        if key not in state and torch.is_tensor(value) and value.numel() > 0:
+            state[key] = value
 
 
 def write_state_dict(state: dict[str, torch.Tensor], out: str | Path, meta: dict[str, Any]) -> Path:
@@ -289,6 +303,18 @@ def write_state_dict(state: dict[str, torch.Tensor], out: str | Path, meta: dict
     return out
 
 
-def _is_bf16_zero0(info: CheckpointInfo) -> bool:
-    """ZeRO-0 bf16 runs keep their fp32 master weights in DeepSpeed's BF16_Optimizer partitions."""
-    return info.meta.get("precision") in ("bf16", "fp16")
+def _use_fp32_masters(info: CheckpointInfo, saved: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """ZeRO-0 with bf16/fp16: the module holds 16-bit weights; DeepSpeed's mixed-precision optimizer keeps the fp32
+    masters in ``fp32_groups`` (one list per parameter group, in the order the trainer recorded)."""
+    optimizer = saved.get("optimizer")
+    groups = optimizer.get("fp32_groups") if isinstance(optimizer, dict) else None
+    path = info.path / TRAINER_STATE
+    if not groups or not path.is_file():
+        return
+    names = torch.load(path, map_location="cpu", weights_only=False).get("param_group_names")
+    if not names or [len(g) for g in names] != [len(g) for g in groups]:
+        return
+    for group_names, tensors in zip(names, groups):
+        for name, tensor in zip(group_names, tensors):
+            if name in state and tuple(state[name].shape) == tuple(tensor.shape):
+                state[name] = tensor

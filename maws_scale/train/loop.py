@@ -256,6 +256,7 @@ class Trainer:
             "skipped_steps": self.counters.skipped_steps,
             "rollbacks": self.counters.rollbacks,
             "stage": self.cfg.stage,
+            "param_group_names": self.guard.group_names,
         }
 
     def save(self) -> Path:

@@ -117,3 +117,24 @@ def test_consolidate_zero0_writes_fp32_with_a_sidecar(tmp_path):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert (meta["stage"], meta["step"], meta["parameters"]) == ("mae", 3, 6)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_consolidate_zero0_mixed_precision_takes_the_fp32_masters(tmp_path):
+    class MixedPrecisionEngine(FakeEngine):
+        master = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], dtype=torch.float32)
+
+        def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+            folder = Path(save_dir) / tag
+            folder.mkdir(parents=True)
+            module = {"w": self.master.bfloat16(), "frozen": torch.ones(2)}
+            optimizer = {"fp32_groups": [[self.master]]}
+            torch.save(
+                {"module": module, "optimizer": optimizer, **client_state}, folder / "mp_rank_00_model_states.pt"
+            )
+
+    manager = CheckpointManager(tmp_path / "ckpt")
+    meta = {"stage": "mae", "zero_stage": 0, "precision": "bf16"}
+    path = manager.save(MixedPrecisionEngine(), 1, {"step": 1, "param_group_names": [["w"]]}, {}, meta)
+    state = torch.load(consolidate(read_checkpoint(path), tmp_path / "c.pt"), weights_only=True)
+    assert torch.equal(state["w"], MixedPrecisionEngine.master)  # not the bf16-rounded module copy
+    assert torch.equal(state["frozen"], torch.ones(2))

@@ -27,7 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     allow_intermixed(parser)
-    parser.add_argument("checkpoint", help="MAE or WSP checkpoint (state dict, e.g. <output_dir>/wsp/consolidated.pt)")
+    parser.add_argument(
+        "checkpoint",
+        help="MAE or WSP checkpoint (state dict, e.g. <output_dir>/wsp/consolidated.pt), or 'random' for an untrained "
+        "encoder (seed: the config's seed) — the floor every probe should beat",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     parser.add_argument("--config", help="run config the checkpoint was trained with (model.*); default: defaults")
     parser.add_argument("--data", help="labeled Arrow set to score on (default data.eval_path)")
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.train_data:
         overrides.append(f"eval.train_path={args.train_data}")
     cfg = load_config(args.config, overrides)
-    if not Path(args.checkpoint).is_file():
+    if args.checkpoint != "random" and not Path(args.checkpoint).is_file():
         raise ConfigError(f"CHECKPOINT: {args.checkpoint} not found")
 
     from maws_scale.eval import evaluate_checkpoint

@@ -27,6 +27,29 @@ def encoder_state(state: dict[str, torch.Tensor], pool: str) -> dict[str, torch.
     return keep
 
 
+def build_eval_encoder(cfg: RunConfig) -> VisionTransformer:
+    """The encoder of ``cfg.model`` (its pooling included), freshly initialised."""
+    m = cfg.model
+    return build_encoder(
+        m.name,
+        img_size=cfg.img_size,
+        in_chans=m.in_chans,
+        pool=m.pool,
+        qkv_bias=m.qkv_bias,
+        qk_norm=m.qk_norm,
+        norm_bias=m.norm_bias,
+        parallel_block=m.parallel_block,
+        attention=m.attention,
+    )
+
+
+def random_encoder(cfg: RunConfig) -> VisionTransformer:
+    """An untrained encoder (initialised with seed ``cfg.seed``): the reference point of frozen-feature probes."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return build_eval_encoder(cfg).eval()
+
+
 def load_encoder(cfg: RunConfig, checkpoint_path: str | os.PathLike) -> VisionTransformer:
     """Build the encoder of ``cfg.model`` (its pooling included) and load the checkpoint's encoder weights strictly."""
     try:
@@ -41,17 +64,7 @@ def load_encoder(cfg: RunConfig, checkpoint_path: str | os.PathLike) -> VisionTr
             "(an MAE checkpoint?); evaluate it with model.pool=cls, gap or max"
         )
     m = cfg.model
-    encoder = build_encoder(
-        m.name,
-        img_size=cfg.img_size,
-        in_chans=m.in_chans,
-        pool=pool,
-        qkv_bias=m.qkv_bias,
-        qk_norm=m.qk_norm,
-        norm_bias=m.norm_bias,
-        parallel_block=m.parallel_block,
-        attention=m.attention,
-    )
+    encoder = build_eval_encoder(cfg)
     try:
         result = encoder.load_state_dict(adapt_state_dict(weights, encoder), strict=False)
     except (RuntimeError, ValueError) as err:  # shape mismatches

@@ -16,7 +16,7 @@ import torch
 
 from maws_scale.config import ConfigError
 from maws_scale.data import build_loader
-from maws_scale.eval.checkpoint import load_encoder
+from maws_scale.eval.checkpoint import load_encoder, random_encoder
 from maws_scale.eval.classifiers import few_shot, knn_classify, linear_probe
 from maws_scale.eval.features import Features, extract_features, split_by_key
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from maws_scale.config import RunConfig
 
 EVAL_BATCH = 256
+RANDOM = "random"
 
 
 class MetricSink(Protocol):
@@ -77,8 +78,9 @@ def evaluate_checkpoint(
     cfg: RunConfig, checkpoint_path: str | os.PathLike, tracker: MetricSink | Any | None = None
 ) -> dict[str, float]:
     """Evaluate the encoder in ``checkpoint_path`` (MAE or WSP state dict) with ``cfg.model.pool`` on
-    ``cfg.data.eval_path``; log the metrics to ``tracker`` (at step ``train.steps``) when given; return them."""
-    encoder = load_encoder(cfg, checkpoint_path)
+    ``cfg.data.eval_path``; log the metrics to ``tracker`` (at step ``train.steps``) when given; return them.
+    ``checkpoint_path="random"`` evaluates an untrained encoder (seed ``cfg.seed``): the floor of the probes."""
+    encoder = random_encoder(cfg) if str(checkpoint_path) == RANDOM else load_encoder(cfg, checkpoint_path)
     metrics = evaluate_encoder(encoder, cfg)
     if tracker is not None:
         tracker.log_metrics(metrics, step=cfg.train.steps or 0)

@@ -13,7 +13,7 @@ from maws_scale.config import load_config
 from maws_scale.data.build import build_dataset
 from maws_scale.data.fashion_mnist import DEFAULT_DIR, FashionMNISTSource
 from maws_scale.eval import evaluate_checkpoint
-from maws_scale.eval.checkpoint import CheckpointError, load_encoder
+from maws_scale.eval.checkpoint import CheckpointError, load_encoder, random_encoder
 from maws_scale.eval.features import Features, split_by_key
 from maws_scale.models import build_mae, build_wsp
 
@@ -128,3 +128,12 @@ def test_eval_command_prints_json(labeled: Path, mae_checkpoint: Path, capsys: p
 def test_eval_command_refuses_a_bad_key(mae_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(mae_checkpoint), "--data", "x", "eval.knn=3"]) == 2
     assert "eval.knn" in capsys.readouterr().err
+
+
+def test_random_init_is_a_seeded_reference(labeled: Path) -> None:
+    a, b = random_encoder(config(labeled, "seed=4")), random_encoder(config(labeled, "seed=4"))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = random_encoder(config(labeled, "seed=5"))
+    assert not torch.equal(a.pos_embed, c.pos_embed)
+    metrics = evaluate_checkpoint(config(labeled, "eval.few_shot=[]"), "random")
+    assert 10.0 < metrics["eval/linear_top1"] <= 100.0 and "eval/knn_top1" in metrics

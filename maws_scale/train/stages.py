@@ -160,7 +160,12 @@ class WSPStage(Stage):
         report = None
         if rank == 0 or not partitioned:
             state, report = self._handoff_state(path)
-        if partitioned:
+        if hasattr(model, "tp_layout"):  # tensor-parallel: each rank keeps its shard of every sharded tensor
+            from maws_scale.parallel.tensor_parallel import load_plain_state_dict
+
+            load_plain_state_dict(model, state, strict=False)
+            model.pos_embed.requires_grad_(True)
+        elif partitioned:
             _load_partitioned(model, state, rank)
         else:
             own = model.state_dict(keep_vars=True)

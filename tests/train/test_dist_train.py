@@ -56,11 +56,26 @@ def config(mosaics: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def wsp_after(mosaics: Path, out: Path, *extra: str) -> list[str]:
+    """WSP for 4 steps, initialised from the MAE run in ``out``."""
+    init = f"wsp.init_from={out / 'mae' / 'consolidated.pt'}"
+    return config(mosaics, out, "stage=wsp", init, "train.steps=4", "checkpoint.every=0", *extra)
+
+
 @pytest.fixture(scope="module")
-def one_rank(mosaics, tmp_path_factory) -> dict:
-    """The reference: one rank, ZeRO-0, micro-batch 8 × 2 accumulation steps."""
+def one_rank_runs(mosaics, tmp_path_factory) -> list[dict]:
+    """The reference: one rank, ZeRO-0, micro-batch 8 × 2 accumulation steps; MAE, then WSP from it."""
     tmp = tmp_path_factory.mktemp("one")
-    return launch(tmp, 1, [config(mosaics, tmp / "z0", "parallel.zero_stage=0")])[0]
+    return launch(
+        tmp,
+        1,
+        [config(mosaics, tmp / "z0", "parallel.zero_stage=0"), wsp_after(mosaics, tmp / "z0", "parallel.zero_stage=0")],
+    )
+
+
+@pytest.fixture(scope="module")
+def one_rank(one_rank_runs) -> dict:
+    return one_rank_runs[0]
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +128,26 @@ def test_crash_and_resume_on_another_data_parallel_size(crashed, one_rank, tmp_p
     assert resumed["ids"] == one_rank["ids"][4:]  # data order continues exactly on 1 rank
     assert resumed["losses"] == pytest.approx(one_rank["losses"][4:], abs=TOL)  # universal checkpoint: same state
     assert (out / "mae" / "checkpoints" / ".universal" / "step_00000004").is_dir()
+
+
+def test_tensor_parallel_mae_then_wsp_match_one_rank(one_rank_runs, mosaics, tmp_path):
+    # tp=2 on 2 ranks: data-parallel size 1, so the same micro-batches as one rank; megatron-core layers inside,
+    # vocab-parallel soft-target CE for WSP, consolidation gathers the shards, WSP loads the MAE encoder sharded
+    out = tmp_path / "tp"
+    mae, wsp = launch(
+        tmp_path,
+        2,
+        [
+            config(mosaics, out, "parallel.zero_stage=1", "parallel.tp=2"),
+            wsp_after(mosaics, out, "parallel.zero_stage=1", "parallel.tp=2"),
+        ],
+    )
+    ref_mae, ref_wsp = one_rank_runs
+    # both TP ranks of the one data-parallel group train on the same micro-batches
+    assert [sorted(set(ids)) for ids in mae["ids"]] == ref_mae["ids"]
+    assert all(len(ids) == 2 * len(set(ids)) for ids in mae["ids"])
+    assert mae["losses"] == pytest.approx(ref_mae["losses"], abs=TOL)
+    assert wsp["losses"] == pytest.approx(ref_wsp["losses"], abs=TOL)
+    assert len(wsp["losses"]) == 4
+    handoff = json.loads((out / "wsp" / "handoff.json").read_text())
+    assert "blocks.0.attn.qkv.weight" in handoff["loaded"]

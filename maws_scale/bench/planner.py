@@ -464,5 +464,6 @@ def search(cfg: RunConfig, hw: Hardware, num_classes: int | None = None, fused_k
         if micro:
             probe = plan_layout(cfg, hw, Layout(**{**asdict(layout), "micro_batch": micro}), num_classes, fused_kernels)
         rows.append(SearchRow(probe, micro))
-    rows.sort(key=lambda r: (not r.fits, -r.plan.speed.est_images_per_s if r.fits else r.plan.peak))
+    # fitting first, fastest first, and among equally fast layouts the one with the most headroom
+    rows.sort(key=lambda r: (not r.fits, -round(r.plan.speed.est_images_per_s, 6) if r.fits else 0, r.plan.peak))
     return rows

@@ -299,6 +299,7 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
         },
     )
     if opts.baseline:
+        _release_engine(trainer, device)  # the baseline gets the device to itself
         result.baseline = _baseline(bcfg, trainer, opts, device)
     gathered = [result]
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -309,9 +310,21 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
         summary = summarize(bcfg, trainer, gathered, opts, device)
         write_result(summary, trainer, opts)
     trainer.tracker.finish("FINISHED")
-    if hasattr(trainer.engine, "destroy"):
-        trainer.engine.destroy()
+    _release_engine(trainer, device)
     return summary
+
+
+def _release_engine(trainer: Any, device: torch.device) -> None:
+    """Destroy the DeepSpeed engine and drop the model, optimizer and cached batches (idempotent)."""
+    import gc
+
+    engine = getattr(trainer, "engine", None)
+    if engine is not None and hasattr(engine, "destroy"):
+        engine.destroy()
+    trainer.engine = trainer.plan = trainer.loader = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _baseline(cfg: RunConfig, trainer: Any, opts: BenchOptions, device: torch.device) -> dict[str, Any]:
@@ -327,9 +340,23 @@ def _baseline(cfg: RunConfig, trainer: Any, opts: BenchOptions, device: torch.de
         if "targets" in b:
             item["targets"] = b["targets"].to(device).float()
         batches.append(item)
-    res = run_baseline(cfg, batches, opts.steps, opts.warmup, trainer.accum, device, getattr(raw, "num_classes", None))
+    micro, accum = cfg.train.micro_batch, trainer.accum
+    while True:  # fp32 weights, autocast and math attention need more memory: halve the micro-batch until it fits
+        try:
+            split = [{k: v[:micro] for k, v in b.items()} for b in batches]
+            res = run_baseline(cfg, split, opts.steps, opts.warmup, accum, device, getattr(raw, "num_classes", None))
+            break
+        except torch.cuda.OutOfMemoryError:
+            if micro == 1:
+                raise
+            micro, accum = micro // 2, accum * 2
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
     return {
         "encoder": res.encoder,
+        "micro_batch": micro,
         "step_s": res.step_s,
         "cpu_s": res.cpu_s,
         "images_per_step": res.images_per_step,

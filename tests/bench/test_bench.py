@@ -75,6 +75,7 @@ def test_bench_cli_mae_with_baseline_and_mlflow(world, tmp_path: Path, capsys, m
     for key in ("images_per_s", "speedup", "speedup_cpu_time", "cpu_s"):
         assert math.isfinite(base[key]) and base[key] > 0, key
     assert "math attention" in base["encoder"] or "timm" in base["encoder"]
+    assert base["micro_batch"] == 4
 
     import mlflow
 

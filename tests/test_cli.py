@@ -44,8 +44,9 @@ def test_config_check_refuses_a_wrong_key_with_exit_2(capsys: pytest.CaptureFixt
 
 
 def test_config_check_refuses_an_impossible_layout(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["config", "check", DEMO, "train.micro_batch=48", "--world-size", "2"]) == 2
-    assert "train.global_batch=64" in capsys.readouterr().err
+    overrides = ["train.global_batch=64", "train.micro_batch=48", "stages={}"]
+    assert main(["config", "check", DEMO, *overrides, "--world-size", "2"]) == 2
+    assert "train.global_batch=64 is not a multiple of train.micro_batch=48" in capsys.readouterr().err
 
 
 def test_config_show_resolves_stage_overrides(capsys: pytest.CaptureFixture[str]) -> None:

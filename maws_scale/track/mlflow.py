@@ -276,15 +276,24 @@ def save_loss_curve(history: Mapping[str, list[tuple[int, float]]], path: str | 
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     for name, points in history.items():
-        if points:
-            steps, values = zip(*points)
+        if not points:
+            continue
+        steps, values = zip(*points)
+        window = max(1, len(values) // 20)
+        if window > 1:  # raw values faint, a moving average on top
+            line = axes.plot(steps, values, linewidth=0.8, alpha=0.35)[0]
+            smooth = [
+                sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1))
+                for i in range(len(values))
+            ]
+            axes.plot(steps, smooth, color=line.get_color(), label=f"{name} (mean of {window})", linewidth=1.6)
+        else:
             axes.plot(steps, values, label=name, linewidth=1.2)
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    if len(history) > 1:
-        axes.legend()
+    axes.legend()
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

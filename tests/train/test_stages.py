@@ -60,10 +60,10 @@ def test_mae_loss_of_a_batch_is_the_mean_of_its_data_parallel_halves():
     halves = [{k: v[i : i + 4] for k, v in batch.items()} for i in (0, 4)]
     dtype, cpu = torch.float32, torch.device("cpu")
     whole, _ = stage.loss(model, batch, cpu, dtype)
-    parts = [stage.loss(model, h, cpu, dtype)[0] for h in halves]
-    assert float(whole) == pytest.approx(float(sum(parts) / 2), abs=1e-6)
+    parts = [stage.loss(model, h, cpu, dtype)[0].item() for h in halves]
+    assert whole.item() == pytest.approx(sum(parts) / 2, abs=1e-6)
     again, _ = stage.loss(model, batch, cpu, dtype)
-    assert float(again) == float(whole)  # the masks come from the ids, not from a random generator
+    assert again.item() == whole.item()  # the masks come from the ids, not from a random generator
 
 
 def test_wsp_loss_and_the_vocabulary_check():

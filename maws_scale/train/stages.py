@@ -186,24 +186,34 @@ class WSPStage(Stage):
             }
 
     def _handoff_state(self, path: Path) -> tuple[dict[str, torch.Tensor], Any]:
-        from maws_scale.models.handoff import wsp_from_mae
+        """The MAE encoder tensors for this WSP model, checked and named by the models' handoff, without building a
+        second model: the handoff runs on the meta device and the file is memory-mapped, not read into RAM."""
+        from maws_scale.models.handoff import HandoffError, wsp_from_mae
+        from maws_scale.models.state import adapt_state_dict, clean_state_dict
 
+        try:
+            source = clean_state_dict(torch.load(path, map_location="cpu", mmap=True, weights_only=True))
+        except (RuntimeError, OSError, ValueError) as err:
+            raise ConfigError(f"wsp.init_from: cannot read {path} as a state dict ({err})") from None
         m = self.cfg.model
-        ref, report = wsp_from_mae(
-            path,
-            m.name,
-            self.num_classes,
-            pool=m.pool,
-            img_size=self.cfg.img_size,
-            in_chans=m.in_chans,
-            qkv_bias=m.qkv_bias,
-            qk_norm=m.qk_norm,
-            norm_bias=m.norm_bias,
-            parallel_block=m.parallel_block,
-            attention=m.attention,
-        )
-        full = ref.state_dict()
-        return {k: full[k] for k in report.loaded}, report
+        try:
+            shapes, report = wsp_from_mae(
+                source,
+                m.name,
+                self.num_classes,
+                pool=m.pool,
+                device="meta",
+                img_size=self.cfg.img_size,
+                in_chans=m.in_chans,
+                qkv_bias=m.qkv_bias,
+                qk_norm=m.qk_norm,
+                norm_bias=m.norm_bias,
+                parallel_block=m.parallel_block,
+                attention=m.attention,
+            )
+        except HandoffError as err:  # names wsp.init_from and the offending keys
+            raise ConfigError(str(err)) from None
+        return adapt_state_dict({k: source[k] for k in report.loaded}, shapes), report
 
     def loss(self, model: Callable, batch: dict[str, Any], device: torch.device, dtype: torch.dtype):
         from maws_scale.models.heads import soft_target_cross_entropy

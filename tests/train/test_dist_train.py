@@ -80,14 +80,18 @@ def one_rank(one_rank_runs) -> dict:
 
 @pytest.fixture(scope="module")
 def two_ranks(mosaics, tmp_path_factory) -> dict[str, dict]:
-    """Two ranks (micro-batch 8, no accumulation): a ZeRO-2 and a ZeRO-3 run in the same processes."""
+    """Two ranks (micro-batch 8, no accumulation): ZeRO-2 MAE, ZeRO-3 MAE, then ZeRO-3 WSP from that MAE."""
     tmp = tmp_path_factory.mktemp("two")
-    z2, z3 = launch(
+    z2, z3, wsp = launch(
         tmp,
         2,
-        [config(mosaics, tmp / "z2", "parallel.zero_stage=2"), config(mosaics, tmp / "z3", "parallel.zero_stage=3")],
+        [
+            config(mosaics, tmp / "z2", "parallel.zero_stage=2"),
+            config(mosaics, tmp / "z3", "parallel.zero_stage=3"),
+            wsp_after(mosaics, tmp / "z3", "parallel.zero_stage=3"),
+        ],
     )
-    return {"zero2": z2, "zero3": z3}
+    return {"zero2": z2, "zero3": z3, "wsp_zero3": wsp}
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +107,16 @@ def crashed(mosaics, tmp_path_factory) -> Path:
 def test_zero2_and_zero3_on_two_ranks_match_one_rank(one_rank, two_ranks):
     assert one_rank["steps"] == 6 and len(one_rank["losses"]) == 6
     assert one_rank["losses"][-1] < one_rank["losses"][0]  # it learns
-    for name, run in two_ranks.items():
+    for name in ("zero2", "zero3"):
+        run = two_ranks[name]
         assert run["ids"] == one_rank["ids"], name  # the same global batches, whatever the DP layout
         assert run["losses"] == pytest.approx(one_rank["losses"], abs=TOL), name
     assert two_ranks["zero3"]["leaf_blocks"]  # ZeRO-3 gathers whole ViT blocks (leaf modules)
+
+
+def test_wsp_from_mae_under_zero3_matches_one_rank(one_rank_runs, two_ranks):
+    # built under zero.Init, the MAE encoder copied into the partitioned parameters from rank 0
+    assert two_ranks["wsp_zero3"]["losses"] == pytest.approx(one_rank_runs[1]["losses"], abs=TOL)
 
 
 def test_crash_and_resume_on_the_same_ranks_is_exact(crashed, two_ranks, tmp_path, mosaics):

@@ -92,6 +92,11 @@ def test_wsp_initialised_from_an_mae_encoder(tmp_path):
     report = stage.init_report
     assert "head.weight" in report["new"] and "decoder_pred.weight" in report["dropped"]
     assert "blocks.0.attn.qkv.weight" in report["loaded"]
+    other = tmp_path / "other.pt"
+    torch.save(build_model(tiny("model.name=vit_tiny_p4")).state_dict(), other)
+    wrong = WSPStage(tiny("stage=wsp", f"wsp.init_from={other}"), num_classes=10)
+    with pytest.raises(ConfigError, match=r"wsp.init_from: .*does not fit vit_micro_p4"):
+        wrong.initialize_weights(wrong.build_model(), rank=0)
     missing = WSPStage(tiny("stage=wsp", f"wsp.init_from={tmp_path / 'nope.pt'}"), num_classes=10)
     with pytest.raises(ConfigError, match=r"wsp.init_from"):
         missing.initialize_weights(missing.build_model(), rank=0)

@@ -14,8 +14,6 @@ from maws_scale.jobs.report import build_report, encoder_params, training_flops
 from maws_scale.jobs.sweep import load_sweep
 from maws_scale.models.flops import step_flops
 
-DEMO = Path(__file__).parents[2] / "configs" / "demo.yaml"
-
 
 def test_fit_recovers_a_known_exponent_exactly() -> None:
     x = np.geomspace(1e15, 1e19, 7)
@@ -44,7 +42,7 @@ SIZES = ["vit_micro_p4", "vit_tiny_p4", "vit_tiny_p8", "vit_small_p8"]
 
 
 @pytest.fixture(scope="module")
-def sweep_with_store(tmp_path_factory: pytest.TempPathFactory):
+def sweep_with_store(tmp_path_factory: pytest.TempPathFactory, base_config: Path):
     """A 4-size × 2-seed sweep whose runs were 'logged' with final WSP loss = 30 · params^-0.3 (× seed jitter)."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -52,7 +50,7 @@ def sweep_with_store(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("report")
     spec = {
         "name": "scaling",
-        "base": str(DEMO),
+        "base": str(base_config),
         "output_dir": str(tmp / "out"),
         "list": [{"model.name": s} for s in SIZES],
         "grid": {"seed": [0, 1]},
@@ -109,7 +107,7 @@ def test_report_table_groups_seeds_and_fits_the_exponent(sweep_with_store, tmp_p
 
 
 def test_derived_compute_counts_both_stages(sweep_with_store) -> None:
-    cfg = sweep_with_store.points[0].config  # demo: MAE 300 steps, WSP 300 steps, global batch 64
+    cfg = sweep_with_store.points[0].config  # base: MAE 300 steps, WSP 300 steps, global batch 64
     expected = 300 * 64 * (step_flops(cfg.model.name, "mae", img_size=cfg.img_size) + step_flops(
         cfg.model.name, "wsp", img_size=cfg.img_size, num_classes=0, pool="cls"))  # fmt: skip
     assert training_flops(cfg, ["mae", "wsp"]) == pytest.approx(expected)

@@ -15,13 +15,11 @@ from maws_scale.config import ConfigError, load_config
 from maws_scale.jobs import sweep_run
 from maws_scale.jobs.sweep import expand, load_sweep, load_sweep_spec, run_ids
 
-DEMO = Path(__file__).parents[2] / "configs" / "demo.yaml"
 
-
-def write_sweep(tmp_path: Path, **changes) -> Path:
+def write_sweep(tmp_path: Path, base: Path, **changes) -> Path:
     spec = {
         "name": "toy",
-        "base": str(DEMO),
+        "base": str(base),
         "output_dir": str(tmp_path / "out"),
         "overrides": {"train.log_every": 5},
         "list": [
@@ -36,16 +34,16 @@ def write_sweep(tmp_path: Path, **changes) -> Path:
     return path
 
 
-def test_grid_times_list_expansion(tmp_path: Path) -> None:
-    points = expand(load_sweep_spec(write_sweep(tmp_path)))
+def test_grid_times_list_expansion(tmp_path: Path, base_config: Path) -> None:
+    points = expand(load_sweep_spec(write_sweep(tmp_path, base_config)))
     assert len(points) == 2 * 3 * 2
     assert points[0] == {"label": "random", "wsp.init": "random", "seed": 0, "model.pool": "cls"}
     assert points[1]["model.pool"] == "gap" and points[2]["seed"] == 1
     assert points[6]["label"] == "maws" and points[6]["stages.mae.train.steps"] == 50
-    only_grid = expand(load_sweep_spec(write_sweep(tmp_path, list=[])))
+    only_grid = expand(load_sweep_spec(write_sweep(tmp_path, base_config, list=[])))
     assert len(only_grid) == 6 and all(set(p) == {"seed", "model.pool"} for p in only_grid)
     with pytest.raises(ConfigError, match="list\\[0\\] and grid both set 'seed'"):
-        expand(load_sweep_spec(write_sweep(tmp_path, list=[{"seed": 5}])))
+        expand(load_sweep_spec(write_sweep(tmp_path, base_config, list=[{"seed": 5}])))
 
 
 def test_run_ids_are_readable_and_unique() -> None:
@@ -68,8 +66,8 @@ def test_run_ids_are_readable_and_unique() -> None:
     ]  # fmt: skip
 
 
-def test_each_point_gets_its_config_dir_tags_and_shared_store(tmp_path: Path) -> None:
-    sweep = load_sweep(write_sweep(tmp_path))
+def test_each_point_gets_its_config_dir_tags_and_shared_store(tmp_path: Path, base_config: Path) -> None:
+    sweep = load_sweep(write_sweep(tmp_path, base_config))
     point = next(p for p in sweep.points if p.run_id == "maws-seed2-poolgap")
     cfg = point.config
     assert cfg.output_dir == str(tmp_path / "out" / "maws-seed2-poolgap")
@@ -106,8 +104,10 @@ def fake_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return calls
 
 
-def test_rerunning_skips_finished_points(tmp_path: Path, fake_runs: list, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write_sweep(tmp_path, grid={"seed": [0, 1]})
+def test_rerunning_skips_finished_points(
+    tmp_path: Path, fake_runs: list, monkeypatch: pytest.MonkeyPatch, base_config: Path
+) -> None:
+    path = write_sweep(tmp_path, base_config, grid={"seed": [0, 1]})
     monkeypatch.setenv("FAIL_SEED1", "1")
     assert main(["sweep", str(path)]) == 1  # the seed-1 points fail
     first = str(tmp_path / "out" / "random-seed0" / "config.yaml")
@@ -120,28 +120,34 @@ def test_rerunning_skips_finished_points(tmp_path: Path, fake_runs: list, monkey
     assert main(["sweep", str(path)]) == 0 and fake_runs == []
     assert main(["sweep", str(path), "--force", "--only", "maws-*"]) == 0 and len(fake_runs) == 2
     fake_runs.clear()
-    write_sweep(tmp_path, grid={"seed": [0, 1]}, overrides={"train.log_every": 7})  # a changed config re-runs
+    write_sweep(
+        tmp_path, base_config, grid={"seed": [0, 1]}, overrides={"train.log_every": 7}
+    )  # a changed config re-runs
     assert main(["sweep", str(path)]) == 0 and len(fake_runs) == 4
 
 
-def test_a_bad_point_stops_the_sweep_before_anything_runs(tmp_path: Path, fake_runs: list, capsys) -> None:
-    path = write_sweep(tmp_path, list=[{"label": "ok"}, {"label": "bad", "optim.lrr": 1.0}])
+def test_a_bad_point_stops_the_sweep_before_anything_runs(
+    tmp_path: Path, fake_runs: list, capsys, base_config: Path
+) -> None:
+    path = write_sweep(tmp_path, base_config, list=[{"label": "ok"}, {"label": "bad", "optim.lrr": 1.0}])
     assert main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err
     assert "sweep point 'bad-seed0-poolcls'" in err and "optim.lrr" in err
     assert fake_runs == []
-    assert main(["sweep", str(write_sweep(tmp_path, grid={"seed": []}))]) == 2
+    assert main(["sweep", str(write_sweep(tmp_path, base_config, grid={"seed": []}))]) == 2
 
 
-def test_dry_run_lists_points_and_runs_nothing(tmp_path: Path, fake_runs: list, capsys) -> None:
-    path = write_sweep(tmp_path)
+def test_dry_run_lists_points_and_runs_nothing(tmp_path: Path, fake_runs: list, capsys, base_config: Path) -> None:
+    path = write_sweep(tmp_path, base_config)
     assert main(["sweep", str(path), "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert len(plan["points"]) == 12 and len(plan["to_run"]) == 12 and plan["launcher"] == "sequential"
     assert plan["points"][0]["status"] == "pending" and fake_runs == []
 
 
-def test_slurm_sweep_submits_one_job_array(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_slurm_sweep_submits_one_job_array(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, base_config: Path
+) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scripts = {"srun": "#!/bin/sh\n", "sbatch": f'#!/bin/sh\ncp "$1" {tmp_path}/array.sh\necho "job 99"\n'}
@@ -149,7 +155,7 @@ def test_slurm_sweep_submits_one_job_array(tmp_path: Path, monkeypatch: pytest.M
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755 | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    path = write_sweep(tmp_path, grid={"seed": [0, 1]})
+    path = write_sweep(tmp_path, base_config, grid={"seed": [0, 1]})
     argv = ["sweep", str(path), "--slurm", "--nodes", "1", "--gpus-per-node", "1", "--partition", "p"]
     assert main([*argv, "--dry-run"]) == 0
     assert "#SBATCH --array=0-3%4" in capsys.readouterr().out
@@ -161,9 +167,9 @@ def test_slurm_sweep_submits_one_job_array(tmp_path: Path, monkeypatch: pytest.M
     assert main(["sweep", str(path), "--slurm", "--nodes", "1", "--gpus-per-node", "3"]) == 2
 
 
-def test_a_train_point_runs_its_stage_then_evaluates_it(tmp_path: Path, fake_runs: list) -> None:
+def test_a_train_point_runs_its_stage_then_evaluates_it(tmp_path: Path, fake_runs: list, base_config: Path) -> None:
     entries = [{"label": "mae_only", "command": "train", "stage": "mae"}, {"label": "maws"}]
-    path = write_sweep(tmp_path, list=entries, grid={"seed": [0]})
+    path = write_sweep(tmp_path, base_config, list=entries, grid={"seed": [0]})
     sweep = load_sweep(path)
     assert sweep.coordinates() == ["label", "stage", "seed"]
     mae_only = sweep.points[0]
@@ -176,21 +182,21 @@ def test_a_train_point_runs_its_stage_then_evaluates_it(tmp_path: Path, fake_run
         ["pipeline", str(tmp_path / "out" / "maws-seed0" / "config.yaml")],
     ]
     with pytest.raises(ConfigError, match=r"list\[0\]\.command: must be one of"):
-        load_sweep(write_sweep(tmp_path, list=[{"command": "bench"}]))
+        load_sweep(write_sweep(tmp_path, base_config, list=[{"command": "bench"}]))
 
 
-def test_runs_get_the_sweep_env(tmp_path: Path, fake_runs: Calls) -> None:
-    path = write_sweep(tmp_path, grid={"seed": [0]}, list=[], env={"OMP_NUM_THREADS": "1"})
+def test_runs_get_the_sweep_env(tmp_path: Path, fake_runs: Calls, base_config: Path) -> None:
+    path = write_sweep(tmp_path, base_config, grid={"seed": [0]}, list=[], env={"OMP_NUM_THREADS": "1"})
     assert main(["sweep", str(path)]) == 0
     assert fake_runs.call.env["OMP_NUM_THREADS"] == "1" and fake_runs.call.env["PYTHONUNBUFFERED"] == "1"
 
 
-def test_an_eval_point_evaluates_another_points_checkpoint(tmp_path: Path, fake_runs: Calls) -> None:
+def test_an_eval_point_evaluates_another_points_checkpoint(tmp_path: Path, fake_runs: Calls, base_config: Path) -> None:
     entries = [
         {"label": "maws"},
         {"label": "mae_only", "command": "eval", "checkpoint": "{output_dir}/maws-seed{seed}/mae/consolidated.pt"},
     ]
-    path = write_sweep(tmp_path, list=entries, grid={"seed": [3]})
+    path = write_sweep(tmp_path, base_config, list=entries, grid={"seed": [3]})
     sweep = load_sweep(path)
     assert sweep.coordinates() == ["label", "seed"] and [p.run_id for p in sweep.points] == [
         "maws-seed3",
@@ -202,4 +208,4 @@ def test_an_eval_point_evaluates_another_points_checkpoint(tmp_path: Path, fake_
     assert [a[3:] for a in fake_runs][1] == ["eval", str(weights), "--config", str(config)]
     for bad in ({"command": "eval"}, {"checkpoint": "x.pt"}, {"command": "eval", "checkpoint": "{nope}.pt"}):
         with pytest.raises(ConfigError, match="checkpoint"):
-            load_sweep(write_sweep(tmp_path, list=[bad]))
+            load_sweep(write_sweep(tmp_path, base_config, list=[bad]))

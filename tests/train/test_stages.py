@@ -74,7 +74,7 @@ def test_wsp_loss_and_the_vocabulary_check():
     targets[:, 3] = 1.0
     batch = {"images": torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), "targets": targets}
     loss, _ = stage.loss(model, batch, torch.device("cpu"), torch.float32)
-    assert loss.dtype == torch.float32 and 1.0 < float(loss) < 5.0  # about log(10) for a fresh head
+    assert loss.dtype == torch.float32 and 1.0 < loss.item() < 5.0  # about log(10) for a fresh head
     with pytest.raises(ConfigError, match=r"wsp.num_classes=7 but the vocabulary has 10"):
         WSPStage(tiny("stage=wsp", "wsp.num_classes=7"), num_classes=10)
 

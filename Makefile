@@ -30,15 +30,19 @@ $(VENV)/.test: setup.py constraints.txt $(VENV)/.torch
 fashion-mnist:
 	@test -d $(FASHION_MNIST) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 
-# The demo data set: 20k noisy 2x2 mosaics (train, 20 % label noise) + 5k clean mosaics (test); built once.
-$(DEMO_DATA)/train/vocab.json: | $(VENV)/.demo fashion-mnist
+# The demo data set, built once: 20k noisy 2x2 mosaics with 20 % label noise (pretraining) and clean single images
+# for the frozen-feature probes (probe-train: 4k of the train split, probe-test: 2.5k of the test split).
+$(DEMO_DATA)/.built: | $(VENV)/.demo fashion-mnist
 	$(MAWS) data build --source fashion-mnist --input $(FASHION_MNIST) --output $(DEMO_DATA)/train \
 		--split train --variant mosaic --noise 0.2 --limit 20000 --workers 2
-	$(MAWS) data build --source fashion-mnist --input $(FASHION_MNIST) --output $(DEMO_DATA)/test \
-		--split test --variant mosaic --noise 0 --limit 5000 --workers 2
 	$(MAWS) data vocab $(DEMO_DATA)/train --min-count 1
+	$(MAWS) data build --source fashion-mnist --input $(FASHION_MNIST) --output $(DEMO_DATA)/probe-train \
+		--split train --variant single --limit 4000
+	$(MAWS) data build --source fashion-mnist --input $(FASHION_MNIST) --output $(DEMO_DATA)/probe-test \
+		--split test --variant single --limit 2500
+	touch $@
 
-demo: $(VENV)/.demo fashion-mnist $(DEMO_DATA)/train/vocab.json
+demo: $(VENV)/.demo fashion-mnist $(DEMO_DATA)/.built
 	$(MAWS) pipeline configs/demo.yaml
 
 test: $(VENV)/.test fashion-mnist

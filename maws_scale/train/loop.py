@@ -158,7 +158,9 @@ class Trainer:
         if self.resume is None:
             self.stage.initialize_weights(self.plan.model, info.rank)
         self.engine, self.guard = initialize_engine(self.plan.model, cfg, self.ds_config, self.plan.mpu)
-        torch.manual_seed(cfg.seed + 1 + info.rank)  # per-rank stream for dropout / drop-path
+        # One stream per data-parallel rank: the TP ranks of a group hold the same activations and must drop the same
+        # samples (drop-path), exactly as the TP=1 run would.
+        torch.manual_seed(cfg.seed + 1 + self.plan.dp_rank)
 
         self.loader = self.loader_factory(cfg, self.stage.data_stage, self.plan.dp_rank, self.plan.dp_size)
         self.total_steps = self._total_steps()
@@ -294,7 +296,7 @@ class Trainer:
         if rank_state is not None:
             set_rng_state(rank_state["rng"])
         else:
-            torch.manual_seed(self.cfg.seed + 1 + self.info.rank + 7919 * self.step)
+            torch.manual_seed(self.cfg.seed + 1 + self.plan.dp_rank + 7919 * self.step)
         if self.info.is_main:
             how = "universal checkpoint, new DP size" if self._needs_universal(info) else "exact"
             console.print(f"{self._tag} resumed from {info.path} at step {self.step} ({how})")

@@ -53,7 +53,10 @@ def run_pipeline(cfg: RunConfig, info: DistInfo | None = None) -> PipelineResult
     info = info or init_distributed(cfg.parallel.backend)
     mae, wsp = stage_configs(cfg)
     result = PipelineResult()
-    for stage_cfg in (mae, wsp):
+    stages = (mae, wsp) if wsp.wsp.init == "mae" else (wsp,)  # the WSP-from-scratch baseline needs no MAE stage
+    if len(stages) == 1 and info.is_main:
+        console.print("wsp.init=random: the MAE stage is not run (WSP from random initialisation)")
+    for stage_cfg in stages:
         done = stage_dir(stage_cfg) / CONSOLIDATED
         if done.is_file():
             result.skipped.append(stage_cfg.stage)

@@ -95,6 +95,15 @@ def test_train_one_stage_from_random_init_and_config_errors(world, mosaics, tmp_
     assert "wsp.init_from" in capsys.readouterr().err
 
 
+def test_pipeline_from_random_init_runs_no_mae_stage(world, mosaics, tmp_path, capsys):
+    config = write_config(tmp_path, mosaics, tracking={"enabled": False}, eval={"enabled": False})
+    assert main(["pipeline", str(config), "wsp.init=random"]) == 0
+    out = tmp_path / "run"
+    assert not (out / "mae").exists()
+    assert (out / "wsp" / "consolidated.pt").is_file()
+    assert "the MAE stage is not run" in capsys.readouterr().err
+
+
 def test_a_crashed_stage_resumes_with_the_resume_flag(world, mosaics, tmp_path):
     config = write_config(tmp_path, mosaics, tracking={"enabled": False})
     first = ["train", str(config), "stage=mae", "checkpoint.every=2", "train.steps=4"]

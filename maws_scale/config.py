@@ -147,8 +147,8 @@ class EvalConfig(_Section):
     few_shot: list[int] = Field(default_factory=lambda: [1, 5, 10])
     seeds: int = Field(3, gt=0)
     max_train: int | None = Field(None, gt=0, description="cap on training samples for the probe")
-
     train_path: str | None = Field(None, description="labeled set to fit probes on; default: split data.eval_path")
+
 
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelConfig,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from maws_scale import kernels
+from maws_scale.kernels.masking import masking_ids_from_noise
 from maws_scale.models.layers import layer_norm, make_blocks, sincos_pos_embed_2d
 from maws_scale.models.vit import VisionTransformer, init_module
 
@@ -41,13 +42,7 @@ def random_masking(
         raise ValueError(f"noise must be (batch, patches) = {(batch, length)}, got {tuple(noise.shape)}")
     else:
         noise = noise.to(device)
-    shuffle_ids = torch.argsort(noise, dim=1)  # ascending: small noise is kept
-    restore_ids = torch.argsort(shuffle_ids, dim=1)
-    keep_ids = shuffle_ids[:, :keep]
-    mask = torch.ones(batch, length, device=device)
-    mask[:, :keep] = 0
-    mask = torch.gather(mask, 1, restore_ids)
-    return keep_ids, restore_ids, mask
+    return masking_ids_from_noise(noise, keep)
 
 
 class MaskedAutoencoder(VisionTransformer):

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from maws_scale.config import RunConfig
+from maws_scale.data.loader import SyntheticLoaderState
 from maws_scale.parallel.distributed import DistInfo, init_distributed
 
 
@@ -94,7 +95,7 @@ class PhaseTimer:
         return out
 
 
-class DeviceBatches:
+class DeviceBatches(SyntheticLoaderState):
     """A few synthetic batches drawn once from the configured synthetic loader and moved to the device, cycled: the
     loader's cost stays out of the timed steps. Keeps the loader's interface for the trainer."""
 
@@ -113,15 +114,6 @@ class DeviceBatches:
             batch = self.batches[self.consumed % len(self.batches)]
             self.consumed += 1
             yield batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"consumed": self.consumed, "synthetic": True}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.consumed = int(state.get("consumed", 0))
-
-    def error_counts(self) -> dict[str, int]:
-        return {}
 
 
 def bench_config(cfg: RunConfig, opts: BenchOptions) -> RunConfig:

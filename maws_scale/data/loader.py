@@ -98,7 +98,22 @@ def _has_labels(root: str, manifest: Any) -> bool:
     return False
 
 
-class SyntheticLoader:
+class SyntheticLoaderState:
+    """The loader interface of a synthetic stream: its state is the number of samples (or batches) handed out."""
+
+    consumed: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed": self.consumed, "synthetic": True}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.consumed = int(state.get("consumed", 0))
+
+    def error_counts(self) -> dict[str, int]:
+        return {}
+
+
+class SyntheticLoader(SyntheticLoaderState):
     """``data.synthetic=true``: deterministic random uint8 images (and targets) with the real loader's interface,
     for throughput benchmarks that must not depend on storage or decoding."""
 
@@ -122,12 +137,3 @@ class SyntheticLoader:
                 batch["targets"] = torch.nn.functional.one_hot(labels, self.num_classes).float()
             self.consumed += b
             yield batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"consumed": self.consumed, "synthetic": True}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.consumed = int(state.get("consumed", 0))
-
-    def error_counts(self) -> dict[str, int]:
-        return {}

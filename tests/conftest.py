@@ -18,15 +18,55 @@ def _restore_environment() -> Iterator[None]:
     os.environ.update(saved)
 
 
+def cuda_present() -> bool:
+    """CUDA is usable here (``MAWS_TEST_ASSUME_CUDA=0|1`` overrides, to test these rules on any machine)."""
+    forced = os.environ.get("MAWS_TEST_ASSUME_CUDA")
+    if forced in ("0", "1"):
+        return forced == "1"
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# The only skips a run may have: a `gpu` test without CUDA, a `cpu_only` test with CUDA. Everything else must run.
+ALLOWED_SKIPS = {"gpu": (False, "needs a CUDA GPU"), "cpu_only": (True, "exercises the CUDA-less path")}
+
+
+def allowed_skip(item: pytest.Item) -> str | None:
+    """The marker that lets ``item`` be skipped on this machine, if any."""
+    cuda = cuda_present()
+    for marker, (skip_when_cuda, _) in ALLOWED_SKIPS.items():
+        if item.get_closest_marker(marker) and cuda == skip_when_cuda:
+            return marker
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests where CUDA is absent and `cpu_only` tests where it is present."""
+    for item in items:
+        marker = allowed_skip(item)
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"[{marker}] {ALLOWED_SKIPS[marker][1]}"))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    """Under CI (CI=true) a skip is a failure unless it is for a missing CUDA GPU: `make test` installs every
-    optional package and Fashion-MNIST, so any other skip means a broken install step that would otherwise pass."""
+    """Under CI (CI=true) a skip is a failure unless the test carries a marker that allows it on this machine (see
+    ALLOWED_SKIPS): `make test` installs every optional package and Fashion-MNIST, so any other skip means a broken
+    install step that would otherwise pass."""
     outcome = yield
     report = outcome.get_result()
     if os.environ.get("CI") != "true" or not report.skipped or hasattr(report, "wasxfail"):
         return
-    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    if "CUDA" not in reason:
+    if allowed_skip(item) is None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped under CI, where everything but a GPU must be present: {reason}"
+
+
+@pytest.fixture(scope="session")
+def world():
+    """This pytest process as a one-rank gloo world (DeepSpeed initialised, shm build skipped); idempotent."""
+    from maws_scale.parallel.distributed import init_distributed
+
+    return init_distributed("gloo")

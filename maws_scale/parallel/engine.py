@@ -358,6 +358,11 @@ class StepGuard:
         return self._step(*args, **kwargs)
 
 
+def precision_dtype(precision: str) -> torch.dtype:
+    """The parameter dtype of ``parallel.precision`` (fp32, bf16 or fp16)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 # ----- engine -----------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def model_init_context(cfg: RunConfig, ds_config: dict[str, Any], mpu: Any = None) -> Iterator[None]:
@@ -367,8 +372,20 @@ def model_init_context(cfg: RunConfig, ds_config: dict[str, Any], mpu: Any = Non
         return
     import deepspeed
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.parallel.precision, torch.float32)
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype, mpu=mpu):
+    dtype = precision_dtype(cfg.parallel.precision)
+    # DeepSpeed 0.19.8 `runtime/zero/partition_parameters.py::Init._set_dtype` reads
+    #     self.dtype = dtype or torch.float16 if get_accelerator().is_fp16_supported() else torch.bfloat16 if ...
+    # which parses as `(dtype or fp16) if fp16_supported else bf16`: on an accelerator without fp16 (CPUs without
+    # mkldnn fp16, e.g. AMD without AVX-512) an explicit `dtype` is ignored and every parameter is built in bf16.
+    # Its other branch (`dtype=None`: the dtype from the config's bf16/fp16 sections, else fp32) is correct on every
+    # accelerator, so we take that one and check the outcome rather than trust the parse.
+    context = deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=None, mpu=mpu)
+    if context.dtype != dtype:
+        raise RuntimeError(
+            f"deepspeed.zero.Init would build {context.dtype} parameters for parallel.precision="
+            f"{cfg.parallel.precision} ({dtype}): the DeepSpeed config's bf16/fp16 sections disagree with the run"
+        )
+    with context:
         yield
 
 
@@ -379,8 +396,9 @@ def initialize_engine(
     import deepspeed
 
     if not any(hasattr(p, "ds_id") for p in model.parameters()):
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        model.to(device)
+        from deepspeed.accelerator import get_accelerator
+
+        model.to(torch.device(get_accelerator().current_device_name()))  # where DeepSpeed will run it (cpu for gloo)
     optimizer = build_optimizer(model, cfg)
     guard = StepGuard(optimizer, mpu=mpu)
     guard.group_hparams = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]

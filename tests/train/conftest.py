@@ -1,4 +1,4 @@
-"""Shared fixtures of the training-engine tests: a tiny real data set and an in-process one-rank world."""
+"""Shared fixtures of the training-engine tests: a tiny real data set."""
 
 from __future__ import annotations
 
@@ -30,11 +30,3 @@ def mosaics(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_vocab(root / "train", min_count=1)
     build_dataset(FashionMNISTSource(split="test", noise=0.0, limit=256, seed=0), root / "test", progress=False)
     return root
-
-
-@pytest.fixture(scope="session")
-def world():
-    """This pytest process as a one-rank gloo world (DeepSpeed initialised, shm build skipped)."""
-    from maws_scale.parallel.distributed import init_distributed
-
-    return init_distributed("gloo")

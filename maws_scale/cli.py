@@ -43,10 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except ConfigError as err:
         console.print(f"[bold red]config error:[/] {err}", highlight=False)
         return 2
+    if "torch.distributed" in sys.modules:  # only commands that trained or benchmarked import it
+        from maws_scale.parallel.distributed import shutdown_distributed
+
+        shutdown_distributed()
+    return code
 
 
 if __name__ == "__main__":

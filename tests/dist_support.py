@@ -1,4 +1,10 @@
-"""Helpers for tests and examples: run a script under torchrun with N local CPU ranks (gloo)."""
+"""Run a worker script under torchrun with N local CPU ranks (gloo), and the environment every such worker gets.
+
+Workers are CPU processes even on a GPU machine: GPUs are hidden (``CUDA_VISIBLE_DEVICES=""``) and DeepSpeed is told
+to use its CPU accelerator, so a gloo worker never binds ``cuda:LOCAL_RANK``. ``MAWS_TEST_FP16_SUPPORTED=0|1``
+forces the answer of DeepSpeed's ``is_fp16_supported()`` inside the workers (DeepSpeed branches on it), so both
+branches run on every CPU; workers apply it by calling :func:`prepare_worker` first.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,22 @@ import sys
 from pathlib import Path
 
 from maws_scale.parallel.distributed import free_port
+
+TESTS = Path(__file__).resolve().parent
+FP16_FLAG = "MAWS_TEST_FP16_SUPPORTED"
+
+
+def force_fp16_support(supported: bool) -> None:
+    """Make DeepSpeed's accelerator answer ``is_fp16_supported()`` with ``supported`` in this process."""
+    from deepspeed.accelerator import get_accelerator
+
+    type(get_accelerator()).is_fp16_supported = lambda self: supported
+
+
+def prepare_worker() -> None:
+    """Apply the forced capability flags of this test run (call at the top of a worker's ``main``)."""
+    if os.environ.get(FP16_FLAG) in ("0", "1"):
+        force_fp16_support(os.environ[FP16_FLAG] == "1")
 
 
 def run_torchrun(
@@ -29,7 +51,16 @@ def run_torchrun(
         str(script),
         *(args or []),
     ]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})}
+    pythonpath = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    full_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": pythonpath,
+        **(env or {}),
+    }
     try:
         result = subprocess.run(command, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -59,21 +60,40 @@ def _skip_deepspeed_shm_build() -> None:
 
 
 def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> DistInfo:
-    """Initialise torch.distributed through DeepSpeed (idempotent) and return this process's place in the world."""
-    import deepspeed
+    """Initialise torch.distributed through DeepSpeed (idempotent) and return this process's place in the world.
 
+    A CUDA device is bound only for the NCCL backend (``local_rank % device_count()``, so one-GPU-per-task SLURM
+    binding works too); a gloo process is a CPU process even where GPUs exist, and DeepSpeed is told so."""
     fill_single_process_env()
     backend = resolve_backend(backend)
+    if backend == "gloo":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
     if not dist.is_initialized():
         _skip_deepspeed_shm_build()
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    device = torch.device("cpu")
+    if backend == "nccl":
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def shutdown_distributed() -> None:
+    """Tear the process groups down before the interpreter exits (megatron's groups first, then the world).
+
+    Exiting with live gloo/NCCL groups leaves their C++ threads to be destroyed at interpreter shutdown, which can
+    abort the process (``terminate called without an active exception``) after all work succeeded."""
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    parallel_state = sys.modules.get("megatron.core.parallel_state")
+    if parallel_state is not None and parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

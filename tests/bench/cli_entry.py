@@ -2,7 +2,10 @@
 
 import sys
 
+from dist_support import prepare_worker
+
 from maws_scale.cli import main
 
 if __name__ == "__main__":
+    prepare_worker()
     sys.exit(main())

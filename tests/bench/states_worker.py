@@ -15,17 +15,19 @@ import sys
 import warnings
 
 import torch.distributed as dist
+from dist_support import prepare_worker
 
 from maws_scale.bench.planner import predict_states
 from maws_scale.bench.profile import BenchOptions, bench_config, loader_factory, memory_step
 from maws_scale.bench.storage import live_storages
 from maws_scale.config import load_config
-from maws_scale.parallel.distributed import init_distributed
+from maws_scale.parallel.distributed import init_distributed, shutdown_distributed
 from maws_scale.train.loop import Trainer
 
 
 def main() -> None:
     warnings.filterwarnings("ignore")
+    prepare_worker()
     out, runs = sys.argv[1], sys.argv[2:]
     info = init_distributed("gloo")
     results = []
@@ -58,6 +60,7 @@ def main() -> None:
     if info.rank == 0:
         with open(out, "w") as f:
             json.dump(results, f)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

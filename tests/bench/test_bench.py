@@ -8,8 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-
-from maws_scale.testing import run_torchrun
+from dist_support import run_torchrun
 
 TINY = ["model.name=vit_micro_p4", "train.global_batch=8", "train.micro_batch=4", "optim.impl=torch"]
 POSITIVE = [

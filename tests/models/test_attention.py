@@ -68,7 +68,7 @@ def test_resolve_backend_names():
         resolve_backend("flash", "cpu")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="exercises the real failing xformers build on CPU")
+@pytest.mark.cpu_only  # exercises the real failing xformers build on CPU
 def test_xformers_falls_back_to_sdpa_with_one_warning():
     """xformers 0.0.35 is installed but has no CPU operator: the probe fails for real, sdpa is used, one warning."""
     works, reason = xformers_status("cpu")

@@ -18,9 +18,10 @@ import sys
 
 import torch
 import torch.distributed as dist
+from dist_support import prepare_worker
 
 from maws_scale.config import load_config
-from maws_scale.parallel.distributed import init_distributed
+from maws_scale.parallel.distributed import init_distributed, shutdown_distributed
 from maws_scale.train.loop import Trainer
 from maws_scale.train.stages import MAEStage
 
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--kill-after", type=int)
     args = parser.parse_args()
+    prepare_worker()
     info = init_distributed()
     results = []
     for run in args.runs:
@@ -80,6 +82,7 @@ def main() -> None:
     if info.rank == 0:
         with open(args.result, "w") as f:
             json.dump(results, f)
+    shutdown_distributed()
 
 
 def _gather_ids(seen: list[list[int]], accum: int) -> list[list[int]]:

@@ -4,15 +4,14 @@ TP 2; ZeRO-3 on 2 ranks holds at most 0.55× the model-state bytes of 1 rank. CP
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from dist_support import run_torchrun
 
 from maws_scale.bench.inventory import build_inventory
 from maws_scale.config import load_config
-from maws_scale.testing import run_torchrun
 
 pytestmark = pytest.mark.dist
 
@@ -60,10 +59,20 @@ RUNS = [
     *(tiny("stage=mae", f"parallel.zero_stage={z}", "parallel.precision=bf16") for z in (0, 1, 2, 3)),
     tiny("stage=wsp", "parallel.zero_stage=2", "parallel.precision=fp32"),
 ]
+TP_RUNS = [
+    tiny("stage=wsp", "parallel.tp=2", "parallel.zero_stage=1", "parallel.precision=bf16"),
+    tiny("stage=mae", "parallel.tp=2", "parallel.zero_stage=3", "parallel.precision=bf16"),
+]
 
 
-def test_zero_stages_match_planner_and_zero3_partitions(tmp_path: Path) -> None:
-    two = launch(tmp_path, 2, RUNS)
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """RUNS then TP_RUNS in one 2-rank launch."""
+    return launch(tmp_path_factory.mktemp("states"), 2, RUNS + TP_RUNS)
+
+
+def test_zero_stages_match_planner_and_zero3_partitions(two_ranks: list[dict], tmp_path: Path) -> None:
+    two = two_ranks[: len(RUNS)]
     one = launch(tmp_path, 1, RUNS[1:4])  # ZeRO 1, 2, 3 on one rank
     check(two)
     check(one)
@@ -77,15 +86,10 @@ def test_zero_stages_match_planner_and_zero3_partitions(tmp_path: Path) -> None:
         assert two_rank["params"] == one_rank["params"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("megatron") is None, reason="megatron-core ([tp] extra) not installed")
-def test_tensor_parallel_two_ranks_match_planner(tmp_path: Path) -> None:
-    runs = [
-        tiny("stage=wsp", "parallel.tp=2", "parallel.zero_stage=1", "parallel.precision=bf16"),
-        tiny("stage=mae", "parallel.tp=2", "parallel.zero_stage=3", "parallel.precision=bf16"),
-    ]
-    results = launch(tmp_path, 2, runs)
+def test_tensor_parallel_two_ranks_match_planner(two_ranks: list[dict]) -> None:
+    results = two_ranks[len(RUNS) :]
     check(results)
     # TP halves the sharded weights: each rank holds well under the plain model's bf16 parameters
-    plain = build_inventory(load_config(None, runs[0].split(",")), tp=1).numel * 2
+    plain = build_inventory(load_config(None, TP_RUNS[0].split(",")), tp=1).numel * 2
     for rank in results[0]["ranks"]:
         assert rank["measured"]["params"] < 0.6 * plain, (rank["measured"]["params"], plain)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import sys
 import time
@@ -46,7 +47,9 @@ class Recorder:
         name = f"rank{os.environ['RANK']}-{'resumed' if RESUME_AUTO in argv else 'first'}.json"
         Path(self.folder, name).write_text(json.dumps(record))
         if self.block and RESUME_AUTO not in argv:
-            time.sleep(120)  # "training" until the USR2 of the time limit arrives
+            os.kill(os.getpid(), signal.SIGUSR2)  # what SLURM sends ahead of the time limit, sent now
+            time.sleep(60)  # "training": submitit's USR2 handler checkpoints, requeues and ends this process
+            raise AssertionError("the USR2 handler did not end the preempted task")
         return 0
 
 
@@ -147,7 +150,7 @@ def test_local_job_gives_each_task_its_rank(tmp_path: Path) -> None:
 
 def test_preemption_requeues_with_resume_auto(tmp_path: Path) -> None:
     """The time limit's USR2 reaches the task, submitit calls checkpoint(), requeues, and the job resumes."""
-    executor = _local_executor(tmp_path, tasks=1, timeout_s=16, signal_s=8)
+    executor = _local_executor(tmp_path, tasks=1, timeout_s=300, signal_s=8)
     task = TrainingTask(["pipeline", "c.yaml", "optim.lr=1"], runner=Recorder(str(tmp_path), block_unless_resumed=True))
     job = executor.submit(task)
     assert job.result() == 0

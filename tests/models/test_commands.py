@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from maws_scale.cli import main
 from maws_scale.commands.models import markdown_table, model_rows
 from maws_scale.models import build_encoder, build_mae, build_wsp
-from maws_scale.models.flops import forward_flops
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
@@ -69,8 +68,19 @@ def test_models_json(capsys):
     assert main(["models", "--json", "--num-classes", "500"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["vit_l16"]["params"] == sum(p.numel() for p in build_encoder("vit_l16", device="meta").parameters())
-    assert rows["vit_b16"]["wsp_step_flops"] == 3 * forward_flops("vit_b16", "wsp", num_classes=500)
-    assert rows["vit_h14"]["mae_fwd_flops"] == forward_flops("vit_h14", "mae", mask_ratio=0.75)
+    # vit_micro_p4 counted by hand (2 FLOPs per multiply-add): width 32, depth 2, MLP 128, 4 px patches of 16 px
+    # images (16 patches + class token = 17 tokens; MAE keeps 1 + 4 visible), decoder 1 block of width 32.
+    patch_embed = 2 * 16 * (3 * 4 * 4) * 32
+
+    def block(tokens: int) -> int:  # qkv, proj, fc1, fc2, then q·kᵀ and p·v
+        return 2 * tokens * 32 * (96 + 32 + 128 + 128) + 2 * 2 * tokens * tokens * 32
+
+    wsp_forward = patch_embed + 2 * block(17) + 2 * 32 * 500  # + the 500-class head
+    mae_forward = patch_embed + 2 * block(5) + 2 * 5 * 32 * 32 + block(17) + 2 * 17 * 32 * 48  # embed, block, pred
+    micro = rows["vit_micro_p4"]
+    assert (wsp_forward, mae_forward) == (990_720, 818_560)
+    assert micro["wsp_fwd_flops"] == wsp_forward and micro["wsp_step_flops"] == 3 * wsp_forward
+    assert micro["mae_fwd_flops"] == mae_forward and micro["mae_step_flops"] == 3 * mae_forward
     assert main(["models"]) == 0 and "vit_6.5b14" in capsys.readouterr().out
 
 

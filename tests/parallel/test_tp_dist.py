@@ -7,57 +7,43 @@ to each tensor's largest magnitude.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from maws_scale.testing import run_torchrun
-
-WORKER = Path(__file__).with_name("tp_worker.py")
 pytestmark = pytest.mark.dist
 
 
-def run(scenario: str, nproc: int, *args: str) -> str:
-    result = run_torchrun(WORKER, nproc, [scenario, *args], timeout=240)
-    assert f"{scenario} OK" in result.stdout, result.stdout
-    return result.stdout
-
-
 @pytest.mark.parametrize(
-    "stage,extra",
-    [("mae", []), ("mae", ["--replicate-decoder"]), ("wsp", ["--checkpointing"])],
-    ids=["mae", "mae-replicated-decoder", "wsp-activation-checkpointing"],
+    "scenario",
+    ["equivalence-mae", "equivalence-mae-replicated-decoder", "equivalence-wsp-activation-checkpointing"],
 )
-def test_tp2_matches_tp1_over_steps(stage, extra):
+def test_tp2_matches_tp1_over_steps(tp_scenario, scenario):
     """TP=2: loss, every gradient, clipped grad norm and the parameters after 3 SGD steps equal TP=1 (drop-path on;
     MAE masks from one generator, decoder sharded or replicated; WSP K=11 padded to 12, activation checkpointing)."""
-    out = run("equivalence", 2, "--stage", stage, "--drop-path", "0.1", *extra)
-    assert out.count("step ") == 3
+    assert tp_scenario(scenario).output.count("step ") == 3
 
 
 @pytest.mark.parametrize("stage", ["mae", "wsp"])
-def test_tp2_dp2_zero3_matches_tp1(stage, tmp_path):
+def test_tp2_dp2_zero3_matches_tp1(tp_scenario, stage):
     """apply_tensor_parallel + deepspeed.initialize(mpu=plan.mpu), ZeRO-3 over DP=2, clipping on: per-step loss,
     full gradients, DeepSpeed's global grad norm and the final parameters equal a TP=1 single-process reference;
     DeepSpeed's TP-sharded checkpoint consolidates offline to the same plain state dict."""
-    run("zero3", 4, "--stage", stage, "--tp", "2", "--dir", str(tmp_path))
-    assert sorted(p.name for p in (tmp_path / "final").glob("*mp_rank_01*")), "no TP-rank-1 files were written"
+    run = tp_scenario(f"zero3-{stage}")
+    assert sorted(p.name for p in (run.dir / "final").glob("*mp_rank_01*")), "no TP-rank-1 files were written"
 
 
-def test_vocab_parallel_cross_entropy_equals_full():
+def test_vocab_parallel_cross_entropy_equals_full(tp_scenario):
     """Value and gradient for K = 2, 7, 10, 33 over 4 ranks (padding; ranks holding only padding), full or local
     targets, a row summing to 3; gather_logits returns the full logits."""
-    run("cross_entropy", 4)
+    tp_scenario("cross_entropy")
 
 
-def test_checkpoint_tp2_loads_at_tp1_and_tp4(tmp_path):
+def test_checkpoint_tp2_loads_at_tp1_and_tp4(tp_scenario):
     """Sharded files + tp_layout.json written at TP=2; offline merge == online gather; TP=1 and TP=4 give the same
     logits; an MAE (TP=1) encoder goes into a TP=4 WSP model and comes back bit-identical."""
-    run("checkpoints", 4, "--dir", str(tmp_path))
-    assert (tmp_path / "tp_layout.json").exists()
+    assert (tp_scenario("checkpoints").dir / "tp_layout.json").exists()
 
 
-def test_meta_model_initialised_directly_sharded():
+def test_meta_model_initialised_directly_sharded(tp_scenario):
     """A meta-device model gets sharded weights without ever materialising them whole; replicated tensors agree
     across TP ranks; per-rank parameter counts equal tp_param_counts."""
-    run("meta_init", 2)
+    tp_scenario("meta_init")

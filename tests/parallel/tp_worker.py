@@ -11,18 +11,22 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state as ps
 
 warnings.filterwarnings("ignore")
+
+from dist_support import prepare_worker  # noqa: E402
 
 from maws_scale.config import load_config  # noqa: E402
 from maws_scale.models import build_mae, build_wsp, soft_target_cross_entropy  # noqa: E402
 from maws_scale.models.registry import get_spec  # noqa: E402
-from maws_scale.parallel.distributed import init_distributed  # noqa: E402
+from maws_scale.parallel.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from maws_scale.parallel.mpu import destroy_model_parallel, init_model_parallel  # noqa: E402
 from maws_scale.parallel.tensor_parallel import (  # noqa: E402
     apply_tensor_parallel,
@@ -448,7 +452,7 @@ SCENARIOS = {
 }
 
 
-def main() -> None:
+def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--stage", choices=["mae", "wsp"], default="wsp")
@@ -460,12 +464,29 @@ def main() -> None:
     parser.add_argument("--replicate-decoder", action="store_true", help="keep the MAE decoder replicated")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the TP model")
     parser.add_argument("--dir", default=None, help="a directory shared by all ranks (checkpoints)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    """Run each scenario of the command line (several separated by ``+``) in one world, one after another; each
+    starts from no model-parallel state, and rank 0 prints ``=== <i>`` before scenario ``i``."""
+    argv, runs = sys.argv[1:], [[]]
+    for token in argv:
+        if token == "+":
+            runs.append([])
+        else:
+            runs[-1].append(token)
     torch.set_num_threads(1)
+    prepare_worker()
     init_distributed("gloo")
-    SCENARIOS[args.scenario](args)
-    dist.barrier()
-    dist.destroy_process_group()
+    for index, run in enumerate(runs):
+        args = parse(run)
+        say(f"=== {index}")
+        SCENARIOS[args.scenario](args)
+        if ps.model_parallel_is_initialized():
+            destroy_model_parallel()
+        dist.barrier()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

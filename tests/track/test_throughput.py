@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from maws_scale.track import throughput
 from maws_scale.track.throughput import (
     ThroughputMeter,
     datasheet_peak_tflops,
     measure_peak_tflops,
-    peak_memory_gib,
 )
 
 
@@ -29,9 +32,17 @@ def test_datasheet_peaks(name, precision, peak):
     assert datasheet_peak_tflops(name, precision) == peak
 
 
-def test_measured_peak_is_a_plausible_rate():
-    tflops = measure_peak_tflops("cpu", "fp32", size=256, seconds=0.05)
-    assert 1e-4 < tflops < 100  # somewhere between a slow shared core and a large server
+def test_measured_peak_counts_the_timed_matmuls(monkeypatch):
+    """A clock that advances 0.1 s per read: the window closes after 6 matmuls (checked every 2) at t = 0.3 s and
+    the rate is read at t = 0.4 s, so the peak is 6 products of 64³ multiply-adds in 0.4 s."""
+    reads = iter(i * 0.1 for i in range(100))
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(reads))
+    products = []
+    real_matmul = torch.matmul
+    monkeypatch.setattr(throughput.torch, "matmul", lambda a, b: products.append(a.shape) or real_matmul(a, b))
+    tflops = measure_peak_tflops("cpu", "fp32", size=64, seconds=0.3, trials=1)
+    assert len(products) == 1 + 6  # the warm-up, then the timed window
+    assert tflops == pytest.approx(6 * 2 * 64**3 / 0.4 / 1e12)
 
 
 def test_meter_computes_rates_and_mfu():
@@ -61,6 +72,15 @@ def test_unknown_peak_leaves_mfu_out():
     assert "mfu" not in meter.rate().as_metrics()
 
 
-def test_peak_memory():
-    _ = torch.ones(1 << 20)
-    assert peak_memory_gib("cpu") > 0.003
+def test_cpu_peak_memory_sees_a_known_tensor():
+    """In a fresh process, touching a 512 MiB tensor raises the reported peak by 0.5 GiB (RSS units: KiB)."""
+    code = (
+        "import torch\n"
+        "from maws_scale.track.throughput import peak_memory_gib\n"
+        "before = peak_memory_gib('cpu')\n"
+        "x = torch.ones(2**27)\n"  # 2^27 float32 = 512 MiB, every page written
+        "print(peak_memory_gib('cpu') - before)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[-1]) == pytest.approx(0.5, abs=0.05)

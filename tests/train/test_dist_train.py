@@ -10,10 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from maws_scale.testing import run_torchrun
+from dist_support import FP16_FLAG, run_torchrun
 
 pytestmark = pytest.mark.dist
+# DeepSpeed's accelerator answers "no fp16" in every worker, as on CPUs without mkldnn fp16 (AMD without AVX-512):
+# the branch of zero.Init that ignored the requested dtype (tests/parallel/test_zero_init.py forces both answers).
+ENV = {FP16_FLAG: "0"}
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 TOL = 1e-5
@@ -33,9 +35,9 @@ def launch(tmp: Path, nproc: int, runs: list[list[str]], kill_after: int | None 
     if kill_after is not None:
         args += ["--kill-after", str(kill_after)]
         with pytest.raises(AssertionError, match=r"SIGKILL|Signal 9|exitcode"):
-            run_torchrun(WORKER, nproc, args, timeout=240)
+            run_torchrun(WORKER, nproc, args, env=ENV, timeout=240)
         return None
-    run_torchrun(WORKER, nproc, args, timeout=240)
+    run_torchrun(WORKER, nproc, args, env=ENV, timeout=240)
     return json.loads(out.read_text())
 
 
@@ -80,18 +82,22 @@ def one_rank(one_rank_runs) -> dict:
 
 @pytest.fixture(scope="module")
 def two_ranks(mosaics, tmp_path_factory) -> dict[str, dict]:
-    """Two ranks (micro-batch 8, no accumulation): ZeRO-2 MAE, ZeRO-3 MAE, then ZeRO-3 WSP from that MAE."""
+    """One 2-rank launch (micro-batch 8, no accumulation): ZeRO-2 MAE, ZeRO-3 MAE, ZeRO-3 WSP from that MAE, then
+    tensor parallel (tp=2, data-parallel size 1) MAE and WSP from it."""
     tmp = tmp_path_factory.mktemp("two")
-    z2, z3, wsp = launch(
+    runs = launch(
         tmp,
         2,
         [
             config(mosaics, tmp / "z2", "parallel.zero_stage=2"),
             config(mosaics, tmp / "z3", "parallel.zero_stage=3"),
             wsp_after(mosaics, tmp / "z3", "parallel.zero_stage=3"),
+            config(mosaics, tmp / "tp", "parallel.zero_stage=1", "parallel.tp=2"),
+            wsp_after(mosaics, tmp / "tp", "parallel.zero_stage=1", "parallel.tp=2"),
         ],
     )
-    return {"zero2": z2, "zero3": z3, "wsp_zero3": wsp}
+    names = ["zero2", "zero3", "wsp_zero3", "tp_mae", "tp_wsp"]
+    return {**dict(zip(names, runs)), "tp_dir": tmp / "tp"}
 
 
 @pytest.fixture(scope="module")
@@ -140,18 +146,11 @@ def test_crash_and_resume_on_another_data_parallel_size(crashed, one_rank, tmp_p
     assert (out / "mae" / "checkpoints" / ".universal" / "step_00000004").is_dir()
 
 
-def test_tensor_parallel_mae_then_wsp_match_one_rank(one_rank_runs, mosaics, tmp_path):
+def test_tensor_parallel_mae_then_wsp_match_one_rank(one_rank_runs, two_ranks):
     # tp=2 on 2 ranks: data-parallel size 1, so the same micro-batches as one rank; megatron-core layers inside,
     # vocab-parallel soft-target CE for WSP, consolidation gathers the shards, WSP loads the MAE encoder sharded
-    out = tmp_path / "tp"
-    mae, wsp = launch(
-        tmp_path,
-        2,
-        [
-            config(mosaics, out, "parallel.zero_stage=1", "parallel.tp=2"),
-            wsp_after(mosaics, out, "parallel.zero_stage=1", "parallel.tp=2"),
-        ],
-    )
+    out = two_ranks["tp_dir"]
+    mae, wsp = two_ranks["tp_mae"], two_ranks["tp_wsp"]
     ref_mae, ref_wsp = one_rank_runs
     # both TP ranks of the one data-parallel group train on the same micro-batches
     assert [sorted(set(ids)) for ids in mae["ids"]] == ref_mae["ids"]

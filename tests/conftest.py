@@ -7,6 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+# The suite's DeepSpeed runs are CPU runs under gloo, also on a GPU machine (the `gpu` tests use no DeepSpeed):
+# DeepSpeed picks its accelerator once per process, so say it before anything imports it.
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 
 @pytest.fixture(autouse=True)
 def _restore_environment() -> Iterator[None]:

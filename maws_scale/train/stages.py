@@ -120,7 +120,8 @@ class MAEStage(Stage):
     def flops_per_sample(self) -> int:
         from maws_scale.models.flops import step_flops
 
-        return step_flops(self.cfg.model.name, "mae", img_size=self.cfg.img_size, mask_ratio=self.cfg.mae.mask_ratio)
+        # from the model as built (on meta): the configured decoder width/depth count, not the registry's
+        return step_flops(self.build_model(device="meta"), "mae", mask_ratio=self.cfg.mae.mask_ratio)
 
 
 class WSPStage(Stage):
@@ -227,7 +228,7 @@ class WSPStage(Stage):
     def flops_per_sample(self) -> int:
         from maws_scale.models.flops import step_flops
 
-        return step_flops(self.cfg.model.name, "wsp", img_size=self.cfg.img_size, num_classes=self.num_classes)
+        return step_flops(self.build_model(device="meta"), "wsp")  # as built: the configured pooling and head count
 
 
 def _load_partitioned(model: nn.Module, state: dict[str, torch.Tensor] | None, rank: int) -> None:

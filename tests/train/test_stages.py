@@ -100,3 +100,31 @@ def test_wsp_initialised_from_an_mae_encoder(tmp_path):
     missing = WSPStage(tiny("stage=wsp", f"wsp.init_from={tmp_path / 'nope.pt'}"), num_classes=10)
     with pytest.raises(ConfigError, match=r"wsp.init_from"):
         missing.initialize_weights(missing.build_model(), rank=0)
+
+
+def _counted_step_flops(model, stage: str) -> float:
+    """Forward + backward FLOPs per sample of ``model`` as torch's FlopCounterMode sees them (batch of 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    imgs = torch.randn(2, 3, model.img_size, model.img_size, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        out = model(imgs)
+        loss = out[0] if stage == "mae" else out.square().mean()
+        loss.backward()
+    return counter.get_total_flops() / 2
+
+
+@pytest.mark.parametrize(
+    ("stage", "overrides"),
+    [
+        ("mae", ["mae.decoder_width=64", "mae.decoder_depth=3", "mae.decoder_heads=2"]),
+        ("wsp", ["model.pool=map", "wsp.init=random"]),
+    ],
+    ids=["mae-wider-deeper-decoder", "wsp-map-pool"],
+)
+def test_mfu_numerator_counts_the_model_as_configured(stage, overrides):
+    """The FLOPs behind MFU follow the configured decoder and pooling head, not the registry's defaults."""
+    cfg = tiny(f"stage={stage}", "model.attention=math", *overrides)
+    built = MAEStage(cfg) if stage == "mae" else WSPStage(cfg, num_classes=10)
+    counted = _counted_step_flops(built.build_model(), stage)
+    assert built.flops_per_sample() == pytest.approx(counted, rel=0.01)

@@ -42,16 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    had_world = _world_exists()
     try:
         code = int(args.func(args) or 0)
     except ConfigError as err:
         console.print(f"[bold red]config error:[/] {err}", highlight=False)
         return 2
-    if "torch.distributed" in sys.modules:  # only commands that trained or benchmarked import it
+    if not had_world and _world_exists():  # the command made the process groups: tear them down before exit
         from maws_scale.parallel.distributed import shutdown_distributed
 
         shutdown_distributed()
     return code
+
+
+def _world_exists() -> bool:
+    """A torch.distributed world is initialised (without importing torch where no command has)."""
+    distributed = sys.modules.get("torch.distributed")
+    return bool(distributed is not None and distributed.is_available() and distributed.is_initialized())
 
 
 if __name__ == "__main__":

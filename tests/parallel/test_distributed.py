@@ -38,18 +38,29 @@ def test_an_nccl_rank_binds_local_rank_modulo_the_visible_gpus(world, fake_gpus,
     assert info.device == torch.device("cuda", 1) and fake_gpus == [1]
 
 
-def test_the_cli_tears_process_groups_down_before_exit():
-    """A command that ran in a process group (megatron's groups too) leaves none for the interpreter's exit."""
+def test_the_cli_tears_down_the_process_groups_its_command_made():
+    """A command that made a process group (megatron's groups too) leaves none for the interpreter's exit; a world
+    that existed before the command (an in-process caller's) is left alone."""
     code = (
         "import torch.distributed as dist\n"
         "from megatron.core import parallel_state\n"
-        "from maws_scale.cli import main\n"
+        "from maws_scale import cli\n"
         "from maws_scale.parallel.distributed import init_distributed\n"
         "from maws_scale.parallel.mpu import init_model_parallel\n"
-        "init_distributed('gloo')\n"
-        "init_model_parallel(1)\n"
-        "assert main(['config', 'check', 'configs/demo.yaml']) == 0\n"
+        "import argparse\n"
+        "def trains(args):\n"
+        "    init_distributed('gloo')\n"
+        "    init_model_parallel(1)\n"
+        "    print('trained')\n"
+        "    return 0\n"
+        "parser = cli.build_parser()\n"
+        "parser.parse_args = lambda argv=None: argparse.Namespace(func=trains)\n"
+        "cli.build_parser = lambda: parser\n"
+        "assert cli.main(['models']) == 0\n"
         "print('left:', dist.is_initialized(), parallel_state.model_parallel_is_initialized())\n"
+        "init_distributed('gloo')\n"
+        "assert cli.main(['models']) == 0\n"
+        "print('kept:', dist.is_initialized())\n"
     )
     launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}  # this process's own world's
     env = {k: v for k, v in os.environ.items() if k not in launcher}
@@ -58,4 +69,5 @@ def test_the_cli_tears_process_groups_down_before_exit():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
     )
     assert result.returncode == 0, result.stderr
-    assert "left: False False" in result.stdout
+    assert result.stdout.count("trained") == 2
+    assert "left: False False" in result.stdout and "kept: True" in result.stdout

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.kernels.dispatch import check_kernels
 from maws_scale.models.attention import pin_attention_backends
 from maws_scale.parallel.distributed import DistInfo, init_distributed
 from maws_scale.parallel.engine import (
@@ -44,6 +45,7 @@ from maws_scale.track.throughput import (
     datasheet_peak_tflops,
     device_name,
     measure_peak_tflops,
+    peak_basis,
     peak_memory_gib,
 )
 from maws_scale.train.checkpoint import (
@@ -155,6 +157,8 @@ class Trainer:
             model = self.stage.build_model()
         self.plan = parallelize(model, cfg, info)
         pin_attention_backends(self.plan.model, info.device)  # decided here, never inside a (checkpointed) forward
+        if getattr(self.plan.model, "kernels_impl", None) == "auto":
+            check_kernels(info.device, self.dtype)  # a kernel that fails to compile: torch references, one warning
         if hasattr(self.stage, "criterion"):
             self.stage.criterion = self.plan.wsp_criterion
         if self.resume is None:
@@ -232,6 +236,7 @@ class Trainer:
                     "warmup_steps": self.schedule.warmup_steps,
                     "device": name,
                     "datasheet_peak_tflops": self.datasheet_peak,
+                    "datasheet_peak_basis": peak_basis(precision),  # fp32: TF32 on or off
                     "measured_peak_tflops": round(self.measured_peak, 4),
                     "optimizer": optimizer_impl(cfg),
                     "flops_per_sample": self.stage.flops_per_sample(),

@@ -14,7 +14,7 @@ EXTRAS = {
     "data": ["pillow>=10", "webdataset>=0.2.100"],
     "jobs": ["submitit>=1.5"],
     "bench": ["scikit-image>=0.22", "scikit-learn>=1.4"],
-    "triton": ["triton>=3.0"],
+    "triton": ["triton>=3.4,<4"],  # kernels/ read triton.knobs (new in 3.4)
 }
 EXTRAS["dev"] = [
     "pytest>=8",
@@ -22,7 +22,7 @@ EXTRAS["dev"] = [
     "pytest-timeout>=2.3",
     "ruff>=0.6",
     "hypothesis>=6.100",
-    "triton>=3.0",
+    "triton>=3.4,<4",
 ]
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

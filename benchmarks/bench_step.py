@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/bench_step.py --suite cpu [--repeat 3] [--json benchmarks/out/bench_step_cpu.json]
     .venv/bin/python benchmarks/bench_step.py --suite gpu [--nproc 1] [--repeat 1] [--json ...]
+    .venv/bin/python benchmarks/bench_step.py --suite gpu --cases "vit_2b14 MAE" --no-baseline --repeat 1
 
 Each case runs ``maws-scale bench ... --baseline --json`` in a fresh process (under torchrun for ``--nproc`` > 1 or a
-multi-rank case), ``--repeat`` times; the row is the repeat with the median img/s. Prints a table and writes JSON.
+multi-rank case), ``--repeat`` times; the row is the repeat with the median img/s. Prints a table and rewrites the
+JSON after every case; a failing case is reported with the tail of its stderr (in the JSON's ``failed``) and the
+others still run (exit 1). ``--cases`` selects cases by name, ``--no-baseline`` skips the baseline.
 
 - ``cpu``: tiny models on this 2-core machine (bf16, ZeRO-2 / ZeRO-3 on 2 ranks). The CPU is shared, so the wall-clock
   ratio is noisy; the ratio of process CPU time per image is reported beside it.
@@ -92,8 +95,14 @@ def cpu_cases() -> list[Case]:
     ]
 
 
-def gpu_cases(nproc: int, num_classes: int) -> list[Case]:
-    """Micro-batch and checkpointing from the planner for this device's memory (the fastest fitting layout)."""
+def selected(name: str, patterns: list[str] | None) -> bool:
+    """``--cases``: a case runs when its name contains one of the comma-separated patterns (case-insensitive)."""
+    return not patterns or any(p.lower() in name.lower() for p in patterns)
+
+
+def gpu_cases(nproc: int, num_classes: int, patterns: list[str] | None = None) -> list[Case]:
+    """Micro-batch and checkpointing from the planner for this device's memory (the fastest fitting layout); only
+    the cases ``patterns`` select are planned."""
     import torch
 
     from maws_scale.bench.planner import Hardware, search
@@ -104,6 +113,8 @@ def gpu_cases(nproc: int, num_classes: int) -> list[Case]:
     cases = []
     for model in ("vit_l16", "vit_h14", "vit_2b14"):
         for stage in ("mae", "wsp"):
+            if not selected(f"{model} {stage.upper()}", patterns):
+                continue
             cfg = load_config(
                 None,
                 [f"model.name={model}", f"stage={stage}", f"wsp.num_classes={num_classes}", "train.global_batch=65536"],
@@ -141,6 +152,8 @@ def gpu_cases(nproc: int, num_classes: int) -> list[Case]:
                     targets=targets,
                 )
             )
+    if not selected("vit_6.5b14 MAE zero3 + offload optimizer, ckpt on", patterns):
+        return cases
     cases.append(
         Case(
             "vit_6.5b14 MAE zero3 + offload optimizer, ckpt on",
@@ -159,18 +172,22 @@ def gpu_cases(nproc: int, num_classes: int) -> list[Case]:
     return cases
 
 
-def run_case(case: Case, steps: int, warmup: int, out_dir: Path, index: int, threads: int | None) -> dict:
-    out = out_dir / f"case{index}-{time.time_ns()}.json"
+class CaseFailed(RuntimeError):
+    """A case's process failed; the message ends with the tail of its stderr."""
+
+
+def bench_command(case: Case, steps: int, warmup: int, out: Path, run_dir: Path, baseline: bool = True) -> list[str]:
+    """The command line of one case (``maws-scale bench``, under torchrun for several ranks)."""
     args = [
         "bench",
         "/dev/null",
         *case.overrides,
-        f"output_dir={out_dir / f'run{index}'}",
+        f"output_dir={run_dir}",
         "--steps",
         str(steps),
         "--warmup",
         str(warmup),
-        "--baseline",
+        *(["--baseline"] if baseline else []),
         "--out",
         str(out),
     ]
@@ -187,19 +204,30 @@ def run_case(case: Case, steps: int, warmup: int, out_dir: Path, index: int, thr
         ]
     else:
         cmd = [sys.executable, "-m", "maws_scale.cli", *args]
+    return cmd
+
+
+def run_case(
+    case: Case, steps: int, warmup: int, out_dir: Path, index: int, threads: int | None, baseline: bool = True
+) -> dict:
+    out = out_dir / f"case{index}-{time.time_ns()}.json"
+    cmd = bench_command(case, steps, warmup, out, out_dir / f"run{index}", baseline)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-40:])
+        raise CaseFailed(f"{case.name}: exit {proc.returncode}\n{tail}")
     return json.loads(out.read_text())
 
 
 def row(case: Case, result: dict) -> dict:
-    base = result.get("baseline", {})
+    base = result.get("baseline") or {}
     checks = {}
     if "mfu" in case.targets:
         checks["mfu"] = result["mfu"] is not None and result["mfu"] >= case.targets["mfu"]
-    if "speedup" in case.targets:
+    if "speedup" in case.targets and base:
         checks["speedup"] = base.get("speedup", 0.0) >= case.targets["speedup"]
     return {
         "case": case.name,
@@ -222,7 +250,7 @@ def fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--nproc", type=int, default=1, help="GPUs per case for the gpu suite")
@@ -230,24 +258,56 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (cpu 3, gpu 20)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (cpu 1, gpu 5)")
     parser.add_argument("--num-classes", type=int, default=WSP_CLASSES)
+    parser.add_argument("--cases", default=None, help="comma-separated name patterns, e.g. 'vit_2b14 MAE'")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the plain-PyTorch baseline run")
     parser.add_argument("--json", default=None, help="output JSON (default benchmarks/out/bench_step_<suite>.json)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.suite == "gpu":
         import torch
 
         if not torch.cuda.is_available():
             print("--suite gpu needs a CUDA device", file=sys.stderr)
             return 2
-    cases = cpu_cases() if args.suite == "cpu" else gpu_cases(args.nproc, args.num_classes)
+    patterns = [p.strip() for p in args.cases.split(",") if p.strip()] if args.cases else None
+    if args.suite == "cpu":
+        cases = [c for c in cpu_cases() if selected(c.name, patterns)]
+    else:
+        cases = gpu_cases(args.nproc, args.num_classes, patterns)
+    if not cases:
+        print(f"--cases {args.cases!r} selects no case of the {args.suite} suite", file=sys.stderr)
+        return 2
     steps = args.steps or (3 if args.suite == "cpu" else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.suite == "cpu" else 5)
     # one thread per process on the shared CPU machine: idle OpenMP workers spinning against other load cost more
     # than a second core gains (measured: several times slower steps with 2 threads under load)
     threads = 1 if args.suite == "cpu" else None
-    rows, raw = [], []
+    out = Path(args.json or ROOT / "benchmarks" / "out" / f"bench_step_{args.suite}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "suite": args.suite,
+        "date": time.strftime("%Y-%m-%d"),
+        "host": platform.processor(),
+        "cpus": os.cpu_count(),
+        "omp_threads": threads,
+        "repeat": args.repeat,
+        "steps": steps,
+        "warmup": warmup,
+        "baseline": not args.no_baseline,
+        "command": " ".join(sys.argv),
+    }
+    rows, raw, failed = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, case in enumerate(cases):
-            results = [run_case(case, steps, warmup, Path(tmp), i, threads) for _ in range(args.repeat)]
+            try:
+                results = [
+                    run_case(case, steps, warmup, Path(tmp), i, threads, baseline=not args.no_baseline)
+                    for _ in range(args.repeat)
+                ]
+            except CaseFailed as err:
+                print(f"FAILED {err}", file=sys.stderr, flush=True)
+                failed.append({"case": case.name, "overrides": case.overrides, "error": str(err)})
+                write_json(out, meta, rows, raw, failed)
+                continue
             raw.append({"case": case.name, "overrides": case.overrides, "nproc": case.nproc, "results": results})
             median = statistics.median_low([r["images_per_s"] for r in results])
             chosen = next(r for r in results if r["images_per_s"] == median)
@@ -261,31 +321,17 @@ def main() -> int:
                 f"(planner {r['planner_error_pct']:+.0f}%)  {r['meets_targets'] or ''}",
                 flush=True,
             )
-    device = raw[0]["results"][0]["device"] if raw else "?"
-    out = Path(args.json or ROOT / "benchmarks" / "out" / f"bench_step_{args.suite}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "suite": args.suite,
-                "date": time.strftime("%Y-%m-%d"),
-                "device": device,
-                "host": platform.processor(),
-                "cpus": os.cpu_count(),
-                "omp_threads": threads,
-                "repeat": args.repeat,
-                "steps": steps,
-                "warmup": warmup,
-                "command": " ".join(sys.argv),
-                "rows": rows,
-                "runs": raw,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+            write_json(out, meta, rows, raw, failed)  # after every case: a killed run keeps what it measured
     print(f"wrote {out}")
-    return 0
+    return 1 if failed else 0
+
+
+def write_json(out: Path, meta: dict, rows: list, raw: list, failed: list) -> None:
+    device = raw[0]["results"][0]["device"] if raw else "?"
+    body = {**meta, "device": device, "rows": rows, "failed": failed, "runs": raw}
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(body, indent=2) + "\n")
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

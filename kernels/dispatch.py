@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
+import warnings
 from types import ModuleType
 from typing import Literal
 
@@ -37,6 +38,13 @@ def _interpreter_on() -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
+class KernelFallbackWarning(UserWarning):
+    """A fused kernel failed to compile or run at set-up; ``impl="auto"`` uses the torch reference from then on."""
+
+
+_SETUP_FAILURES: dict[str, str] = {}  # device type → why the set-up check failed there
+
+
 def _unavailable_reason(device: torch.device | str | None) -> str | None:
     """Why the fused kernels cannot run on ``device`` (None when they can)."""
     error = _triton_import_error()
@@ -44,6 +52,9 @@ def _unavailable_reason(device: torch.device | str | None) -> str | None:
         return f"triton cannot be imported ({error})"
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    failure = _SETUP_FAILURES.get(torch.device(device).type)
+    if failure is not None:
+        return failure
     interpret = _interpreter_on()
     loaded = sys.modules.get(f"{__package__}.triton_common")
     if loaded is not None and interpret != loaded.INTERPRETED:
@@ -58,6 +69,41 @@ def triton_available(device: torch.device | str | None = None) -> bool:
     """True when the fused kernels can run on ``device`` (default: CUDA if present): triton imports, and the device
     is a CUDA GPU or the Triton CPU interpreter is on (``TRITON_INTERPRET=1`` set before the kernels load)."""
     return _unavailable_reason(device) is None
+
+
+def check_kernels(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Set-up check: compile and run every fused op (forward and backward, tiny shapes, ``dtype`` tokens) on
+    ``device``. On failure ``impl="auto"`` falls back to the torch references there, with one
+    :class:`KernelFallbackWarning`, and ``impl="triton"`` raises saying why. → whether the kernels work (False too
+    when they cannot run here at all)."""
+    device = torch.device(device)
+    if _unavailable_reason(device) is not None:
+        return False
+    try:
+        _run_every_kernel(device, dtype)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        reason = f"a fused kernel failed at set-up on {device} ({type(err).__name__}: {first})"
+        _SETUP_FAILURES[device.type] = reason
+        warnings.warn(f"kernels impl=auto: {reason}; using the torch references", KernelFallbackWarning, stacklevel=2)
+        return False
+    return True
+
+
+def _run_every_kernel(device: torch.device, dtype: torch.dtype) -> None:
+    fused = _fused()
+    batch, length, keep, width, patch = 2, 4, 2, 8, 2
+    ramp = torch.linspace(-1.0, 1.0, batch * length * width, device=device)  # fixed values: no RNG moves
+    tokens = ramp.reshape(batch, length, width).to(dtype).requires_grad_(True)
+    pos = ramp[: length * width].reshape(length, width).clone().requires_grad_(True)
+    restore = torch.arange(length, device=device).repeat(batch, 1)
+    keep_ids = restore[:, :keep].contiguous()
+    visible = fused.GatherVisible.apply(tokens, pos, keep_ids)
+    full = fused.UnshuffleWithMaskTokens.apply(visible, pos[0].detach().clone().requires_grad_(True), restore, pos)
+    imgs = torch.linspace(-1.0, 1.0, batch * 3 * 4 * 4, device=device).reshape(batch, 3, 4, 4).to(dtype)
+    pred = full.float().sum(-1, keepdim=True).expand(batch, length, patch * patch * 3).to(dtype)
+    mask = torch.ones(batch, length, device=device)
+    fused.NormPixMaskedMSE.apply(imgs, pred, mask, patch, True, 1e-6).backward()
 
 
 def _use_triton(impl: Impl, tensor: torch.Tensor) -> bool:

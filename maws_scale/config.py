@@ -121,6 +121,10 @@ class ParallelConfig(_Section):
     tp: int = Field(1, gt=0)
     activation_checkpointing: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    grad_accum_dtype: Literal["fp32", "model"] = Field(
+        "fp32", description="dtype gradients accumulate in under bf16/fp16 (model = that dtype; ZeRO-0 needs model)"
+    )
+    comm_dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="dtype gradients are reduced in")
     ds_config: str | None = Field(None, description="DeepSpeed template; default ds_configs/zero<stage>.json")
     backend: Literal["auto", "gloo", "nccl"] = "auto"
 

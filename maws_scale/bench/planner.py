@@ -426,8 +426,8 @@ def best_micro_batch(plan: Plan, global_batch: int) -> int:
 
 
 def candidate_layouts(cfg: RunConfig, hw: Hardware) -> list[Layout]:
-    """ZeRO 0-3 × TP (dividing heads, MLP width and the GPU count, within a node) × checkpointing × offload; the
-    micro-batch is filled in by :func:`search`."""
+    """ZeRO 0-3 (1-3 for fp32 accumulation of a 16-bit model) × TP (dividing heads, MLP width and the GPU count,
+    within a node) × checkpointing × offload; the micro-batch is filled in by :func:`search`."""
     spec = cfg.spec
     tps = [
         t
@@ -435,7 +435,9 @@ def candidate_layouts(cfg: RunConfig, hw: Hardware) -> list[Layout]:
         if hw.gpus % t == 0 and spec.heads % t == 0 and spec.mlp_hidden % t == 0 and t & (t - 1) == 0
     ]
     out = []
-    for zero in (0, 1, 2, 3):
+    # DeepSpeed accumulates a 16-bit model's gradients in fp32 (parallel.grad_accum_dtype) only with ZeRO
+    zero0 = cfg.parallel.precision == "fp32" or cfg.parallel.grad_accum_dtype == "model"
+    for zero in (0, 1, 2, 3) if zero0 else (1, 2, 3):
         offloads = ["none"] + (["optimizer"] if zero >= 1 else []) + (["all"] if zero == 3 else [])
         for tp in tps:
             for ckpt in (False, True):

@@ -361,7 +361,7 @@ def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: Bench
     """Rank 0's report: throughput, MFU, step split, memory, the planner's prediction, the baseline."""
     from maws_scale import kernels
     from maws_scale.bench.planner import Hardware, plan_layout
-    from maws_scale.track.throughput import datasheet_peak_tflops, device_name
+    from maws_scale.track.throughput import datasheet_peak_tflops, device_name, peak_basis
 
     world = len(ranks)
     step_s = statistics.mean(statistics.mean(r.step_s) for r in ranks)
@@ -394,6 +394,7 @@ def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: Bench
         "tp": cfg.parallel.tp,
         "zero_stage": cfg.parallel.zero_stage,
         "precision": cfg.parallel.precision,
+        "peak_basis": peak_basis(cfg.parallel.precision),  # fp32: says whether TF32 was on
         "activation_checkpointing": cfg.parallel.activation_checkpointing,
         "offload": cfg.parallel.offload,
         "micro_batch": cfg.train.micro_batch,

@@ -2,7 +2,10 @@
 communication buffers, and what moves to the host under ZeRO-Offload.
 
 Rules (Ψ = trainable elements of one TP rank, N = data-parallel size, b = bytes of the model dtype: 2 for bf16 /
-fp16, 4 for fp32; the engine leaves ``data_types.grad_accum_dtype`` unset, so gradients are in the model dtype):
+fp16, 4 for fp32). Gradients as tabled are accumulated in the model dtype (``parallel.grad_accum_dtype=model``). With
+fp32 accumulation of a 16-bit model (the default; measured for bf16 on 1-2 ranks): ZeRO-1 runs DeepSpeed's
+BF16_Optimizer, which holds an fp32 gradient of every parameter beside the 16-bit ``.grad`` ((4 + b)·Ψ); ZeRO-2 holds
+the fp32 gradient of its part (4·Ψ/N); ZeRO-3 its part in fp32 (4·Ψ/N):
 
 ========  =========================  ===============================  ==============  ============
 stage     parameters                 gradients                        fp32 master     Adam m + v
@@ -34,7 +37,7 @@ Frozen parameters (MAE's sin-cos tables) are held like parameters (partitioned a
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 DEFAULT_SUB_GROUP = 1_000_000_000
@@ -50,6 +53,7 @@ class ZeroSettings:
 
     stage: int
     precision: str  # fp32 | bf16 | fp16
+    grad_accum: str = ""  # data_types.grad_accum_dtype; "" = the model dtype
     offload_optimizer: bool = False
     offload_param: bool = False
     reduce_bucket_size: int = DEFAULT_BUCKET
@@ -65,6 +69,11 @@ class ZeroSettings:
     def dtype_bytes(self) -> int:
         return 4 if self.precision == "fp32" else 2
 
+    @property
+    def grad_bytes(self) -> int:
+        """Bytes of an accumulated gradient element: 4 with fp32 accumulation, else the model dtype's."""
+        return 4 if self.grad_accum == "fp32" else self.dtype_bytes
+
     @classmethod
     def from_ds_config(cls, ds: dict[str, Any], zero_init: bool = True) -> ZeroSettings:
         """Read a filled DeepSpeed config (as :func:`maws_scale.parallel.engine.build_ds_config` returns it);
@@ -74,16 +83,14 @@ class ZeroSettings:
         for name in ("bf16", "fp16"):
             if ds.get(name, {}).get("enabled"):
                 precision = name
-        grad_dtype = ds.get("data_types", {}).get("grad_accum_dtype")
-        if grad_dtype not in (None, precision):
-            raise ValueError(
-                f"data_types.grad_accum_dtype={grad_dtype} with {precision}: the planner models gradients held in "
-                "the model dtype only (what the shipped ds_configs do)"
-            )
+        grad_dtype = ds.get("data_types", {}).get("grad_accum_dtype") or precision
+        if grad_dtype not in (precision, "fp32"):
+            raise ValueError(f"data_types.grad_accum_dtype={grad_dtype} with {precision}: not a dtype DeepSpeed uses")
         stage = int(zero.get("stage", 0))
         return cls(
             stage=stage,
             precision=precision,
+            grad_accum=grad_dtype,
             offload_optimizer=zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None),
             offload_param=zero.get("offload_param", {}).get("device", "none") not in ("none", None),
             reduce_bucket_size=int(zero.get("reduce_bucket_size", DEFAULT_BUCKET)),
@@ -153,7 +160,13 @@ def model_state_bytes(
     if zs.stage == 0:
         return _stage0(trainable, frozen_total, b, zs)
     if zs.stage in (1, 2):
-        return _stage12(groups, frozen_total, dp, rank, b, zs)
+        states = _stage12(groups, frozen_total, dp, rank, b, zs)
+        if zs.grad_bytes != b and not zs.offload_optimizer:
+            # measured (bf16, 2 ranks): ZeRO-1 is DeepSpeed's BF16_Optimizer, an fp32 gradient per parameter beside the
+            # bf16 .grad; ZeRO-2 keeps the fp32 gradient of its own part only
+            grads = (4 + b) * trainable if zs.stage == 1 else 4 * (states.master // 4)
+            states = replace(states, grads=grads)
+        return states
     return _stage3(groups, frozen, dp, b, zs)
 
 
@@ -210,5 +223,5 @@ def _stage3(groups: list[list[int]], frozen: list[int], dp: int, b: int, zs: Zer
         params = b * resident
     if zs.offload_optimizer:
         host += 12 * part + 4 * part
-        return StateBytes(params, b * part, 0, 0, buffers, 0, host)
-    return StateBytes(params, b * part, 4 * part, 8 * part, buffers, step_temp, host)
+        return StateBytes(params, zs.grad_bytes * part, 0, 0, buffers, 0, host)
+    return StateBytes(params, zs.grad_bytes * part, 4 * part, 8 * part, buffers, step_temp, host)

@@ -184,8 +184,23 @@ def normalize_on_device(
     """uint8 (B, 3, H, W) (any memory layout) → contiguous ``dtype`` (x / 255 - mean) / std on ``images``' device."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != len(mean):
         raise ValueError(f"expected uint8 (B, {len(mean)}, H, W) images, got {images.dtype} {tuple(images.shape)}")
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device, dtype=torch.float32)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=images.device, dtype=torch.float32)
+    scale, shift = _normalize_constants(images.device, tuple(mean), tuple(std))
     out = torch.empty(images.shape, dtype=torch.float32, device=images.device).copy_(images)
     out.mul_(scale.view(1, -1, 1, 1)).sub_(shift.view(1, -1, 1, 1))
     return out.to(dtype)
+
+
+_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _normalize_constants(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) fp32 vectors on ``device``, made once per device: a ``torch.tensor(list, device=cuda)`` per
+    batch would be a blocking host-to-device copy."""
+    key = (device, mean, std)
+    if key not in _CONSTANTS:
+        scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32)
+        shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32)
+        _CONSTANTS[key] = (scale.to(device), shift.to(device))
+    return _CONSTANTS[key]

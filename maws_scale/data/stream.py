@@ -277,9 +277,18 @@ def _reassemble(parts: list[tuple[np.ndarray, pa.Array]], n: int, type_: pa.Data
 class StreamLoader:
     """The trainer-facing loader: iterate for batches; state_dict()/load_state_dict() for exact, elastic resume."""
 
-    def __init__(self, spec: StreamSpec, num_workers: int = 0, infinite: bool = True, prefetch_factor: int = 2):
+    def __init__(
+        self,
+        spec: StreamSpec,
+        num_workers: int = 0,
+        infinite: bool = True,
+        prefetch_factor: int = 2,
+        pin_memory: bool | None = None,
+    ):
         self.spec = spec
         self.num_workers = num_workers
+        # page-locked batches make the trainer's non_blocking copies asynchronous; default: where CUDA is
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.infinite = infinite
         self.prefetch_factor = prefetch_factor
         self.consumed = 0
@@ -337,7 +346,14 @@ class StreamLoader:
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
             kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _worker_init}
-        loader = DataLoader(stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers, **kwargs)
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            collate_fn=_as_is,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            **kwargs,
+        )
         for item in loader:
             self._errors.update(item.pop("_errors"))
             self.consumed = int(item.pop("_end"))
@@ -346,7 +362,7 @@ class StreamLoader:
                 continue
             for name, value in item.items():
                 if isinstance(value, np.ndarray):
-                    item[name] = torch.from_numpy(value)
+                    item[name] = torch.from_numpy(value).pin_memory() if self.pin_memory else torch.from_numpy(value)
             yield item
 
     def __len__(self) -> int:

@@ -2,23 +2,31 @@
 
 Inputs are laid out (B, H, T, Dh) as for ``F.scaled_dot_product_attention``. ``math`` is the reference (explicit
 softmax(q kᵀ · scale) v, visible to ``FlopCounterMode``), ``sdpa`` is PyTorch's fused op, ``xformers`` is
-``xformers.ops.memory_efficient_attention``. ``auto`` picks the best backend that works on the tensors' device.
+``xformers.ops.memory_efficient_attention``. ``auto`` means ``sdpa``: xformers 0.0.35's flash and cutlass paths call
+the same aten kernels SDPA dispatches to (``_flash_attention_forward`` / ``_efficient_attention_forward``), so it is
+no faster; choose ``xformers`` explicitly to use it.
 
 xformers ships compiled kernels for one torch/CUDA pair; with another (or on CPU, where 0.0.35 has no operator)
-its calls raise. :func:`resolve_backend` therefore runs a tiny forward+backward probe on the target device once,
-and falls back to ``sdpa`` with a single warning when ``xformers`` was asked for and cannot run.
+its calls raise. Whether it works is decided once, at set-up: :func:`pin_attention_backends` resolves every
+module's backend on the target device (a tiny forward+backward probe, run on its own thread so that no caller's
+autograd state — ``no_grad``, activation-checkpoint hooks — sees it, on fixed inputs so that no RNG moves) and
+writes the concrete name back, so the forward pass never probes. A ``xformers`` that cannot run falls back to
+``sdpa`` with a single warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math as _math
+import threading
 import warnings
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 Backend = Literal["auto", "xformers", "sdpa", "math"]
 BACKENDS = ("auto", "xformers", "sdpa", "math")
@@ -53,25 +61,41 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 def resolve_backend(backend: Backend | str, device: torch.device | str | None = None) -> str:
     """The concrete backend (``xformers``, ``sdpa`` or ``math``) that ``backend`` means on ``device``.
 
-    ``auto`` → xformers when its probe passes on a CUDA device, else sdpa. ``xformers`` → itself when the probe
-    passes, else sdpa with one :class:`XFormersUnavailableWarning` (per device type). Unknown names raise ValueError.
+    ``auto`` → sdpa (never probes). ``xformers`` → itself when the probe passes on ``device``, else sdpa with one
+    :class:`XFormersUnavailableWarning` (per device type). Unknown names raise ValueError. Call it at set-up (or
+    through :func:`pin_attention_backends`), not inside a forward pass.
     """
     if backend not in BACKENDS:
         raise ValueError(f"model.attention: unknown attention backend '{backend}' (known: {', '.join(BACKENDS)})")
-    if backend in ("sdpa", "math"):
-        return backend
+    if backend != "xformers":
+        return "sdpa" if backend == "auto" else backend
     device = torch.device(device if device is not None else "cpu")
     if device.type == "meta":
         return "sdpa"
-    if backend == "auto":
-        if device.type != "cuda":  # xformers has no CPU operators; skip importing it at all
-            return "sdpa"
-        return "xformers" if _xformers_probe(device.type, device.index)[0] else "sdpa"
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # the probe thread's default would be cuda:0
     works, reason = _xformers_probe(device.type, device.index)
     if works:
         return "xformers"
     _warn_fallback(device.type, reason)
     return "sdpa"
+
+
+def pin_attention_backends(model: nn.Module, device: torch.device | str) -> dict[str, int]:
+    """Resolve every attention module's ``backend`` in ``model`` for ``device`` once and store the concrete name.
+
+    Run at set-up, before the first forward: afterwards ``attention`` never probes, so nothing runs inside autograd
+    or an activation-checkpointed block. → how many modules use each concrete backend.
+    """
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        backend = getattr(module, "backend", None)
+        if isinstance(backend, str) and backend in BACKENDS:
+            module.backend = resolve_backend(backend, device)
+            counts[module.backend] = counts.get(module.backend, 0) + 1
+    if counts:
+        log.info("attention backends on %s: %s", device, counts)
+    return counts
 
 
 def xformers_status(device: torch.device | str = "cpu") -> tuple[bool, str]:
@@ -82,6 +106,15 @@ def xformers_status(device: torch.device | str = "cpu") -> tuple[bool, str]:
 
 @functools.cache
 def _xformers_probe(device_type: str, index: int | None) -> tuple[bool, str]:
+    """Cached (works, reason); the probe runs on a fresh thread, isolated from the caller's autograd state."""
+    result: list[tuple[bool, str]] = []
+    thread = threading.Thread(target=lambda: result.append(_run_xformers_probe(device_type, index)), daemon=True)
+    thread.start()
+    thread.join()
+    return result[0] if result else (False, "the xformers probe thread died")
+
+
+def _run_xformers_probe(device_type: str, index: int | None) -> tuple[bool, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -92,9 +125,12 @@ def _xformers_probe(device_type: str, index: int | None) -> tuple[bool, str]:
     device = torch.device(device_type, index) if index is not None else torch.device(device_type)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
-        q = torch.randn(1, 8, 2, 32, device=device, dtype=dtype, requires_grad=True)  # (B, T, H, Dh)
-        out = xops.memory_efficient_attention(q, q, q)
-        out.sum().backward()
+        with torch.enable_grad(), torch.cuda.device(index) if device.type == "cuda" else contextlib.nullcontext():
+            # fixed values, not torch.randn: the probe must not move any RNG (checkpoint recompute replays it)
+            values = torch.linspace(-1.0, 1.0, 2 * 8 * 32).reshape(1, 2, 8, 32)  # (B, T, H, Dh)
+            q = values.to(device=device, dtype=dtype).requires_grad_(True)
+            out = xops.memory_efficient_attention(q, q, q)
+            out.sum().backward()
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         version = getattr(xformers, "__version__", "?")

@@ -168,14 +168,20 @@ class MaskedAutoencoder(VisionTransformer):
         mask_ratio: float | None = None,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """→ (loss, pred (B, L, p²·C), mask (B, L), 1 = masked). ``noise`` (B, L): per-sample masking noise."""
+        """→ (loss, pred (B, L, p²·C), mask (B, L), 1 = masked). ``noise`` (B, L): per-sample masking noise.
+
+        ``target``: the pixels the (norm-pix) target is built from, default ``imgs``; pass the fp32 images when
+        ``imgs`` are their bf16/fp16 copy, so that the target is not built from rounded pixels."""
         if imgs.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"input is {tuple(imgs.shape[-2:])} px but model.img_size={self.img_size}")
+        if target is not None and target.shape != imgs.shape:
+            raise ValueError(f"MAE target {tuple(target.shape)} and images {tuple(imgs.shape)} differ in shape")
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         tokens, mask, restore_ids = self.forward_encoder(imgs, ratio, generator, noise)
         pred = self.forward_decoder(tokens, restore_ids)
-        return self.forward_loss(imgs, pred, mask), pred, mask
+        return self.forward_loss(imgs if target is None else target, pred, mask), pred, mask
 
     def no_weight_decay(self) -> set[str]:
         """Embeddings and tokens of encoder and decoder."""

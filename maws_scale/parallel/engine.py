@@ -142,6 +142,8 @@ def fill_ds_config(
         section = ds.setdefault(name, {})
         _resolve(section, "enabled", on, f"{name}.", origin, "parallel.precision")
 
+    _fill_data_types(ds, cfg, origin)
+
     zero = ds.setdefault("zero_optimization", {})
     _resolve(zero, "stage", par.zero_stage, "zero_optimization.", origin, "parallel.zero_stage")
     block = blocks.block_numel if blocks else 0
@@ -158,6 +160,22 @@ def fill_ds_config(
     if leftover:
         raise ConfigError(f'parallel.ds_config: {origin} leaves {", ".join(leftover)} as "auto"; no rule fills it')
     return ds
+
+
+def _fill_data_types(ds: dict[str, Any], cfg: RunConfig, origin: str) -> None:
+    """Gradient accumulation and reduction dtypes. Without them DeepSpeed 0.19.8 uses the model dtype for both, so
+    bf16 runs would sum micro-batch gradients and ranks' gradients in bf16."""
+    par = cfg.parallel
+    accum = par.precision if par.grad_accum_dtype == "model" else "fp32"
+    if accum == "fp32" and par.precision != "fp32" and par.zero_stage == 0:
+        raise ConfigError(
+            f"parallel.grad_accum_dtype=fp32: DeepSpeed accumulates fp32 gradients of a {par.precision} model only "
+            "with ZeRO (parallel.zero_stage>=1); set parallel.zero_stage>=1, or parallel.grad_accum_dtype=model "
+            f"to accumulate in {par.precision}"
+        )
+    data_types = ds.setdefault("data_types", {})
+    _resolve(data_types, "grad_accum_dtype", accum, "data_types.", origin, "parallel.grad_accum_dtype")
+    _resolve(ds, "communication_data_type", par.comm_dtype, "", origin, "parallel.comm_dtype")
 
 
 def _fill_zero3(zero: dict[str, Any], blocks: BlockInfo | None, origin: str) -> None:
@@ -305,7 +323,7 @@ class StepGuard:
     Installed on the *inner* optimizer that DeepSpeed drives, so every ZeRO stage skips the same way. DeepSpeed's
     ZeRO 1-3 (and its bf16/fp16 optimizers) also skip by themselves on a non-finite gradient norm, which
     ``engine.was_step_applied()`` reports; for fp32 ZeRO-0, where DeepSpeed hands the averaged gradients straight
-    to our optimizer, :meth:`measure` checks them and takes their norm before clipping.
+    to our optimizer, :meth:`resolve` checks them and takes their norm before clipping.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, mpu: Any = None) -> None:
@@ -326,15 +344,23 @@ class StepGuard:
         self.skipped_by_grads = False
         self.grad_norm = None
 
-    def measure(self) -> None:
-        """fp32 ZeRO-0 only: norm of the (already data-parallel averaged) gradients; skip the update if non-finite."""
-        if not self.check_grads:
-            return
-        norm = float(self._full_grad_norm())
-        self.grad_norm = norm
-        if not math.isfinite(norm):
-            self.skipped_by_grads = True
-            self.skip_next = True
+    def resolve(self, window: torch.Tensor) -> tuple[float, float]:
+        """The step's one host sync, after the last backward of the window: arm (and, for fp32 ZeRO-0, measure).
+
+        ``window`` is the device tensor (sum of finite losses, count of non-finite losses), already summed over
+        ranks; the gradient norm joins it when we check gradients, and the whole is read at once. → (loss sum,
+        non-finite count)."""
+        values = window.detach().double()
+        if self.check_grads:
+            values = torch.cat([values, self._full_grad_norm().to(values).reshape(1)])
+        host = values.tolist()
+        self.arm(host[1] > 0)
+        if self.check_grads:
+            self.grad_norm = host[2]
+            if not math.isfinite(host[2]):
+                self.skipped_by_grads = True
+                self.skip_next = True
+        return host[0], host[1]
 
     def _full_grad_norm(self) -> torch.Tensor:
         """Global L2 norm of full gradients; tensor-parallel shards summed, replicated tensors counted once."""

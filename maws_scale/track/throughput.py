@@ -15,18 +15,31 @@ from dataclasses import dataclass
 
 import torch
 
-# Dense (no sparsity) peak TFLOP/s from the vendor datasheets, by (device-name substring, precision).
+# Dense (no sparsity) peak TFLOP/s from the vendor datasheets, by (device-name substring, precision); the first
+# matching substring wins, so the NVL and PCIe cards come before the SXM name they contain. "fp32" is the TF32 tensor-
+# core peak; with TF32 off (torch's default for matmuls) fp32 runs on the CUDA cores: FP32_CUDA_CORES.
 PEAK_TFLOPS: dict[tuple[str, str], float] = {
     ("A100", "bf16"): 312.0,
     ("A100", "fp16"): 312.0,
-    ("A100", "fp32"): 156.0,  # TF32 tensor cores
-    ("H100", "bf16"): 989.0,  # SXM; the PCIe card is lower (756)
+    ("A100", "fp32"): 156.0,
+    ("H100 NVL", "bf16"): 835.0,
+    ("H100 NVL", "fp16"): 835.0,
+    ("H100 NVL", "fp32"): 418.0,
+    ("H100 PCIe", "bf16"): 756.0,
+    ("H100 PCIe", "fp16"): 756.0,
+    ("H100 PCIe", "fp32"): 378.0,
+    ("H100", "bf16"): 989.0,  # SXM
     ("H100", "fp16"): 989.0,
     ("H100", "fp32"): 494.0,
+    ("H200 NVL", "bf16"): 835.0,
+    ("H200 NVL", "fp16"): 835.0,
+    ("H200 NVL", "fp32"): 418.0,
     ("H200", "bf16"): 989.0,
     ("H200", "fp16"): 989.0,
     ("H200", "fp32"): 494.0,
 }
+FP32_CUDA_CORES: dict[str, float] = {"A100": 19.5, "H100 NVL": 60.0, "H100 PCIe": 51.0, "H100": 67.0, "H200 NVL": 60.0,
+                                     "H200": 67.0}  # fmt: skip
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -38,14 +51,33 @@ def device_name(device: torch.device | str | None = None) -> str:
     return "cpu"
 
 
-def datasheet_peak_tflops(name: str, precision: str = "bf16") -> float | None:
-    """Datasheet peak for a device name such as 'NVIDIA H100 80GB HBM3'; None when the device is not in the table."""
-    if "PCIe" in name and "H100" in name:
-        return {"bf16": 756.0, "fp16": 756.0, "fp32": 378.0}.get(precision)
+def tf32_enabled() -> bool:
+    """Whether fp32 matmuls may use TF32 tensor cores (``torch.backends.cuda.matmul.allow_tf32``; off by default)."""
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    except AttributeError:  # a torch without the flag: its matmul precision setting says the same
+        return torch.get_float32_matmul_precision() != "highest"
+
+
+def datasheet_peak_tflops(name: str, precision: str = "bf16", tf32: bool | None = None) -> float | None:
+    """Datasheet peak for a device name such as 'NVIDIA H100 80GB HBM3'; None when the device is not in the table.
+
+    fp32: the TF32 tensor-core peak when ``tf32`` (default: :func:`tf32_enabled`), else the CUDA-core FP32 peak."""
+    if precision == "fp32" and not (tf32_enabled() if tf32 is None else tf32):
+        return next((v for key, v in FP32_CUDA_CORES.items() if key in name), None)
     for (key, prec), value in PEAK_TFLOPS.items():
         if key in name and prec == precision:
             return value
     return None
+
+
+def peak_basis(precision: str, tf32: bool | None = None) -> str:
+    """What the datasheet MFU of ``precision`` is measured against, for logs and reports."""
+    if precision != "fp32":
+        return f"{precision} dense tensor-core peak"
+    if tf32_enabled() if tf32 is None else tf32:
+        return "fp32 with TF32 on: TF32 dense tensor-core peak"
+    return "fp32 with TF32 off: FP32 CUDA-core peak"
 
 
 def measure_peak_tflops(

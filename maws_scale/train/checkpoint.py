@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from maws_scale.config import ConfigError
+from maws_scale.train.bf16_checkpoint import bf16_optimizer_shards, bf16_optimizer_state
 
 log = logging.getLogger("maws_scale.train")
 
@@ -257,7 +258,8 @@ CONSOLIDATED = "consolidated.pt"
 def consolidate(info: CheckpointInfo, out: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint's model as one fp32 state dict (``torch.save`` of name → tensor) plus a JSON sidecar.
 
-    ZeRO 1-3: ``deepspeed.utils.zero_to_fp32`` merges the fp32 master partitions. ZeRO 0: the module state saved
+    ZeRO 1-3: ``deepspeed.utils.zero_to_fp32`` merges the fp32 master partitions (DeepSpeed's BF16_Optimizer, used
+    for bf16 ZeRO-1 with fp32 accumulation: :mod:`maws_scale.train.bf16_checkpoint`). ZeRO 0: the module state saved
     by DeepSpeed (fp32 runs keep fp32 weights there). Runs on one process; the file appears atomically.
     """
     if int(info.meta.get("tp_size", 1)) > 1:
@@ -265,7 +267,10 @@ def consolidate(info: CheckpointInfo, out: str | Path, extra_meta: dict[str, Any
             f"{info.path}: consolidating a tensor-parallel checkpoint (tp={info.meta['tp_size']}) needs the shards "
             "merged by the TP plan; rerun consolidation with parallel.tp=1 weights"
         )
-    if info.zero_stage >= 1:
+    if info.zero_stage >= 1 and bf16_optimizer_shards(info.path):  # ZeRO-1, bf16, fp32 accumulation
+        module = torch.load(info.path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        state = {**module, **bf16_optimizer_state(info.path, module)}
+    elif info.zero_stage >= 1:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(info.path.parent), tag=info.path.name)

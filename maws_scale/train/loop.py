@@ -24,6 +24,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.kernels.dispatch import check_kernels
+from maws_scale.models.attention import pin_attention_backends
 from maws_scale.parallel.distributed import DistInfo, init_distributed
 from maws_scale.parallel.engine import (
     BlockInfo,
@@ -43,6 +45,7 @@ from maws_scale.track.throughput import (
     datasheet_peak_tflops,
     device_name,
     measure_peak_tflops,
+    peak_basis,
     peak_memory_gib,
 )
 from maws_scale.train.checkpoint import (
@@ -153,6 +156,9 @@ class Trainer:
         with model_init_context(cfg, self.ds_config):
             model = self.stage.build_model()
         self.plan = parallelize(model, cfg, info)
+        pin_attention_backends(self.plan.model, info.device)  # decided here, never inside a (checkpointed) forward
+        if getattr(self.plan.model, "kernels_impl", None) == "auto":
+            check_kernels(info.device, self.dtype)  # a kernel that fails to compile: torch references, one warning
         if hasattr(self.stage, "criterion"):
             self.stage.criterion = self.plan.wsp_criterion
         if self.resume is None:
@@ -230,6 +236,7 @@ class Trainer:
                     "warmup_steps": self.schedule.warmup_steps,
                     "device": name,
                     "datasheet_peak_tflops": self.datasheet_peak,
+                    "datasheet_peak_basis": peak_basis(precision),  # fp32: TF32 on or off
                     "measured_peak_tflops": round(self.measured_peak, 4),
                     "optimizer": optimizer_impl(cfg),
                     "flops_per_sample": self.stage.flops_per_sample(),
@@ -322,27 +329,26 @@ class Trainer:
 
     # ----- the loop -----------------------------------------------------------------------------------------------
     def train_step(self, batches) -> tuple[float, bool]:
-        """One optimizer step over ``accum`` micro-batches; → (mean loss over ranks and micro-batches, skipped)."""
+        """One optimizer step over ``accum`` micro-batches; → (mean loss over ranks and micro-batches, skipped).
+
+        Losses and non-finite flags stay on the device; they are summed over ranks and read once, at the last
+        micro-batch, for the skip decision (:meth:`StepGuard.resolve`): the step's only host sync."""
         engine, device = self.engine, self.info.device
         set_lr(engine, self.schedule.lr(self.step))
-        window_bad = False
-        total = torch.zeros(2, dtype=torch.float64, device=device)
+        window = torch.zeros(2, dtype=torch.float64, device=device)
         for micro in range(self.accum):
             batch = next(batches)
             loss, _ = self.stage.loss(engine, batch, device, self.dtype)
             finite = torch.isfinite(loss.detach())
-            flags = torch.stack([torch.where(finite, loss.detach(), 0.0).double(), (~finite).double()])
-            flags = _all_reduce(flags)
-            total += flags
-            window_bad |= bool(flags[1] > 0)
-            engine.backward(loss if not window_bad else torch.nan_to_num(loss, 0.0, 0.0, 0.0))
+            window += torch.stack([torch.where(finite, loss.detach(), 0.0).double(), (~finite).double()])
+            engine.backward(torch.nan_to_num(loss, 0.0, 0.0, 0.0))  # = loss when finite; a bad window is skipped
             if micro == self.accum - 1:
-                self.guard.arm(window_bad)
-                self.guard.measure()
+                loss_sum, bad = self.guard.resolve(_all_reduce(window))
             engine.step()
+        window_bad = bad > 0
         skipped = window_bad or self.guard.skipped_by_grads or not engine.was_step_applied()
         world = dist.get_world_size() if dist.is_initialized() else 1
-        mean = float(total[0]) / (world * self.accum) if not window_bad else float("nan")
+        mean = loss_sum / (world * self.accum) if not window_bad else float("nan")
         return mean, skipped
 
     def run(self) -> StageResult:
@@ -360,10 +366,10 @@ class Trainer:
             self.counters.skipped_steps += int(skipped)
             self.counters.consecutive_bad = self.counters.consecutive_bad + 1 if skipped else 0
             metrics = {"loss": loss, "lr": self.schedule.lr(self.step - 1)}
-            norm = global_grad_norm(self.engine, self.guard)
-            if norm is not None:
-                metrics["grad_norm"] = norm
             if self.step % log_every == 0 or self.step == self.total_steps:
+                norm = global_grad_norm(self.engine, self.guard)  # a device read: log steps only
+                if norm is not None:
+                    metrics["grad_norm"] = norm
                 metrics.update(self._periodic_metrics())
                 self._print(metrics)
             self._record(metrics)

@@ -42,6 +42,16 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _mix32_int(x: int) -> int:
+    """:func:`mix32` of one Python integer."""
+    x &= _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
 def mask_noise(seed: int, sample_ids: torch.Tensor, num_patches: int) -> torch.Tensor:
     """Uniform noise in [0, 1) of shape (B, L) that depends only on (seed, sample id, patch index).
 
@@ -49,7 +59,7 @@ def mask_noise(seed: int, sample_ids: torch.Tensor, num_patches: int) -> torch.T
     mask is bit-identical on any device or data-parallel layout. Computed on ``sample_ids``' device.
     """
     ids = sample_ids.to(torch.int64)
-    seed_key = mix32(torch.tensor(seed & _M32, dtype=torch.int64, device=ids.device) ^ 0x9E3779B9)
+    seed_key = _mix32_int((seed & _M32) ^ 0x9E3779B9)  # a Python int: no host-to-device copy per batch
     key = mix32((ids & _M32) ^ mix32(((ids >> 32) & _M32) ^ seed_key))
     patches = torch.arange(num_patches, dtype=torch.int64, device=ids.device)
     h = mix32(key[:, None] ^ mix32(patches + 0x632BE5AB)[None, :])
@@ -110,11 +120,12 @@ class MAEStage(Stage):
         return build_model(self.cfg, device=device)
 
     def loss(self, model: Callable, batch: dict[str, Any], device: torch.device, dtype: torch.dtype):
-        images = self.images(batch, device, dtype)
+        pixels = self.images(batch, device, torch.float32)  # the norm-pix target comes from unrounded pixels
         noise = None
         if "sample_ids" in batch:
-            noise = mask_noise(self.cfg.seed, batch["sample_ids"].to(device), self.tokens_per_sample())
-        loss, _, _ = model(images, mask_ratio=self.cfg.mae.mask_ratio, noise=noise)
+            ids = batch["sample_ids"].to(device, non_blocking=True)
+            noise = mask_noise(self.cfg.seed, ids, self.tokens_per_sample())
+        loss, _, _ = model(pixels.to(dtype), mask_ratio=self.cfg.mae.mask_ratio, noise=noise, target=pixels)
         return loss.float(), {}
 
     def flops_per_sample(self) -> int:

@@ -56,8 +56,10 @@ def model_states(rank: dict) -> int:
 
 
 RUNS = [
-    *(tiny("stage=mae", f"parallel.zero_stage={z}", "parallel.precision=bf16") for z in (0, 1, 2, 3)),
+    tiny("stage=mae", "parallel.zero_stage=0", "parallel.precision=bf16", "parallel.grad_accum_dtype=model"),
+    *(tiny("stage=mae", f"parallel.zero_stage={z}", "parallel.precision=bf16") for z in (1, 2, 3)),  # fp32 grads
     tiny("stage=wsp", "parallel.zero_stage=2", "parallel.precision=fp32"),
+    tiny("stage=mae", "parallel.zero_stage=2", "parallel.precision=bf16", "parallel.grad_accum_dtype=model"),
 ]
 TP_RUNS = [
     tiny("stage=wsp", "parallel.tp=2", "parallel.zero_stage=1", "parallel.precision=bf16"),

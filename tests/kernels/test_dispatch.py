@@ -78,3 +78,28 @@ def test_unknown_impl_is_an_error(op):
     args = inputs(torch.Generator().manual_seed(3))[op]
     with pytest.raises(ValueError, match="impl must be one of"):
         OPS[op][0](*args, impl="cuda")
+
+
+def test_a_kernel_that_fails_at_set_up_makes_auto_fall_back_with_one_warning(monkeypatch, gen):
+    """A Triton build that cannot compile a kernel (stand-in: every fused op raises) must not stop an impl=auto run."""
+
+    class Broken:
+        @staticmethod
+        def apply(*args):
+            raise RuntimeError("triton compilation failed: PassManager::run failed")
+
+    stub = type("Fused", (), {"GatherVisible": Broken, "UnshuffleWithMaskTokens": Broken, "NormPixMaskedMSE": Broken})
+    monkeypatch.setattr(dispatch, "_fused", lambda: stub)
+    monkeypatch.setattr(dispatch, "_interpreter_on", lambda: True)  # as if the kernels could run on this CPU
+    monkeypatch.setattr(dispatch, "_SETUP_FAILURES", {})
+    with pytest.warns(dispatch.KernelFallbackWarning, match="PassManager"):
+        assert dispatch.check_kernels("cpu", torch.float32) is False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        assert dispatch.check_kernels("cpu", torch.float32) is False
+        args = inputs(gen)["gather"]
+        torch.testing.assert_close(kernels.gather_visible(*args), reference.gather_visible_torch(*args))
+    with pytest.raises(RuntimeError, match="failed at set-up"):
+        kernels.gather_visible(*args, impl="triton")

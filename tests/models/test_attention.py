@@ -6,12 +6,15 @@ import warnings
 
 import pytest
 import torch
+from cuda_standins import xformers_cpu_standin
 
 import maws_scale.models.attention as attention_module
+from maws_scale.models import build_encoder
 from maws_scale.models.attention import (
     XFormersUnavailableWarning,
     attention,
     math_attention,
+    pin_attention_backends,
     resolve_backend,
     xformers_status,
 )
@@ -63,7 +66,7 @@ def test_math_is_softmax_attention():
 def test_resolve_backend_names():
     assert resolve_backend("sdpa", "cpu") == "sdpa"
     assert resolve_backend("math", "cpu") == "math"
-    assert resolve_backend("auto", "cpu") == "sdpa"  # xformers has no CPU operators
+    assert resolve_backend("auto", "cpu") == "sdpa"
     with pytest.raises(ValueError, match=r"model\.attention"):
         resolve_backend("flash", "cpu")
 
@@ -89,6 +92,49 @@ def test_auto_does_not_warn_on_cpu():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert resolve_backend("auto", torch.device("cpu")) == "sdpa"
+
+
+def test_auto_prefers_sdpa_even_where_xformers_works():
+    """xformers 0.0.35 calls the aten kernels SDPA uses: auto does not even probe it."""
+    with xformers_cpu_standin() as calls:
+        assert resolve_backend("xformers", "cpu") == "xformers"  # selectable, and it works here
+        assert resolve_backend("auto", "cpu") == "sdpa"
+        model = build_encoder("vit_micro_p4", attention="auto")
+        assert set(pin_attention_backends(model, "cpu")) == {"sdpa"}
+    assert calls[0] == 1  # the one probe of the explicit request
+
+
+def test_the_probe_ignores_the_callers_autograd_state_and_rng():
+    """Asked for under no_grad (evaluation) the old probe's backward failed and xformers was silently off."""
+    with xformers_cpu_standin(), torch.no_grad():
+        state = torch.get_rng_state()
+        assert xformers_status("cpu") == (True, "ok")
+        assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_pinning_writes_the_concrete_backend_into_every_attention_module():
+    with xformers_cpu_standin() as calls:
+        model = build_encoder("vit_micro_p4", attention="xformers", pool="map")
+        counts = pin_attention_backends(model, "cpu")
+        assert counts == {"xformers": len(model.blocks) + 1}  # the blocks and the attention-pool head
+        assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {"xformers"}
+        model(torch.randn(2, 3, model.img_size, model.img_size)).sum().backward()
+    assert calls[0] == 1 + len(model.blocks) + 1  # one probe, then one call per attention module
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_xformers_under_activation_checkpointing_trains(pinned):
+    """The probe used to run inside checkpointed block 0 (its own backward there): CheckpointError on backward."""
+    with xformers_cpu_standin() as calls:
+        torch.manual_seed(0)
+        model = build_encoder("vit_micro_p4", attention="xformers")
+        if pinned:
+            pin_attention_backends(model, "cpu")
+        model.set_grad_checkpointing(True)
+        images = torch.randn(2, 3, model.img_size, model.img_size)
+        for _ in range(3):
+            model(images).sum().backward()
+    assert calls[0] == 1 + 3 * 2 * len(model.blocks)  # probe + (forward + recompute) per block per step
 
 
 @pytest.mark.gpu

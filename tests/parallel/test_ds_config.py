@@ -52,7 +52,8 @@ def _leaves(tree, prefix=""):
     ],
 )
 def test_every_template_fills_completely(stage, offload, template, b16_blocks):
-    cfg = cfg_for(f"parallel.zero_stage={stage}", f"parallel.offload={offload}")
+    accum = "model" if stage == 0 else "fp32"  # DeepSpeed has no fp32 accumulation of a bf16 model without ZeRO
+    cfg = cfg_for(f"parallel.zero_stage={stage}", f"parallel.offload={offload}", f"parallel.grad_accum_dtype={accum}")
     ds = build_ds_config(cfg, dp_size=2, grad_accum=4, blocks=b16_blocks)
     assert load_template(cfg)[1] == template
     assert not [k for k, v in _leaves(ds) if v == "auto"]
@@ -143,8 +144,14 @@ def test_deepspeed_accepts_the_filled_configs(b16_blocks):
     from deepspeed.runtime.config import DeepSpeedConfig
 
     for stage, offload in [(0, "none"), (1, "none"), (2, "optimizer"), (3, "none"), (3, "all")]:
-        ds = build_ds_config(cfg_for(f"parallel.zero_stage={stage}", f"parallel.offload={offload}"), 1, 8, b16_blocks)
-        parsed = DeepSpeedConfig(ds)
+        accum = "model" if stage == 0 else "fp32"
+        overrides = [
+            f"parallel.zero_stage={stage}",
+            f"parallel.offload={offload}",
+            f"parallel.grad_accum_dtype={accum}",
+        ]
+        cfg = cfg_for(*overrides)
+        parsed = DeepSpeedConfig(build_ds_config(cfg, 1, 8, b16_blocks))
         assert parsed.gradient_clipping == 0.0
         assert parsed.zero_optimization_stage == stage
         if stage == 3:

@@ -13,6 +13,7 @@ from maws_scale.track.throughput import (
     ThroughputMeter,
     datasheet_peak_tflops,
     measure_peak_tflops,
+    peak_basis,
 )
 
 
@@ -23,13 +24,28 @@ from maws_scale.track.throughput import (
         ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
         ("NVIDIA H100 PCIe", "bf16", 756.0),
         ("NVIDIA H200", "bf16", 989.0),
+        ("NVIDIA H100 NVL", "bf16", 835.0),  # not the SXM 989
+        ("NVIDIA H200 NVL", "bf16", 835.0),
         ("NVIDIA H100 80GB HBM3", "fp32", 494.0),
         ("cpu", "bf16", None),
         ("Tesla V100-SXM2-32GB", "bf16", None),
     ],
 )
 def test_datasheet_peaks(name, precision, peak):
-    assert datasheet_peak_tflops(name, precision) == peak
+    assert datasheet_peak_tflops(name, precision, tf32=True) == peak
+
+
+def test_fp32_without_tf32_is_measured_against_the_cuda_cores(monkeypatch):
+    from maws_scale.track import throughput
+
+    assert throughput.tf32_enabled() is False  # torch's default
+    monkeypatch.setattr(throughput, "tf32_enabled", lambda: False)
+    assert datasheet_peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 67.0
+    assert datasheet_peak_tflops("NVIDIA H100 NVL", "fp32") == 60.0
+    assert peak_basis("fp32") == "fp32 with TF32 off: FP32 CUDA-core peak"
+    assert datasheet_peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0  # other precisions are unaffected
+    monkeypatch.setattr(throughput, "tf32_enabled", lambda: True)
+    assert datasheet_peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 494.0 and "TF32 on" in peak_basis("fp32")
 
 
 def test_measured_peak_counts_the_timed_matmuls(monkeypatch):

@@ -313,7 +313,7 @@ def _release_engine(trainer: Any, device: torch.device) -> None:
     engine = getattr(trainer, "engine", None)
     if engine is not None and hasattr(engine, "destroy"):
         engine.destroy()
-    trainer.engine = trainer.plan = trainer.loader = None
+    trainer.engine = trainer.plan = trainer.loader = trainer.guard = None  # the guard holds the optimizer
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

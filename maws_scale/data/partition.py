@@ -154,7 +154,7 @@ def build_part(
     check_partitionable(source)
     source = fix_label_map(source, output, label_map)
     directory = Path(output) / part.dirname
-    manifest = build_dataset(PartSource(source, part), directory, shard_size, workers, progress)
+    manifest = build_dataset(PartSource(source, part), directory, shard_size, workers, progress, allow_empty=True)
     return {"part": part.dirname, "records": manifest.records, "shards": len(manifest.shards)}
 
 

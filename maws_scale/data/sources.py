@@ -141,7 +141,8 @@ class FolderSource:
 @dataclass
 class JsonlSource:
     """One JSON object per line: ``{"path": "...", "tags": [...], "label": 3?, "key": "..."?}``; relative paths
-    are resolved against the JSONL file's folder."""
+    are resolved against the JSONL file's folder. ``manifest`` may be a folder of ``*.jsonl`` files (read in name
+    order); a partitioned build then gives each part a slice of the files, so no task reads all of them."""
 
     manifest: str
     name: str = "jsonl"
@@ -149,16 +150,39 @@ class JsonlSource:
     def describe(self) -> dict[str, Any]:
         return {"manifest": self.manifest}
 
+    def _base(self) -> Path:
+        path = Path(self.manifest)
+        return path if path.is_dir() else path.parent
+
     def plan(self, shard_size: int, part: Partition | None = None) -> tuple[list[Any], Counter]:
         skipped: Counter = Counter()
-        items = [item for item in self.iter_items(skipped) if part is None or part.owns(item[0])]
-        return _file_tasks(items, Path(self.manifest).parent, shard_size), skipped
+        by_file = part is not None and Path(self.manifest).is_dir()
+        items = [
+            item
+            for item in self.iter_items(skipped, part if by_file else None)
+            if part is None or by_file or part.owns(item[0])
+        ]
+        return _file_tasks(items, self._base(), shard_size), skipped
 
-    def iter_items(self, skipped: Counter) -> Iterator[tuple[str, tuple[str, ...], int | None, str]]:
-        """(image path, tags, label, key) per good line, streamed (one line held at a time)."""
-        path = Path(self.manifest)
-        if not path.is_file():
-            raise ValueError(f"--input {path}: no such JSONL file")
+    def iter_items(
+        self, skipped: Counter, part: Partition | None = None
+    ) -> Iterator[tuple[str, tuple[str, ...], int | None, str]]:
+        """(image path, tags, label, key) per good line, streamed (one line held at a time); with ``part``, only
+        the lines of the JSONL files (of a folder) that the part owns."""
+        source = Path(self.manifest)
+        if source.is_dir():
+            files = sorted(source.glob("*.jsonl"))
+            if not files:
+                raise ValueError(f"--input {source}: no .jsonl files")
+        elif source.is_file():
+            files = [source]
+        else:
+            raise ValueError(f"--input {source}: no such JSONL file")
+        for path in files:
+            if part is None or part.owns(path.name):
+                yield from self._file_items(path, skipped)
+
+    def _file_items(self, path: Path, skipped: Counter) -> Iterator[tuple[str, tuple[str, ...], int | None, str]]:
         for number, line in enumerate(_lines(path), 1):
             if not line.strip():
                 continue
@@ -179,7 +203,7 @@ class JsonlSource:
             yield image, tuple(tags), label, key
 
     def records(self, task: list[tuple], skipped: Counter) -> Iterator[dict[str, Any]]:
-        base = Path(self.manifest).parent
+        base = self._base()
         for image, tags, label, key in task:
             data = _read(base / image, skipped)
             if data is not None:

@@ -196,3 +196,17 @@ def test_merged_manifest_streams_like_the_whole_build(tree, tmp_path, cfg_for):
     loader = build_loader(cfg_for(out), "eval", path=str(out), infinite=False)
     keys = [k for batch in loader for k in batch["keys"]]
     assert sorted(keys) == sorted(r[0] for r in _rows(out)) and loader.error_counts() == {}
+
+
+def test_a_folder_of_jsonl_files_is_sliced_by_file_and_empty_parts_merge(tree, tmp_path):
+    images = sorted(tree.rglob("*.png"))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for f in range(2):  # two JSONL files, 5 parts: at least 3 parts own no file
+        lines = [json.dumps({"path": str(p), "tags": [p.parent.name], "key": p.stem}) for p in images[f::2]]
+        (lists / f"{f}.jsonl").write_text("\n".join(lines) + "\n")
+    whole = build_dataset(JsonlSource(str(lists)), tmp_path / "whole", shard_size=SHARD, progress=False)
+    out = tmp_path / "parts"
+    sizes = [build_part(JsonlSource(str(lists)), out, Partition(i, 5), shard_size=SHARD)["records"] for i in range(5)]
+    assert sizes.count(0) >= 3 and sum(sizes) == whole.records == 60
+    assert merge_parts(out).records == 60 and _rows(out) == _rows(tmp_path / "whole")

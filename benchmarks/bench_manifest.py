@@ -181,6 +181,7 @@ def main() -> None:
                     "format": "inline JSON (v1)" if inline else "shards.arrow (v2)",
                     "code": args.baseline if inline and args.baseline else "this checkout",
                     "manifest_json_mb": (directory / "manifest.json").stat().st_size / 1e6,
+                    "shard_table_mb": sum(p.stat().st_size for p in directory.glob("shards.arrow")) / 1e6,
                     **_run_child(directory, warm, code),
                 }
                 rows.append(row)

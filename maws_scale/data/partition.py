@@ -88,8 +88,8 @@ def load_label_map(path: str | os.PathLike) -> list[str]:
 
 def fix_label_map(source: Any, output: str | os.PathLike, given: str | os.PathLike | None = None) -> Any:
     """The source with its global label map set: read from ``given``, else from ``<output>/labels.json``, else
-    listed once from the input's class folders and written there (first writer wins; every part reads the file).
-    Sources without class folders are returned unchanged."""
+    listed from the input's class folders and written there (atomically; parts that start together write the same
+    list), after which every part reads the file. Sources without class folders are returned unchanged."""
     from maws_scale.data.sources import FolderSource
 
     if not isinstance(source, FolderSource) or source.tags_file:

@@ -210,3 +210,17 @@ def test_a_folder_of_jsonl_files_is_sliced_by_file_and_empty_parts_merge(tree, t
     sizes = [build_part(JsonlSource(str(lists)), out, Partition(i, 5), shard_size=SHARD)["records"] for i in range(5)]
     assert sizes.count(0) >= 3 and sum(sizes) == whole.records == 60
     assert merge_parts(out).records == 60 and _rows(out) == _rows(tmp_path / "whole")
+
+
+def test_cli_builds_all_parts_locally_and_merges(tree, tmp_path, capsys):
+    from maws_scale.cli import main
+
+    base = ["data", "build", "--source", "folder", "--input", str(tree), "--quiet", "--shard-size", str(SHARD)]
+    assert main([*base, "--output", str(tmp_path / "a"), "--partitions", "3"]) == 1
+    assert "needs --partition I (one part here), --local or --slurm" in capsys.readouterr().err
+    assert main([*base, "--output", str(tmp_path / "b"), "--partitions", "3", "--local"]) == 0
+    assert load_manifest(tmp_path / "b").build["merged"][2]["part"] == "part-00002-of-00003"
+    merge_parts(_built_parts(tree, tmp_path / "c", count=1))
+    assert _rows(tmp_path / "b") == _rows(tmp_path / "c")
+    assert main([*base, "--output", str(tmp_path / "b"), "--partitions", "3", "--local"]) == 0  # all built: no-op
+    assert "submitted 0 of 3 parts (3 already built)" in capsys.readouterr().err

@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     part.add_argument("--time-min", type=int, default=24 * 60, help="time limit per part, minutes")
     part.add_argument("--mem-gb", type=float, help="memory per part")
     part.add_argument("--no-wait", action="store_true", help="--slurm: submit and return (then `data merge`)")
+    part.add_argument(
+        "--dry-run", action="store_true", help="--slurm: print the job array's sbatch file, submit nothing"
+    )
     build.set_defaults(func=_build)
 
     merge = actions.add_parser("merge", help="write one manifest over the parts of partitioned builds")
@@ -141,6 +144,11 @@ def _build_parts(args: argparse.Namespace, err: Console) -> int:
         cpus_per_task=max(1, args.workers),
         mem_gb=args.mem_gb,
     )
+    if args.dry_run:
+        if not args.slurm:
+            raise ValueError("--dry-run goes with --slurm")
+        print(parts.sbatch_script(parts.make_executor(options, args.output, offline=True), args.partitions))
+        return 0
     executor = parts.make_executor(options, args.output)
     jobs = parts.submit_parts(source, args.output, args.partitions, executor, size, args.workers, args.label_map)
     err.print(f"submitted {len(jobs)} of {args.partitions} parts ({args.partitions - len(jobs)} already built)")

@@ -144,12 +144,14 @@ def _map(function, directory: str | os.PathLike, units: list[list[str]], workers
 def count_tags(directory: str | os.PathLike, workers: int = 1) -> tuple[Counter, int]:
     """Count tags over every shard of a data set, map-reduce: per part (or chunk of shards) counts in ``workers``
     processes, summed; return (counts, records)."""
+    return _reduce(_map(_count_unit, directory, _units(directory, workers), workers))
+
+
+def _reduce(results: list[tuple[Counter, int]]) -> tuple[Counter, int]:
     counts: Counter = Counter()
-    records = 0
-    for part_counts, part_records in _map(_count_unit, directory, _units(directory, workers), workers):
+    for part_counts, _ in results:
         counts.update(part_counts)
-        records += part_records
-    return counts, records
+    return counts, sum(records for _, records in results)
 
 
 def build_vocab(
@@ -163,11 +165,7 @@ def build_vocab(
     if min_count is None and top_k is None:
         raise ValueError("give --min-count M or --top K")
     units = _units(directory, workers)
-    counts: Counter = Counter()
-    records = 0
-    for part_counts, part_records in _map(_count_unit, directory, units, workers):
-        counts.update(part_counts)
-        records += part_records
+    counts, records = _reduce(_map(_count_unit, directory, units, workers))
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     if min_count is not None:
         ranked = [(t, c) for t, c in ranked if c >= min_count]

@@ -176,7 +176,8 @@ class ClusterOptions:
     array_parallelism: int = 256
 
 
-def make_executor(options: ClusterOptions, output: str | os.PathLike) -> Any:
+def make_executor(options: ClusterOptions, output: str | os.PathLike, offline: bool = False) -> Any:
+    """A submitit executor for the parts; ``offline``: a SLURM executor usable without SLURM (to render sbatch)."""
     import submitit
 
     folder = options.folder or str((Path(output) / ".submitit" / "%j").absolute())
@@ -186,20 +187,36 @@ def make_executor(options: ClusterOptions, output: str | os.PathLike) -> Any:
         return executor
     if options.cluster != "slurm":
         raise ValueError(f"cluster: unknown '{options.cluster}' (local or slurm)")
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+
+    class _Offline(submitit.SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:
+            return 2
+
+    executor = (_Offline if offline else submitit.SlurmExecutor)(folder=folder)
     params: dict[str, Any] = {
-        "timeout_min": options.time_min,
+        "job_name": "maws-data-build",
+        "time": options.time_min,
+        "nodes": 1,
+        "ntasks_per_node": 1,
         "cpus_per_task": options.cpus_per_task,
-        "tasks_per_node": 1,
-        "slurm_array_parallelism": options.array_parallelism,
-        "name": "maws-data-build",
+        "array_parallelism": options.array_parallelism,
     }
     if options.partition:
-        params["slurm_partition"] = options.partition
+        params["partition"] = options.partition
     if options.mem_gb:
-        params["mem_gb"] = options.mem_gb
+        params["mem"] = f"{options.mem_gb:g}GB"
     executor.update_parameters(**params)
     return executor
+
+
+def sbatch_script(executor: Any, count: int) -> str:
+    """The sbatch file of the ``count``-task job array ``submit_parts`` would submit through ``executor``."""
+    executor.parameters["map_count"] = count
+    try:
+        return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+    finally:
+        executor.parameters.pop("map_count")
 
 
 def submit_parts(

@@ -224,3 +224,15 @@ def test_cli_builds_all_parts_locally_and_merges(tree, tmp_path, capsys):
     assert _rows(tmp_path / "b") == _rows(tmp_path / "c")
     assert main([*base, "--output", str(tmp_path / "b"), "--partitions", "3", "--local"]) == 0  # all built: no-op
     assert "submitted 0 of 3 parts (3 already built)" in capsys.readouterr().err
+
+
+def test_slurm_dry_run_prints_one_job_array_over_the_parts(tree, tmp_path, capsys):
+    from maws_scale.cli import main
+
+    argv = ["data", "build", "--source", "folder", "--input", str(tree), "--output", str(tmp_path / "o")]
+    argv += ["--partitions", "300", "--slurm", "--dry-run", "--slurm-partition", "cpu", "--workers", "8"]
+    assert main(argv) == 0
+    script = capsys.readouterr().out
+    for line in ("--array=0-299%256", "--cpus-per-task=8", "--partition=cpu", "--ntasks-per-node=1"):
+        assert f"#SBATCH {line}" in script
+    assert not (tmp_path / "o").exists()  # nothing written, nothing submitted

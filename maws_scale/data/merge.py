@@ -47,7 +47,10 @@ def collect_parts(paths: list[Path]) -> dict[Path, list[Path]]:
     groups: dict[Path, list[Path]] = {}
     seen: dict[Path, Path] = {}
     for path in paths:
-        for part in [path] if parse_part_dirname(path.name) else find_parts(path):
+        parts = [path] if parse_part_dirname(path.name) else find_parts(path)
+        if not parts:
+            raise DatasetError(f"{path}: no part-IIIII-of-KKKKK directories to merge")
+        for part in parts:
             if part.resolve() in seen:
                 raise DatasetError(f"{part}: part listed twice (also as {seen[part.resolve()]})")
             seen[part.resolve()] = part
@@ -66,8 +69,6 @@ def merge_parts(output: str | os.PathLike, builds: list[str | os.PathLike] | Non
     first: tuple[Path, Manifest] | None = None
     labels: tuple[Path, list[str] | None] | None = None
     for build, parts in groups.items():
-        if not parts:
-            raise DatasetError(f"{build}: no part-IIIII-of-KKKKK directories to merge")
         counts = {parse_part_dirname(p.name)[1] for p in parts}  # type: ignore[index]
         if len(counts) > 1:
             raise DatasetError(f"{build}: parts of different partition counts {sorted(counts)}; one build, one K")
@@ -101,7 +102,7 @@ def merge_parts(output: str | os.PathLike, builds: list[str | os.PathLike] | Non
             ]
             skipped.update(manifest.build.get("skipped", {}))
             parts_info.append({"part": prefix, "records": manifest.records, "dataset": manifest.fingerprint()})
-    assert first is not None
+    assert first is not None and labels is not None  # collect_parts found at least one part
     merged = Manifest(
         shards=shards,
         build={

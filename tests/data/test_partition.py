@@ -130,6 +130,8 @@ def test_merge_refuses_a_missing_part_and_a_part_listed_twice(tree, tmp_path):
     (out / "part-00000-of-00003").mkdir()
     with pytest.raises(DatasetError, match="different partition counts"):
         merge_parts(out)
+    with pytest.raises(DatasetError, match="no part-IIIII-of-KKKKK directories"):
+        merge_parts(tmp_path, [tree])
 
 
 def test_merge_refuses_a_part_with_another_schema_or_label_map(tree, tmp_path):

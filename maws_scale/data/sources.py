@@ -73,8 +73,9 @@ def _file_tasks(items: list[tuple], root: Path, shard_size: int) -> list[list[tu
 
 @dataclass
 class FolderSource:
-    """``root/<class>/**/*.jpg`` (tags = [class], label = class index in sorted order), or any image tree with a
-    tags file: one line per image, ``relative/path<TAB>tag1,tag2`` (no label)."""
+    """``root/<class>/**/*.jpg`` (tags = [class], label = class index in sorted order, or in ``classes``, the global
+    label map of a partitioned build), or any image tree with a tags file: one line per image,
+    ``relative/path<TAB>tag1,tag2`` (no label)."""
 
     root: str
     tags_file: str | None = None

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maws-scale",
         description="Train billion-scale ViTs with the MAWS recipe: MAE pre-pretraining, then weakly-supervised "
         "pretraining.",
+        allow_abbrev=False,  # else `data build --local` reads as an abbreviation of the hidden --local_rank
     )
     parser.add_argument("--version", action="version", version=f"maws-scale {__version__}")
     # `deepspeed -m maws_scale.cli ...` passes --local_rank=N first; the rank is read from LOCAL_RANK instead

@@ -1,4 +1,5 @@
-"""`maws-scale data build|verify|vocab`: build Arrow shards, check them, and build the hashtag vocabulary."""
+"""`maws-scale data build|merge|verify|vocab`: build Arrow shards (whole or in parts), merge parts, check them, and
+build the hashtag vocabulary. Nothing here imports torch."""
 
 from __future__ import annotations
 
@@ -31,7 +32,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--limit", type=int, help="fashion-mnist: number of records (default: the split's size)")
     build.add_argument("--seed", type=int, default=0, help="fashion-mnist: seed of tiles and noise")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    part = build.add_argument_group("partitioned builds (folder, jsonl, webdataset; see docs/data.md)")
+    part.add_argument("--partitions", type=int, help="split the input into K parts (OUTPUT/part-IIIII-of-KKKKK)")
+    part.add_argument("--partition", type=int, help="build only part I (0-based) here; resumable")
+    where = part.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="build all K parts through submitit's local executor")
+    where.add_argument("--slurm", action="store_true", help="submit all K parts as a SLURM job array (submitit)")
+    part.add_argument("--label-map", help="labels.json to use as the global class map (e.g. when appending input)")
+    part.add_argument("--slurm-partition", help="SLURM partition")
+    part.add_argument("--time-min", type=int, default=24 * 60, help="time limit per part, minutes")
+    part.add_argument("--mem-gb", type=float, help="memory per part")
+    part.add_argument("--no-wait", action="store_true", help="--slurm: submit and return (then `data merge`)")
+    part.add_argument(
+        "--dry-run", action="store_true", help="--slurm: print the job array's sbatch file, submit nothing"
+    )
     build.set_defaults(func=_build)
+
+    merge = actions.add_parser("merge", help="write one manifest over the parts of partitioned builds")
+    merge.add_argument("dir", help="dataset directory to write manifest.json into (holds the parts by default)")
+    merge.add_argument("--parts", nargs="+", help="build directories or part directories (default: DIR)")
+    merge.set_defaults(func=_merge)
 
     verify = actions.add_parser("verify", help="re-read every shard: checksums, schema, every image decoded")
     verify.add_argument("dir", help="dataset directory (holds manifest.json)")
@@ -45,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vocab.add_argument("--min-count", type=int, help="keep tags seen in at least M records")
     vocab.add_argument("--top", type=int, help="keep the K most frequent tags")
     vocab.add_argument("--output", help="where to write (default DIR/vocab.json)")
+    vocab.add_argument("--workers", type=int, default=1, help="processes counting parts (or shard chunks) in parallel")
     vocab.set_defaults(func=_vocab)
 
 
@@ -76,6 +97,8 @@ def _build(args: argparse.Namespace) -> int:
     _logging()
     err = Console(stderr=True, soft_wrap=True)
     try:
+        if args.partitions is not None or args.partition is not None or args.local or args.slurm:
+            return _build_parts(args, err)
         source = _source(args)
         manifest = build_dataset(source, args.output, parse_size(args.shard_size), args.workers, not args.quiet)
     except (ValueError, DatasetError) as error:
@@ -85,6 +108,81 @@ def _build(args: argparse.Namespace) -> int:
     err.print(
         f"[green]built[/] {args.output}: {manifest.records} records in {len(manifest.shards)} shards, "
         f"{manifest.bytes / 1e6:.1f} MB" + (f", skipped {skipped}" if skipped else ""),
+        highlight=False,
+    )
+    return 0
+
+
+def _build_parts(args: argparse.Namespace, err: Console) -> int:
+    from maws_scale.data import partition as parts
+    from maws_scale.data.build import parse_size
+    from maws_scale.data.merge import merge_parts
+
+    if args.partitions is None:
+        raise ValueError("--partition, --local and --slurm need --partitions K")
+    source, size = _source(args), parse_size(args.shard_size)
+    if args.partition is not None:
+        if args.local or args.slurm:
+            raise ValueError("--partition I builds one part here; --local/--slurm build all of them")
+        summary = parts.build_part(
+            source,
+            args.output,
+            parts.Partition(args.partition, args.partitions),
+            size,
+            args.workers,
+            not args.quiet,
+            args.label_map,
+        )
+        err.print(f"[green]built[/] {args.output}/{summary['part']}: {summary['records']} records", highlight=False)
+        return 0
+    if not (args.local or args.slurm):
+        raise ValueError("--partitions K needs --partition I (one part here), --local or --slurm (all parts)")
+    options = parts.ClusterOptions(
+        cluster="slurm" if args.slurm else "local",
+        partition=args.slurm_partition,
+        time_min=args.time_min,
+        cpus_per_task=max(1, args.workers),
+        mem_gb=args.mem_gb,
+    )
+    if args.dry_run:
+        if not args.slurm:
+            raise ValueError("--dry-run goes with --slurm")
+        print(parts.sbatch_script(parts.make_executor(options, args.output, offline=True), args.partitions))
+        return 0
+    executor = parts.make_executor(options, args.output)
+    jobs = parts.submit_parts(source, args.output, args.partitions, executor, size, args.workers, args.label_map)
+    err.print(f"submitted {len(jobs)} of {args.partitions} parts ({args.partitions - len(jobs)} already built)")
+    if args.slurm and args.no_wait:
+        err.print(f"job {jobs[0][1].job_id.split('_')[0] if jobs else '-'}; then `maws-scale data merge {args.output}`")
+        return 0
+    failed = parts.wait_parts(jobs)
+    for name, reason in failed.items():
+        err.print(f"[bold red]part failed:[/] {name}: {reason}", highlight=False)
+    if failed:
+        err.print("re-run the same command: finished parts are kept, unfinished ones resume", highlight=False)
+        return 1
+    manifest = merge_parts(args.output)
+    err.print(
+        f"[green]built[/] {args.output}: {manifest.records} records in {len(manifest.shards)} shards over "
+        f"{args.partitions} parts, {manifest.bytes / 1e6:.1f} MB",
+        highlight=False,
+    )
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from maws_scale.data.merge import merge_parts
+    from maws_scale.data.shards import DatasetError
+
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        manifest = merge_parts(args.dir, args.parts)
+    except DatasetError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 1
+    err.print(
+        f"[green]merged[/] {len(manifest.build['merged'])} parts into {args.dir}: {manifest.records} records in "
+        f"{len(manifest.shards)} shards",
         highlight=False,
     )
     return 0
@@ -132,7 +230,7 @@ def _vocab(args: argparse.Namespace) -> int:
 
     err = Console(stderr=True, soft_wrap=True)
     try:
-        vocab, stats = build_vocab(args.dir, args.min_count, args.top, args.output)
+        vocab, stats = build_vocab(args.dir, args.min_count, args.top, args.output, args.workers)
     except (ValueError, DatasetError) as error:
         err.print(f"[bold red]error:[/] {error}", highlight=False)
         return 1

@@ -112,12 +112,14 @@ def build_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     workers: int = 1,
     progress: bool = True,
+    allow_empty: bool = False,
 ) -> Manifest:
-    """Build (or resume building) ``output`` from ``source``; return the manifest written there."""
+    """Build (or resume building) ``output`` from ``source``; return the manifest written there. ``allow_empty``:
+    an input without records gives an empty manifest (a part of a partitioned build may own nothing)."""
     output = Path(output)
     (output / BUILD_DIR).mkdir(parents=True, exist_ok=True)
     tasks, plan_skipped = source.plan(shard_size)
-    if not tasks:
+    if not tasks and not allow_empty:
         raise DatasetError(f"{source.name}: the input holds no usable records ({dict(plan_skipped) or 'empty'})")
     plan_id = hashlib.sha256(repr((source.describe(), shard_size, tasks)).encode()).hexdigest()[:16]
     plan_path = output / BUILD_DIR / "plan.json"

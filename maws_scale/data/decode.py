@@ -13,10 +13,13 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -179,15 +182,18 @@ def normalize_on_device(
     images: torch.Tensor,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """uint8 (B, 3, H, W) (any memory layout) → contiguous ``dtype`` (x / 255 - mean) / std on ``images``' device."""
+    """uint8 (B, 3, H, W) (any memory layout) → contiguous ``dtype`` (default float32) (x / 255 - mean) / std on
+    ``images``' device. (torch is imported here, so building data sets never loads it.)"""
+    import torch
+
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != len(mean):
         raise ValueError(f"expected uint8 (B, {len(mean)}, H, W) images, got {images.dtype} {tuple(images.shape)}")
     scale, shift = _normalize_constants(images.device, tuple(mean), tuple(std))
     out = torch.empty(images.shape, dtype=torch.float32, device=images.device).copy_(images)
     out.mul_(scale.view(1, -1, 1, 1)).sub_(shift.view(1, -1, 1, 1))
-    return out.to(dtype)
+    return out.to(dtype or torch.float32)
 
 
 _CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -198,6 +204,8 @@ def _normalize_constants(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) fp32 vectors on ``device``, made once per device: a ``torch.tensor(list, device=cuda)`` per
     batch would be a blocking host-to-device copy."""
+    import torch
+
     key = (device, mean, std)
     if key not in _CONSTANTS:
         scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,16 +87,31 @@ def load_vocab(path: str | os.PathLike) -> Vocabulary:
     return Vocabulary(tags, counts)
 
 
-def count_tags(directory: str | os.PathLike) -> tuple[Counter, int]:
-    """Count tags over every shard of a data set, one record batch at a time; return (counts, records)."""
-    manifest = load_manifest(directory)
+def _units(directory: str | os.PathLike, workers: int) -> list[list[str]]:
+    """The map units of a data set: the shards of each part of a merged build, else about 4 chunks per worker."""
+    files = [shard.file for shard in load_manifest(directory).shards]
+    by_part: dict[str, list[str]] = {}
+    for file in files:
+        by_part.setdefault(str(Path(file).parent), []).append(file)
+    if len(by_part) > 1:
+        return list(by_part.values())
+    size = max(1, -(-len(files) // (4 * max(1, workers))))
+    return [files[i : i + size] for i in range(0, len(files), size)]
+
+
+def _tag_column(directory: str, file: str) -> pa.ChunkedArray:
+    table = open_shard(Path(directory) / file)
+    if "tags" not in table.column_names:
+        raise DatasetError(f"{Path(directory) / file}: no 'tags' column")
+    return table["tags"]
+
+
+def _count_unit(directory: str, files: list[str]) -> tuple[Counter, int]:
+    """Map step: tag counts (once per record) and records over some shards (only the tags column is read)."""
     counts: Counter = Counter()
     records = 0
-    for shard in manifest.shards:
-        table = open_shard(Path(directory) / shard.file)
-        if "tags" not in table.column_names:
-            raise DatasetError(f"{Path(directory) / shard.file}: no 'tags' column")
-        for chunk in table["tags"].chunks:
+    for file in files:
+        for chunk in _tag_column(directory, file).chunks:
             records += len(chunk)
             flat = pc.list_flatten(chunk)
             # count each tag once per record, as the targets do
@@ -107,16 +123,49 @@ def count_tags(directory: str | os.PathLike) -> tuple[Counter, int]:
     return counts, records
 
 
+def _without_unit(directory: str, files: list[str], vocab: Vocabulary) -> int:
+    """Records without a known tag over some shards."""
+    without = 0
+    for file in files:
+        for chunk in _tag_column(directory, file).chunks:
+            rows, _ = vocab.ids(chunk)
+            without += len(chunk) - len(np.unique(rows))
+    return without
+
+
+def _map(function, directory: str | os.PathLike, units: list[list[str]], workers: int, *extra: object) -> list:
+    if workers <= 1 or len(units) <= 1:
+        return [function(str(directory), unit, *extra) for unit in units]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(function, str(directory), unit, *extra) for unit in units]
+        return [future.result() for future in futures]
+
+
+def count_tags(directory: str | os.PathLike, workers: int = 1) -> tuple[Counter, int]:
+    """Count tags over every shard of a data set, map-reduce: per part (or chunk of shards) counts in ``workers``
+    processes, summed; return (counts, records)."""
+    return _reduce(_map(_count_unit, directory, _units(directory, workers), workers))
+
+
+def _reduce(results: list[tuple[Counter, int]]) -> tuple[Counter, int]:
+    counts: Counter = Counter()
+    for part_counts, _ in results:
+        counts.update(part_counts)
+    return counts, sum(records for _, records in results)
+
+
 def build_vocab(
     directory: str | os.PathLike,
     min_count: int | None = None,
     top_k: int | None = None,
     output: str | os.PathLike | None = None,
+    workers: int = 1,
 ) -> tuple[Vocabulary, dict[str, int]]:
     """Keep tags with count >= min_count and/or the top_k most frequent; write vocab.json; return (vocab, stats)."""
     if min_count is None and top_k is None:
         raise ValueError("give --min-count M or --top K")
-    counts, records = count_tags(directory)
+    units = _units(directory, workers)
+    counts, records = _reduce(_map(_count_unit, directory, units, workers))
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     if min_count is not None:
         ranked = [(t, c) for t, c in ranked if c >= min_count]
@@ -125,13 +174,9 @@ def build_vocab(
     if not ranked:
         raise DatasetError(f"{directory}: no tag passes min_count={min_count} top_k={top_k} ({len(counts)} tags seen)")
     vocab = Vocabulary([t for t, _ in ranked], [c for _, c in ranked])
-    without = 0
-    manifest = load_manifest(directory)
-    for shard in manifest.shards:
-        for chunk in open_shard(Path(directory) / shard.file)["tags"].chunks:
-            rows, _ = vocab.ids(chunk)
-            without += len(chunk) - len(np.unique(rows))
+    # second map over the tags column only: which records keep a known tag depends on the vocabulary just chosen
+    without = sum(_map(_without_unit, directory, units, workers, vocab))
     stats = {"records": records, "records_without_known_tag": without, "tags_seen": len(counts)}
     target = Path(output) if output else Path(directory) / VOCAB
-    vocab.save(target, min_count=min_count, top_k=top_k, dataset=manifest.fingerprint(), **stats)
+    vocab.save(target, min_count=min_count, top_k=top_k, dataset=load_manifest(directory).fingerprint(), **stats)
     return vocab, stats

@@ -51,7 +51,7 @@ def build_loader(
     vocab = _vocab(cfg, stage, root)
     has_labels = _has_labels(root, manifest)
     order = GlobalOrder(
-        [s.records for s in manifest.shards], seed=cfg.seed, shuffle=stage != "eval", window=cfg.data.shuffle_buffer
+        manifest.record_counts(), seed=cfg.seed, shuffle=stage != "eval", window=cfg.data.shuffle_buffer
     )
     spec = StreamSpec(
         root=str(root),

@@ -47,12 +47,13 @@ class GlobalOrder:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_shard_order", "_group", "_window_perm"):
+        for name in ("_shard_order", "_group", "_window_perm", "_natural_starts"):
             state.pop(name)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self._natural_starts = np.concatenate([[0], np.cumsum(self.counts)])
         self._make_caches()
 
     def describe(self) -> dict[str, int | bool]:

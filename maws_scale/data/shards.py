@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from maws_scale.data.shard_table import SHARD_TABLE, ShardTable, write_shard_table
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_VERSION = 2  # 1: shard list inline in manifest.json; 2: in shards.arrow
 FORMAT = "arrow-ipc-file"
 ROWS_PER_BATCH = 256
 
@@ -156,66 +159,101 @@ class ShardInfo:
 
 @dataclass
 class Manifest:
-    """The dataset's table of contents (``manifest.json``)."""
+    """The dataset's table of contents: ``manifest.json`` plus the shard list in ``shards.arrow`` (a memory-mapped
+    :class:`~maws_scale.data.shard_table.ShardTable` once loaded; a plain list while building)."""
 
-    shards: list[ShardInfo]
+    shards: Sequence[ShardInfo]
     build: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     format: str = FORMAT
     columns: list[str] = field(default_factory=lambda: list(SCHEMA.names))
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def records(self) -> int:
+        if isinstance(self.shards, ShardTable):
+            return int(self.shards.record_counts().sum())
         return sum(s.records for s in self.shards)
 
     @property
     def bytes(self) -> int:
+        if isinstance(self.shards, ShardTable):
+            return int(self.shards.byte_sizes().sum())
         return sum(s.bytes for s in self.shards)
+
+    def record_counts(self) -> np.ndarray:
+        """int64 records per shard (zero-copy from a loaded shard table)."""
+        if isinstance(self.shards, ShardTable):
+            return self.shards.record_counts()
+        return np.fromiter((s.records for s in self.shards), dtype=np.int64, count=len(self.shards))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
+            "manifest_version": MANIFEST_VERSION,
             "format": self.format,
             "created": self.created,
             "records": self.records,
             "bytes": self.bytes,
             "columns": self.columns,
-            "shards": [vars(s) for s in self.shards],
+            "shard_count": len(self.shards),
+            "shard_table": SHARD_TABLE,
+            "fingerprint": _fingerprint(s.sha256 for s in self.shards),
             "build": self.build,
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``shards.arrow``, then ``manifest.json`` (last: a directory with a manifest is complete)."""
+        write_shard_table(Path(directory) / SHARD_TABLE, self.shards)
         path = Path(directory) / MANIFEST
         write_json_atomic(path, self.to_json())
         return path
 
     def fingerprint(self) -> str:
-        """A short id of the shard contents (changes when any shard changes)."""
-        digest = hashlib.sha256("".join(s.sha256 for s in self.shards).encode())
-        return digest.hexdigest()[:16]
+        """A short id of the shard contents (changes when any shard changes); computed once for a loaded manifest."""
+        if self._fingerprint is not None:
+            return self._fingerprint
+        value = _fingerprint(s.sha256 for s in self.shards)
+        if isinstance(self.shards, ShardTable):  # read-only: safe to cache (a list may still be edited)
+            self._fingerprint = value
+        return value
+
+
+def _fingerprint(checksums: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for checksum in checksums:
+        digest.update(checksum.encode())
+    return digest.hexdigest()[:16]
 
 
 def load_manifest(directory: str | os.PathLike) -> Manifest:
-    """Read ``<directory>/manifest.json``; raise DatasetError naming the file and the problem."""
+    """Read ``<directory>/manifest.json`` (and map its ``shards.arrow``); raise DatasetError naming the file."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise DatasetError(
             f"{path}: no manifest; build the dataset with `maws-scale data build ... --output {directory}`"
         )
+    fingerprint = None
     try:
         raw = json.loads(path.read_text())
         version = int(raw["schema_version"])
-        shards = [
-            ShardInfo(
-                file=str(s["file"]),
-                records=int(s["records"]),
-                bytes=int(s["bytes"]),
-                sha256=str(s["sha256"]),
-                skipped=dict(s.get("skipped", {})),
-            )
-            for s in raw["shards"]
-        ]
+        if "shard_table" in raw:
+            shards: Sequence[ShardInfo] = ShardTable(Path(directory) / str(raw["shard_table"]))
+            if len(shards) != int(raw["shard_count"]):
+                raise ValueError(f"shard_count {raw['shard_count']} but {raw['shard_table']} lists {len(shards)}")
+            fingerprint = raw.get("fingerprint")
+        else:  # manifest_version 1: the shard list inline
+            shards = [
+                ShardInfo(
+                    file=str(s["file"]),
+                    records=int(s["records"]),
+                    bytes=int(s["bytes"]),
+                    sha256=str(s["sha256"]),
+                    skipped=dict(s.get("skipped", {})),
+                )
+                for s in raw["shards"]
+            ]
     except (ValueError, KeyError, TypeError) as err:
         raise DatasetError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None
     if version > SCHEMA_VERSION:
@@ -227,4 +265,5 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
         format=raw.get("format", FORMAT),
         columns=list(raw.get("columns", SCHEMA.names)),
         created=raw.get("created", ""),
+        _fingerprint=fingerprint,
     )

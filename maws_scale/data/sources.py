@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maws_scale.data.build import group_by_size
 from maws_scale.data.decode import open_image
+
+if TYPE_CHECKING:
+    from maws_scale.data.partition import Partition
 
 log = logging.getLogger("maws_scale.data")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -42,6 +46,21 @@ def _read(path: Path, skipped: Counter) -> bytes | None:
         return None
 
 
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a text file, streamed, without their newline."""
+    with open(path) as handle:
+        for line in handle:
+            yield line.rstrip("\n")
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every file under ``folder`` in a stable order (sorted per directory), listing one directory at a time."""
+    for current, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            yield Path(current) / name
+
+
 def _file_tasks(items: list[tuple], root: Path, shard_size: int) -> list[list[tuple]]:
     sizes = []
     for item in items:
@@ -54,42 +73,60 @@ def _file_tasks(items: list[tuple], root: Path, shard_size: int) -> list[list[tu
 
 @dataclass
 class FolderSource:
-    """``root/<class>/**/*.jpg`` (tags = [class], label = class index in sorted order), or any image tree with a
-    tags file: one line per image, ``relative/path<TAB>tag1,tag2`` (no label)."""
+    """``root/<class>/**/*.jpg`` (tags = [class], label = class index in sorted order, or in ``classes``, the global
+    label map of a partitioned build), or any image tree with a tags file: one line per image,
+    ``relative/path<TAB>tag1,tag2`` (no label)."""
 
     root: str
     tags_file: str | None = None
     name: str = "folder"
+    classes: tuple[str, ...] | None = None  # the global label map (partitioned builds); default: sorted class folders
 
     def describe(self) -> dict[str, Any]:
         return {"root": self.root, "tags_file": self.tags_file}
 
-    def plan(self, shard_size: int) -> tuple[list[Any], Counter]:
+    def class_names(self) -> list[str]:
+        """The class folders in sorted order (label = position); ValueError when there are none."""
         root = Path(self.root)
         if not root.is_dir():
             raise ValueError(f"--input {root}: not a directory")
+        classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        if not classes:
+            raise ValueError(f"--input {root}: no class subfolders (or pass --tags FILE)")
+        return classes
+
+    def plan(self, shard_size: int, part: Partition | None = None) -> tuple[list[Any], Counter]:
         skipped: Counter = Counter()
-        items: list[tuple[str, tuple[str, ...], int | None]] = []
+        items = [item for item in self.iter_items(skipped) if part is None or part.owns(item[0])]
+        return _file_tasks(items, Path(self.root), shard_size), skipped
+
+    def iter_items(self, skipped: Counter) -> Iterator[tuple[str, tuple[str, ...], int | None]]:
+        """(relative path, tags, label) per image, streamed (one directory listing held at a time)."""
+        root = Path(self.root)
+        if not root.is_dir():
+            raise ValueError(f"--input {root}: not a directory")
         if self.tags_file:
-            lines = Path(self.tags_file).read_text().splitlines()
-            for number, line in enumerate(lines, 1):
-                if not line.strip() or line.startswith("#"):
-                    continue
-                rel, sep, tags = line.partition("\t")
-                if not sep or not rel.strip():
-                    skipped["bad_tags_line"] += 1
-                    log.warning("%s:%d: expected 'path<TAB>tag1,tag2', skipped", self.tags_file, number)
-                    continue
-                items.append((rel.strip(), tuple(t.strip() for t in tags.split(",") if t.strip()), None))
-        else:
-            classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-            if not classes:
-                raise ValueError(f"--input {root}: no class subfolders (or pass --tags FILE)")
-            for label, name in enumerate(classes):
-                for path in sorted((root / name).rglob("*")):
-                    if path.suffix.lower() in IMAGE_EXTENSIONS:
-                        items.append((str(path.relative_to(root)), (name,), label))
-        return _file_tasks(items, root, shard_size), skipped
+            with open(self.tags_file) as lines:
+                for number, line in enumerate(lines, 1):
+                    line = line.rstrip("\n")
+                    if not line.strip() or line.startswith("#"):
+                        continue
+                    rel, sep, tags = line.partition("\t")
+                    if not sep or not rel.strip():
+                        skipped["bad_tags_line"] += 1
+                        log.warning("%s:%d: expected 'path<TAB>tag1,tag2', skipped", self.tags_file, number)
+                        continue
+                    yield rel.strip(), tuple(t.strip() for t in tags.split(",") if t.strip()), None
+            return
+        found = self.class_names()
+        classes = list(self.classes) if self.classes is not None else found
+        index = {name: label for label, name in enumerate(classes)}
+        for name in found:
+            if name not in index:
+                raise ValueError(f"--input {root / name}: class folder '{name}' is not in the global label map")
+            for path in _walk(root / name):
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    yield str(path.relative_to(root)), (name,), index[name]
 
     def records(self, task: list[tuple], skipped: Counter) -> Iterator[dict[str, Any]]:
         root = Path(self.root)
@@ -105,7 +142,8 @@ class FolderSource:
 @dataclass
 class JsonlSource:
     """One JSON object per line: ``{"path": "...", "tags": [...], "label": 3?, "key": "..."?}``; relative paths
-    are resolved against the JSONL file's folder."""
+    are resolved against the JSONL file's folder. ``manifest`` may be a folder of ``*.jsonl`` files (read in name
+    order); a partitioned build then gives each part a slice of the files, so no task reads all of them."""
 
     manifest: str
     name: str = "jsonl"
@@ -113,13 +151,40 @@ class JsonlSource:
     def describe(self) -> dict[str, Any]:
         return {"manifest": self.manifest}
 
-    def plan(self, shard_size: int) -> tuple[list[Any], Counter]:
+    def _base(self) -> Path:
         path = Path(self.manifest)
-        if not path.is_file():
-            raise ValueError(f"--input {path}: no such JSONL file")
+        return path if path.is_dir() else path.parent
+
+    def plan(self, shard_size: int, part: Partition | None = None) -> tuple[list[Any], Counter]:
         skipped: Counter = Counter()
-        items = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        by_file = part is not None and Path(self.manifest).is_dir()
+        items = [
+            item
+            for item in self.iter_items(skipped, part if by_file else None)
+            if part is None or by_file or part.owns(item[0])
+        ]
+        return _file_tasks(items, self._base(), shard_size), skipped
+
+    def iter_items(
+        self, skipped: Counter, part: Partition | None = None
+    ) -> Iterator[tuple[str, tuple[str, ...], int | None, str]]:
+        """(image path, tags, label, key) per good line, streamed (one line held at a time); with ``part``, only
+        the lines of the JSONL files (of a folder) that the part owns."""
+        source = Path(self.manifest)
+        if source.is_dir():
+            files = sorted(source.glob("*.jsonl"))
+            if not files:
+                raise ValueError(f"--input {source}: no .jsonl files")
+        elif source.is_file():
+            files = [source]
+        else:
+            raise ValueError(f"--input {source}: no such JSONL file")
+        for path in files:
+            if part is None or part.owns(path.name):
+                yield from self._file_items(path, skipped)
+
+    def _file_items(self, path: Path, skipped: Counter) -> Iterator[tuple[str, tuple[str, ...], int | None, str]]:
+        for number, line in enumerate(_lines(path), 1):
             if not line.strip():
                 continue
             try:
@@ -136,11 +201,10 @@ class JsonlSource:
                 skipped["bad_jsonl_line"] += 1
                 log.warning("%s:%d: skipped (%s: %s)", path, number, type(err).__name__, err)
                 continue
-            items.append((image, tuple(tags), label, key))
-        return _file_tasks(items, path.parent, shard_size), skipped
+            yield image, tuple(tags), label, key
 
     def records(self, task: list[tuple], skipped: Counter) -> Iterator[dict[str, Any]]:
-        base = Path(self.manifest).parent
+        base = self._base()
         for image, tags, label, key in task:
             data = _read(base / image, skipped)
             if data is not None:
@@ -161,11 +225,12 @@ class WebDatasetSource:
     def describe(self) -> dict[str, Any]:
         return {"path": self.path}
 
-    def plan(self, shard_size: int) -> tuple[list[Any], Counter]:
+    def plan(self, shard_size: int, part: Partition | None = None) -> tuple[list[Any], Counter]:
         root = Path(self.path)
         tars = sorted(root.glob("*.tar")) if root.is_dir() else [root]
         if not tars or not all(t.is_file() for t in tars):
             raise ValueError(f"--input {root}: no .tar files")
+        tars = [t for t in tars if part is None or part.owns(t.name)]  # a part is a slice of the tar files
         items = [str(t) for t in tars]
         return group_by_size(items, [t.stat().st_size for t in tars], shard_size), Counter()
 

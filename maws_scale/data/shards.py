@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from maws_scale.errors import RunError
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 FORMAT = "arrow-ipc-file"
@@ -40,7 +42,7 @@ SCHEMA = pa.schema(
 REQUIRED = ("key", "image", "tags")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(RunError):
     """A dataset directory or shard that cannot be used; the message names the file."""
 
 
@@ -93,10 +95,15 @@ def write_shard(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -
 
 
 def open_shard(path: str | os.PathLike) -> pa.Table:
-    """Memory-map an Arrow IPC shard and return it as a zero-copy table (raises DatasetError)."""
+    """Memory-map an Arrow IPC shard and return it as a zero-copy table (raises DatasetError).
+
+    The table is fully validated (offsets within bounds, valid UTF-8): corrupted buffers would otherwise crash the
+    reader later (e.g. ``SystemError`` from a negative string length). Image bytes are not read by this check."""
     try:
         source = pa.memory_map(str(path), "r")
-        return ipc.open_file(source).read_all()
+        table = ipc.open_file(source).read_all()
+        table.validate(full=True)
+        return table
     except (OSError, pa.ArrowInvalid) as err:
         raise DatasetError(f"{path}: unreadable Arrow shard ({err})") from None
 
@@ -196,6 +203,24 @@ class Manifest:
         return digest.hexdigest()[:16]
 
 
+def _shard_list_problem(shards: list[ShardInfo]) -> str | None:
+    """What makes a manifest's shard list unusable (the loader would silently lose records), or None."""
+    if not shards:
+        return "no shards: the data set is empty"
+    seen: set[str] = set()
+    for info in shards:
+        if not info.file or Path(info.file).name != info.file or info.file in (".", ".."):
+            return f"shard file '{info.file}' must be a plain file name inside the data set directory"
+        if info.file in seen:
+            return f"shard '{info.file}' is listed twice"
+        seen.add(info.file)
+        if info.records <= 0:
+            return f"shard '{info.file}' has records={info.records}; every listed shard must hold at least one record"
+        if info.bytes <= 0:
+            return f"shard '{info.file}' has bytes={info.bytes}"
+    return None
+
+
 def load_manifest(directory: str | os.PathLike) -> Manifest:
     """Read ``<directory>/manifest.json``; raise DatasetError naming the file and the problem."""
     path = Path(directory) / MANIFEST
@@ -204,7 +229,7 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
             f"{path}: no manifest; build the dataset with `maws-scale data build ... --output {directory}`"
         )
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
         version = int(raw["schema_version"])
         shards = [
             ShardInfo(
@@ -216,10 +241,12 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
             )
             for s in raw["shards"]
         ]
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DatasetError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None
     if version > SCHEMA_VERSION:
         raise DatasetError(f"{path}: schema_version {version} is newer than this maws-scale ({SCHEMA_VERSION})")
+    if (problem := _shard_list_problem(shards)) is not None:
+        raise DatasetError(f"{path}: malformed manifest ({problem})")
     return Manifest(
         shards=shards,
         build=raw.get("build", {}),

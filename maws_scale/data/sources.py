@@ -1,7 +1,9 @@
 """Sources for the shard builder: image folders, JSONL manifests, webdataset tar shards.
 
 Image bytes are stored exactly as found (never re-encoded); the header is parsed to record width/height and to
-reject files that are not images. Anything skipped is counted by reason and logged with its file or line.
+reject files that are not images. Anything skipped is counted by reason and logged with its file or line: one bad
+input (a name that is not UTF-8, a non-integer or out-of-range label, tags that are not a list of strings, an
+undecodable line, a key seen before) never stops a build. EXIF orientation is not applied (pixels as stored).
 """
 
 from __future__ import annotations
@@ -20,15 +22,47 @@ from maws_scale.data.decode import open_image
 
 log = logging.getLogger("maws_scale.data")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print and log (undecodable bytes and lone surrogates as escapes)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def metadata_problem(key: Any, tags: Any, label: Any) -> str | None:
+    """Why a record's key, tags or label cannot be stored, or None."""
+    if not isinstance(key, str) or not key or not _is_utf8(key):
+        return f"key {printable(str(key))!r} is not a non-empty UTF-8 string"
+    if not isinstance(tags, list) or not all(isinstance(t, str) and _is_utf8(t) for t in tags):
+        return f"tags must be a list of UTF-8 strings, got {printable(repr(tags))[:80]}"
+    if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
+        return f"label must be an integer, got {printable(repr(label))[:40]}"
+    if label is not None and not INT64[0] <= label <= INT64[1]:
+        return f"label {label} does not fit in 64 bits"
+    return None
 
 
 def image_record(key: str, data: bytes, tags: list[str], label: int | None, where: str, skipped: Counter):
-    """A record for encoded image bytes, or None (counted, logged) when the bytes are not a readable image."""
+    """A record for encoded image bytes, or None (counted, logged) when the metadata cannot be stored
+    (``bad_record``) or the bytes are not a readable image."""
+    if (problem := metadata_problem(key, tags, label)) is not None:
+        skipped["bad_record"] += 1
+        log.warning("skipping %s: %s", printable(where), problem)
+        return None
     try:
         width, height = open_image(data).size
     except Exception as err:  # PIL raises several types on non-images
         skipped["unreadable_image"] += 1
-        log.warning("skipping %s: not a readable image (%s)", where, err)
+        log.warning("skipping %s: not a readable image (%s)", printable(where), err)
         return None
     return {"key": key, "image": data, "tags": tags, "label": label, "width": width, "height": height}
 
@@ -38,8 +72,33 @@ def _read(path: Path, skipped: Counter) -> bytes | None:
         return path.read_bytes()
     except OSError as err:
         skipped["unreadable_file"] += 1
-        log.warning("skipping %s: %s", path, err.strerror)
+        log.warning("skipping %s: %s", printable(str(path)), err.strerror)
         return None
+
+
+def _unique_keys(items: list[tuple], key_of, where_of, skipped: Counter) -> list[tuple]:
+    """Drop (count as ``duplicate_key``, log) items whose key an earlier item already has: keys are unique."""
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        key = key_of(item)
+        if key in seen:
+            skipped["duplicate_key"] += 1
+            log.warning("skipping %s: key %r already used by another input", printable(where_of(item)), printable(key))
+            continue
+        seen.add(key)
+        kept.append(item)
+    return kept
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) of a text file; text is None for a line that is not valid UTF-8."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                yield number, None
 
 
 def _file_tasks(items: list[tuple], root: Path, shard_size: int) -> list[list[tuple]]:
@@ -71,12 +130,11 @@ class FolderSource:
         skipped: Counter = Counter()
         items: list[tuple[str, tuple[str, ...], int | None]] = []
         if self.tags_file:
-            lines = Path(self.tags_file).read_text().splitlines()
-            for number, line in enumerate(lines, 1):
-                if not line.strip() or line.startswith("#"):
+            for number, line in _lines(Path(self.tags_file)):
+                if line is not None and (not line.strip() or line.startswith("#")):
                     continue
-                rel, sep, tags = line.partition("\t")
-                if not sep or not rel.strip():
+                rel, sep, tags = (line or "").partition("\t")
+                if line is None or not sep or not rel.strip():
                     skipped["bad_tags_line"] += 1
                     log.warning("%s:%d: expected 'path<TAB>tag1,tag2', skipped", self.tags_file, number)
                     continue
@@ -89,6 +147,7 @@ class FolderSource:
                 for path in sorted((root / name).rglob("*")):
                     if path.suffix.lower() in IMAGE_EXTENSIONS:
                         items.append((str(path.relative_to(root)), (name,), label))
+        items = _unique_keys(items, lambda it: str(Path(it[0]).with_suffix("")), lambda it: str(root / it[0]), skipped)
         return _file_tasks(items, root, shard_size), skipped
 
     def records(self, task: list[tuple], skipped: Counter) -> Iterator[dict[str, Any]]:
@@ -119,24 +178,29 @@ class JsonlSource:
             raise ValueError(f"--input {path}: no such JSONL file")
         skipped: Counter = Counter()
         items = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
+        for number, line in _lines(path):
+            if line is not None and not line.strip():
                 continue
             try:
+                if line is None:
+                    raise ValueError("the line is not valid UTF-8")
                 obj = json.loads(line)
-                image = str(obj["path"])
-                tags = obj.get("tags", [])
-                if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                    raise TypeError("'tags' must be a list of strings")
-                label = obj.get("label")
-                if label is not None and not isinstance(label, int):
-                    raise TypeError("'label' must be an integer")
-                key = str(obj.get("key") or Path(image).with_suffix(""))
+                if not isinstance(obj, dict):
+                    raise TypeError("expected a JSON object")
+                image = obj["path"]
+                if not isinstance(image, str) or not image or not _is_utf8(image):
+                    raise TypeError("'path' must be a non-empty UTF-8 string")
+                tags, label = obj.get("tags", []), obj.get("label")
+                key = obj.get("key") or str(Path(image).with_suffix(""))
+                if (problem := metadata_problem(key, tags, label)) is not None:
+                    raise TypeError(problem)
             except (ValueError, KeyError, TypeError) as err:
                 skipped["bad_jsonl_line"] += 1
-                log.warning("%s:%d: skipped (%s: %s)", path, number, type(err).__name__, err)
+                log.warning("%s:%d: skipped (%s: %s)", path, number, type(err).__name__, printable(str(err)))
                 continue
-            items.append((image, tuple(tags), label, key))
+            items.append((image, tuple(tags), label, key, number))
+        where = lambda it: f"{path}:{it[4]}"  # noqa: E731
+        items = [it[:4] for it in _unique_keys(items, lambda it: it[3], where, skipped)]
         return _file_tasks(items, path.parent, shard_size), skipped
 
     def records(self, task: list[tuple], skipped: Counter) -> Iterator[dict[str, Any]]:
@@ -170,11 +234,18 @@ class WebDatasetSource:
         return group_by_size(items, [t.stat().st_size for t in tars], shard_size), Counter()
 
     def records(self, task: list[str], skipped: Counter) -> Iterator[dict[str, Any]]:
+        seen: set[str] = set()  # keys are unique within a task (one output shard)
         for tar_path in task:
             try:
                 with tarfile.open(tar_path, "r|*") as tar:
-                    yield from self._samples(tar, tar_path, skipped)
-            except (tarfile.TarError, OSError) as err:
+                    for record in self._samples(tar, tar_path, skipped):
+                        if record["key"] in seen:
+                            skipped["duplicate_key"] += 1
+                            log.warning("%s: key %r seen before, skipped", tar_path, printable(record["key"]))
+                            continue
+                        seen.add(record["key"])
+                        yield record
+            except (tarfile.TarError, OSError, EOFError, ValueError) as err:  # not a tar, or truncated
                 skipped["unreadable_tar"] += 1
                 log.warning("%s: unreadable tar after some records (%s)", tar_path, err)
 
@@ -208,21 +279,22 @@ class WebDatasetSource:
             skipped["no_image"] += 1
             log.warning("%s: sample %s has no image, skipped", tar_path, key)
             return None
-        tags: list[str] = []
-        label: int | None = None
+        tags: Any = []
+        label: Any = None
         try:
             if "json" in parts:
                 meta = json.loads(parts["json"])
-                tags = [str(t) for t in meta.get("tags", [])] if isinstance(meta, dict) else []
-                label = meta.get("label") if isinstance(meta, dict) else None
+                if not isinstance(meta, dict):
+                    raise ValueError(f"json must be an object, got {type(meta).__name__}")
+                tags, label = meta.get("tags", []), meta.get("label")
+                if not isinstance(tags, list):  # a string would be split into letters, a dict give its keys
+                    raise ValueError(f"'tags' must be a list, got {type(tags).__name__}")
             elif "txt" in parts:
                 tags = [t.strip() for t in parts["txt"].decode().split(",") if t.strip()]
             if "cls" in parts:
                 label = int(parts["cls"].decode().strip())
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
             skipped["bad_metadata"] += 1
-            log.warning("%s: sample %s has unreadable metadata (%s), skipped", tar_path, key, err)
+            log.warning("%s: sample %s has unreadable metadata (%s), skipped", tar_path, printable(key), err)
             return None
-        if label is not None and not isinstance(label, int):
-            label = None
         return image_record(key, image, tags, label, f"{tar_path}:{key}", skipped)

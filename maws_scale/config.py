@@ -257,8 +257,8 @@ class RunConfig(BaseModel):
         """This config with ``stage`` selected and that stage's ``stages.<stage>`` overrides applied."""
         if stage not in STAGES:
             raise ConfigError(f"stage: unknown stage '{stage}' (known: {', '.join(STAGES)})")
-        raw = self.model_dump(mode="json")
-        overrides = raw.pop("stages", {}).get(stage, {})
+        raw = self.model_dump(mode="json", exclude={"stages"})
+        overrides = copy.deepcopy(self.stages.get(stage) or {})  # as given: a JSON dump would turn .inf into null
         raw["stage"] = stage
         for key, value in _flatten(overrides).items():
             _set_dotted(raw, key, value, origin=f"stages.{stage}")

@@ -12,9 +12,11 @@ import pkgutil
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from maws_scale import __version__, commands
 from maws_scale.config import ConfigError
+from maws_scale.errors import RunError
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -47,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(args.func(args) or 0)
     except ConfigError as err:
-        console.print(f"[bold red]config error:[/] {err}", highlight=False)
+        console.print(f"[bold red]config error:[/] {escape(str(err))}", highlight=False)
         return 2
+    except (RunError, OSError) as err:  # diverged, unusable data, disk full: one line, no traceback
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        return 1
     if not had_world and _world_exists():  # the command made the process groups: tear them down before exit
         from maws_scale.parallel.distributed import shutdown_distributed
 

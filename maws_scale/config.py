@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -81,6 +81,12 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.05, ge=0.0)
     eps: float = Field(1e-8, gt=0.0)
     impl: Literal["auto", "apex", "torch", "deepspeed"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> OptimConfig:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must each lie in [0, 1), got {list(self.betas)}")
+        return self
 
 
 class ScheduleConfig(_Section):
@@ -173,7 +179,7 @@ STAGES = ("mae", "wsp")
 class RunConfig(BaseModel):
     """Everything a run does. ``stages`` holds per-stage dotted overrides used by the MAE → WSP pipeline."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     stage: Literal["mae", "wsp"] = "mae"
     seed: int = 0
@@ -255,8 +261,8 @@ class RunConfig(BaseModel):
         """This config with ``stage`` selected and that stage's ``stages.<stage>`` overrides applied."""
         if stage not in STAGES:
             raise ConfigError(f"stage: unknown stage '{stage}' (known: {', '.join(STAGES)})")
-        raw = self.model_dump(mode="json")
-        overrides = raw.pop("stages", {}).get(stage, {})
+        raw = self.model_dump(mode="json", exclude={"stages"})
+        overrides = copy.deepcopy(self.stages.get(stage) or {})  # as given: a JSON dump would turn .inf into null
         raw["stage"] = stage
         for key, value in _flatten(overrides).items():
             _set_dotted(raw, key, value, origin=f"stages.{stage}")
@@ -279,9 +285,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if path is not None:
         origin = str(path)
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as err:
             raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}); give a YAML config") from None
         try:
             raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         except yaml.YAMLError as err:
@@ -336,6 +344,10 @@ def _check_keys(raw: Any, model: type[BaseModel], prefix: str, origin: str) -> N
             for stage, stage_overrides in value.items():
                 if stage not in STAGES:
                     raise ConfigError(f"{origin}: unknown stage 'stages.{stage}' (known: {', '.join(STAGES)})")
+                if stage_overrides is not None and not isinstance(stage_overrides, dict):
+                    raise ConfigError(
+                        f"{origin}: stages.{stage} must be a mapping of overrides, got {type(stage_overrides).__name__}"
+                    )
                 for sub_key in _flatten(stage_overrides or {}):
                     _resolve_dotted(sub_key, origin=f"{origin}: stages.{stage}")
 

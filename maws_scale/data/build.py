@@ -179,7 +179,10 @@ def build_dataset(
     shards = [
         ShardInfo(r["file"], r["records"], r["bytes"], r["sha256"], dict(r.get("skipped", {})))
         for _, r in sorted(receipts.items())
+        if r["records"] > 0  # a shard whose every input was bad holds nothing (its skips are counted above)
     ]
+    if not shards and not allow_empty:
+        raise DatasetError(f"{source.name}: the input holds no usable records ({dict(skipped) or 'empty'})")
     manifest = Manifest(
         shards=shards,
         build={

@@ -100,12 +100,23 @@ def decode_into(image: Image.Image, box: Sequence[float], out: np.ndarray, flip:
             image.draft(image.mode if image.mode in ("L", "RGB") else "RGB", (full_w // reduce, full_h // reduce))
     sx, sy = full_w / image.size[0], full_h / image.size[1]
     if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
+        image = to_8bit(image).convert("RGB")
     crop_box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
     pixels = np.asarray(image.resize((out.shape[1], side), Image.Resampling.BICUBIC, box=crop_box))
     if flip:
         pixels = pixels[:, ::-1]
     out[:] = pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale (mode ``I;16*``, or ``I`` holding 16-bit values) scaled to 8-bit ``L`` (0..65535 → 0..255);
+    PIL's own conversion clips every value above 255 to white. Other modes are returned as they are."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    pixels = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+        pixels = pixels / 257.0
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
 
 
 def open_image(data: bytes) -> Image.Image:

@@ -77,11 +77,13 @@ def load_vocab(path: str | os.PathLike) -> Vocabulary:
             "(or set wsp.vocab)"
         )
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
         tags = [str(t) for t in raw["tags"]]
         counts = [int(c) for c in raw.get("counts", [0] * len(tags))]
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DatasetError(f"{path}: malformed vocabulary ({type(err).__name__}: {err})") from None
+    if not tags:
+        raise DatasetError(f"{path}: the vocabulary holds no tags; rebuild it with a lower --min-count")
     if len(set(tags)) != len(tags):
         raise DatasetError(f"{path}: duplicate tags in the vocabulary")
     return Vocabulary(tags, counts)

@@ -7,6 +7,7 @@ version, how it was built). Images are stored as the encoded bytes they came in 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from maws_scale.data.shard_table import SHARD_TABLE, ShardTable, write_shard_table
+from maws_scale.errors import RunError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -43,7 +45,7 @@ SCHEMA = pa.schema(
 REQUIRED = ("key", "image", "tags")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(RunError):
     """A dataset directory or shard that cannot be used; the message names the file."""
 
 
@@ -96,10 +98,15 @@ def write_shard(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -
 
 
 def open_shard(path: str | os.PathLike) -> pa.Table:
-    """Memory-map an Arrow IPC shard and return it as a zero-copy table (raises DatasetError)."""
+    """Memory-map an Arrow IPC shard and return it as a zero-copy table (raises DatasetError).
+
+    The table is fully validated (offsets within bounds, valid UTF-8): corrupted buffers would otherwise crash the
+    reader later (e.g. ``SystemError`` from a negative string length). Image bytes are not read by this check."""
     try:
         source = pa.memory_map(str(path), "r")
-        return ipc.open_file(source).read_all()
+        table = ipc.open_file(source).read_all()
+        table.validate(full=True)
+        return table
     except (OSError, pa.ArrowInvalid) as err:
         raise DatasetError(f"{path}: unreadable Arrow shard ({err})") from None
 
@@ -204,7 +211,10 @@ class Manifest:
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``shards.arrow``, then ``manifest.json`` (last: a directory with a manifest is complete)."""
+        """Write ``shards.arrow``, then ``manifest.json`` (last: a directory with a manifest is complete); refuse a
+        shard list the loader could not use."""
+        if (problem := _shard_list_problem(list(self.shards), allow_empty=True)) is not None:
+            raise DatasetError(f"{directory}: refusing to save a manifest: {problem}")
         write_shard_table(Path(directory) / SHARD_TABLE, self.shards)
         path = Path(directory) / MANIFEST
         write_json_atomic(path, self.to_json())
@@ -227,6 +237,39 @@ def _fingerprint(checksums: Iterable[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def inline_manifest_json(manifest: Manifest) -> dict[str, Any]:
+    """``manifest`` in the inline form of manifest version 1 (the shard list inside manifest.json); still loads."""
+    raw = {k: v for k, v in manifest.to_json().items() if k not in ("manifest_version", "shard_table", "shard_count")}
+    raw.pop("fingerprint", None)
+    return {**raw, "shards": [dataclasses.asdict(s) for s in manifest.shards]}
+
+
+def _shard_list_problem(shards: Sequence[ShardInfo], allow_empty: bool = False) -> str | None:
+    """What makes a manifest's shard list unusable (the loader would silently lose records), or None. A loaded
+    shard table is checked by its mapped columns (counts and sizes; its names were checked when it was saved)."""
+    if not shards:
+        return None if allow_empty else "no shards: the data set is empty"
+    if isinstance(shards, ShardTable):
+        if shards.record_counts().min() <= 0 or shards.byte_sizes().min() <= 0:
+            index = int(np.argmin(np.minimum(shards.record_counts(), shards.byte_sizes())))
+            info = shards[index]
+            return f"shard '{info.file}' has records={info.records}, bytes={info.bytes}; both must be positive"
+        return None
+    seen: set[str] = set()
+    for info in shards:
+        parts = Path(info.file).parts
+        if not info.file or Path(info.file).is_absolute() or not parts or ".." in parts or "." in parts:
+            return f"shard file '{info.file}' must be a relative path inside the data set directory"
+        if info.file in seen:
+            return f"shard '{info.file}' is listed twice"
+        seen.add(info.file)
+        if info.records <= 0:
+            return f"shard '{info.file}' has records={info.records}; every listed shard must hold at least one record"
+        if info.bytes <= 0:
+            return f"shard '{info.file}' has bytes={info.bytes}"
+    return None
+
+
 def load_manifest(directory: str | os.PathLike) -> Manifest:
     """Read ``<directory>/manifest.json`` (and map its ``shards.arrow``); raise DatasetError naming the file."""
     path = Path(directory) / MANIFEST
@@ -236,7 +279,7 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
         )
     fingerprint = None
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
         version = int(raw["schema_version"])
         if "shard_table" in raw:
             shards: Sequence[ShardInfo] = ShardTable(Path(directory) / str(raw["shard_table"]))
@@ -254,10 +297,13 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
                 )
                 for s in raw["shards"]
             ]
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DatasetError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None
     if version > SCHEMA_VERSION:
         raise DatasetError(f"{path}: schema_version {version} is newer than this maws-scale ({SCHEMA_VERSION})")
+    part = bool(raw.get("build", {}).get("options", {}).get("partition"))  # a part may own no input
+    if (problem := _shard_list_problem(shards, allow_empty=part)) is not None:
+        raise DatasetError(f"{path}: malformed manifest ({problem})")
     return Manifest(
         shards=shards,
         build=raw.get("build", {}),

@@ -1,7 +1,9 @@
 """Sources for the shard builder: image folders, JSONL manifests, webdataset tar shards.
 
 Image bytes are stored exactly as found (never re-encoded); the header is parsed to record width/height and to
-reject files that are not images. Anything skipped is counted by reason and logged with its file or line.
+reject files that are not images. Anything skipped is counted by reason and logged with its file or line: one bad
+input (a name that is not UTF-8, a non-integer or out-of-range label, tags that are not a list of strings, an
+undecodable line, a key seen before) never stops a build. EXIF orientation is not applied (pixels as stored).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,15 +26,47 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("maws_scale.data")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print and log (undecodable bytes and lone surrogates as escapes)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def metadata_problem(key: Any, tags: Any, label: Any) -> str | None:
+    """Why a record's key, tags or label cannot be stored, or None."""
+    if not isinstance(key, str) or not key or not _is_utf8(key):
+        return f"key {printable(str(key))!r} is not a non-empty UTF-8 string"
+    if not isinstance(tags, list) or not all(isinstance(t, str) and _is_utf8(t) for t in tags):
+        return f"tags must be a list of UTF-8 strings, got {printable(repr(tags))[:80]}"
+    if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
+        return f"label must be an integer, got {printable(repr(label))[:40]}"
+    if label is not None and not INT64[0] <= label <= INT64[1]:
+        return f"label {label} does not fit in 64 bits"
+    return None
 
 
 def image_record(key: str, data: bytes, tags: list[str], label: int | None, where: str, skipped: Counter):
-    """A record for encoded image bytes, or None (counted, logged) when the bytes are not a readable image."""
+    """A record for encoded image bytes, or None (counted, logged) when the metadata cannot be stored
+    (``bad_record``) or the bytes are not a readable image."""
+    if (problem := metadata_problem(key, tags, label)) is not None:
+        skipped["bad_record"] += 1
+        log.warning("skipping %s: %s", printable(where), problem)
+        return None
     try:
         width, height = open_image(data).size
     except Exception as err:  # PIL raises several types on non-images
         skipped["unreadable_image"] += 1
-        log.warning("skipping %s: not a readable image (%s)", where, err)
+        log.warning("skipping %s: not a readable image (%s)", printable(where), err)
         return None
     return {"key": key, "image": data, "tags": tags, "label": label, "width": width, "height": height}
 
@@ -42,15 +76,32 @@ def _read(path: Path, skipped: Counter) -> bytes | None:
         return path.read_bytes()
     except OSError as err:
         skipped["unreadable_file"] += 1
-        log.warning("skipping %s: %s", path, err.strerror)
+        log.warning("skipping %s: %s", printable(str(path)), err.strerror)
         return None
 
 
-def _lines(path: Path) -> Iterator[str]:
-    """The lines of a text file, streamed, without their newline."""
-    with open(path) as handle:
-        for line in handle:
-            yield line.rstrip("\n")
+def _unique_keys(items: Iterable[tuple], key_of, where_of, skipped: Counter) -> Iterator[tuple]:
+    """Drop (count as ``duplicate_key``, log) items whose key an earlier item already has: keys are unique.
+    Streams; holds the keys seen (of one part, in a partitioned build: parts are split by key)."""
+    seen: set[str] = set()
+    for item in items:
+        key = key_of(item)
+        if key in seen:
+            skipped["duplicate_key"] += 1
+            log.warning("skipping %s: key %r already used by another input", printable(where_of(item)), printable(key))
+            continue
+        seen.add(key)
+        yield item
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) of a text file, streamed; text is None for a line that is not valid UTF-8."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                yield number, None
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -59,6 +110,11 @@ def _walk(folder: Path) -> Iterator[Path]:
         dirs.sort()
         for name in sorted(files):
             yield Path(current) / name
+
+
+def _folder_key(rel: str) -> str:
+    """A folder source's record key: the image path without its suffix (``x.jpg`` and ``x.png`` collide)."""
+    return str(Path(rel).with_suffix(""))
 
 
 def _file_tasks(items: list[tuple], root: Path, shard_size: int) -> list[list[tuple]]:
@@ -97,8 +153,10 @@ class FolderSource:
 
     def plan(self, shard_size: int, part: Partition | None = None) -> tuple[list[Any], Counter]:
         skipped: Counter = Counter()
-        items = [item for item in self.iter_items(skipped) if part is None or part.owns(item[0])]
-        return _file_tasks(items, Path(self.root), shard_size), skipped
+        root = Path(self.root)
+        owned = (item for item in self.iter_items(skipped) if part is None or part.owns(_folder_key(item[0])))
+        items = list(_unique_keys(owned, lambda it: _folder_key(it[0]), lambda it: str(root / it[0]), skipped))
+        return _file_tasks(items, root, shard_size), skipped
 
     def iter_items(self, skipped: Counter) -> Iterator[tuple[str, tuple[str, ...], int | None]]:
         """(relative path, tags, label) per image, streamed (one directory listing held at a time)."""
@@ -106,17 +164,15 @@ class FolderSource:
         if not root.is_dir():
             raise ValueError(f"--input {root}: not a directory")
         if self.tags_file:
-            with open(self.tags_file) as lines:
-                for number, line in enumerate(lines, 1):
-                    line = line.rstrip("\n")
-                    if not line.strip() or line.startswith("#"):
-                        continue
-                    rel, sep, tags = line.partition("\t")
-                    if not sep or not rel.strip():
-                        skipped["bad_tags_line"] += 1
-                        log.warning("%s:%d: expected 'path<TAB>tag1,tag2', skipped", self.tags_file, number)
-                        continue
-                    yield rel.strip(), tuple(t.strip() for t in tags.split(",") if t.strip()), None
+            for number, line in _lines(Path(self.tags_file)):
+                if line is not None and (not line.strip() or line.startswith("#")):
+                    continue
+                rel, sep, tags = (line or "").partition("\t")
+                if line is None or not sep or not rel.strip():
+                    skipped["bad_tags_line"] += 1
+                    log.warning("%s:%d: expected 'path<TAB>tag1,tag2', skipped", self.tags_file, number)
+                    continue
+                yield rel.strip(), tuple(t.strip() for t in tags.split(",") if t.strip()), None
             return
         found = self.class_names()
         classes = list(self.classes) if self.classes is not None else found
@@ -133,8 +189,7 @@ class FolderSource:
         for rel, tags, label in task:
             data = _read(root / rel, skipped)
             if data is not None:
-                key = str(Path(rel).with_suffix(""))
-                record = image_record(key, data, list(tags), label, str(root / rel), skipped)
+                record = image_record(_folder_key(rel), data, list(tags), label, str(root / rel), skipped)
                 if record:
                     yield record
 
@@ -158,18 +213,20 @@ class JsonlSource:
     def plan(self, shard_size: int, part: Partition | None = None) -> tuple[list[Any], Counter]:
         skipped: Counter = Counter()
         by_file = part is not None and Path(self.manifest).is_dir()
-        items = [
+        owned = (
             item
             for item in self.iter_items(skipped, part if by_file else None)
-            if part is None or by_file or part.owns(item[0])
-        ]
+            if part is None or by_file or part.owns(item[3])
+        )
+        where = lambda it: f"{it[4]}:{it[5]}"  # noqa: E731
+        items = [it[:4] for it in _unique_keys(owned, lambda it: it[3], where, skipped)]
         return _file_tasks(items, self._base(), shard_size), skipped
 
     def iter_items(
         self, skipped: Counter, part: Partition | None = None
-    ) -> Iterator[tuple[str, tuple[str, ...], int | None, str]]:
-        """(image path, tags, label, key) per good line, streamed (one line held at a time); with ``part``, only
-        the lines of the JSONL files (of a folder) that the part owns."""
+    ) -> Iterator[tuple[str, tuple[str, ...], int | None, str, Path, int]]:
+        """(image path, tags, label, key, file, line number) per good line, streamed (one line held at a time);
+        with ``part``, only the lines of the JSONL files (of a folder) that the part owns."""
         source = Path(self.manifest)
         if source.is_dir():
             files = sorted(source.glob("*.jsonl"))
@@ -183,25 +240,30 @@ class JsonlSource:
             if part is None or part.owns(path.name):
                 yield from self._file_items(path, skipped)
 
-    def _file_items(self, path: Path, skipped: Counter) -> Iterator[tuple[str, tuple[str, ...], int | None, str]]:
-        for number, line in enumerate(_lines(path), 1):
-            if not line.strip():
+    def _file_items(
+        self, path: Path, skipped: Counter
+    ) -> Iterator[tuple[str, tuple[str, ...], int | None, str, Path, int]]:
+        for number, line in _lines(path):
+            if line is not None and not line.strip():
                 continue
             try:
+                if line is None:
+                    raise ValueError("the line is not valid UTF-8")
                 obj = json.loads(line)
-                image = str(obj["path"])
-                tags = obj.get("tags", [])
-                if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                    raise TypeError("'tags' must be a list of strings")
-                label = obj.get("label")
-                if label is not None and not isinstance(label, int):
-                    raise TypeError("'label' must be an integer")
-                key = str(obj.get("key") or Path(image).with_suffix(""))
+                if not isinstance(obj, dict):
+                    raise TypeError("expected a JSON object")
+                image = obj["path"]
+                if not isinstance(image, str) or not image or not _is_utf8(image):
+                    raise TypeError("'path' must be a non-empty UTF-8 string")
+                tags, label = obj.get("tags", []), obj.get("label")
+                key = obj.get("key") or str(Path(image).with_suffix(""))
+                if (problem := metadata_problem(key, tags, label)) is not None:
+                    raise TypeError(problem)
             except (ValueError, KeyError, TypeError) as err:
                 skipped["bad_jsonl_line"] += 1
-                log.warning("%s:%d: skipped (%s: %s)", path, number, type(err).__name__, err)
+                log.warning("%s:%d: skipped (%s: %s)", path, number, type(err).__name__, printable(str(err)))
                 continue
-            yield image, tuple(tags), label, key
+            yield image, tuple(tags), label, key, path, number
 
     def records(self, task: list[tuple], skipped: Counter) -> Iterator[dict[str, Any]]:
         base = self._base()
@@ -235,11 +297,18 @@ class WebDatasetSource:
         return group_by_size(items, [t.stat().st_size for t in tars], shard_size), Counter()
 
     def records(self, task: list[str], skipped: Counter) -> Iterator[dict[str, Any]]:
+        seen: set[str] = set()  # keys are unique within a task (one output shard)
         for tar_path in task:
             try:
                 with tarfile.open(tar_path, "r|*") as tar:
-                    yield from self._samples(tar, tar_path, skipped)
-            except (tarfile.TarError, OSError) as err:
+                    for record in self._samples(tar, tar_path, skipped):
+                        if record["key"] in seen:
+                            skipped["duplicate_key"] += 1
+                            log.warning("%s: key %r seen before, skipped", tar_path, printable(record["key"]))
+                            continue
+                        seen.add(record["key"])
+                        yield record
+            except (tarfile.TarError, OSError, EOFError, ValueError) as err:  # not a tar, or truncated
                 skipped["unreadable_tar"] += 1
                 log.warning("%s: unreadable tar after some records (%s)", tar_path, err)
 
@@ -273,21 +342,22 @@ class WebDatasetSource:
             skipped["no_image"] += 1
             log.warning("%s: sample %s has no image, skipped", tar_path, key)
             return None
-        tags: list[str] = []
-        label: int | None = None
+        tags: Any = []
+        label: Any = None
         try:
             if "json" in parts:
                 meta = json.loads(parts["json"])
-                tags = [str(t) for t in meta.get("tags", [])] if isinstance(meta, dict) else []
-                label = meta.get("label") if isinstance(meta, dict) else None
+                if not isinstance(meta, dict):
+                    raise ValueError(f"json must be an object, got {type(meta).__name__}")
+                tags, label = meta.get("tags", []), meta.get("label")
+                if not isinstance(tags, list):  # a string would be split into letters, a dict give its keys
+                    raise ValueError(f"'tags' must be a list, got {type(tags).__name__}")
             elif "txt" in parts:
                 tags = [t.strip() for t in parts["txt"].decode().split(",") if t.strip()]
             if "cls" in parts:
                 label = int(parts["cls"].decode().strip())
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
             skipped["bad_metadata"] += 1
-            log.warning("%s: sample %s has unreadable metadata (%s), skipped", tar_path, key, err)
+            log.warning("%s: sample %s has unreadable metadata (%s), skipped", tar_path, printable(key), err)
             return None
-        if label is not None and not isinstance(label, int):
-            label = None
         return image_record(key, image, tags, label, f"{tar_path}:{key}", skipped)

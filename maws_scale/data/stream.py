@@ -9,7 +9,11 @@ positions: that single number is the loader state, so a run resumes exactly — 
 Bad data never stops the stream: an unreadable, checksum-mismatched or wrongly typed shard, a corrupt image, an
 empty key, or (for WSP) a record without a known tag is dropped, counted by reason and logged with shard and key.
 Training batches keep their shape by repeating valid samples of the same batch; eval batches just shrink. Counts
-travel back from worker processes with every batch.
+travel back from worker processes with every batch. A shard is fully validated when opened (Arrow offsets, UTF-8),
+so a shard with corrupted buffers is skipped as ``unreadable_shard`` too. Only an endless (training) stream with no
+usable record stops: after :func:`unusable_limit` records in a row were dropped, iteration raises
+:class:`DataStallError` naming the data path and the reason counts (every shard missing, a vocabulary none of whose
+tags occur, ...). A one-pass (eval) stream just ends, with everything counted.
 """
 
 from __future__ import annotations
@@ -35,6 +39,18 @@ from maws_scale.data.shards import BinaryColumn, DatasetError, Manifest, check_s
 log = logging.getLogger("maws_scale.data")
 STATE_VERSION = 1
 SMALL_ARRAY = 1 << 16
+MAX_UNUSABLE = 100_000  # consecutive dropped records (at most an epoch) before a stream is declared dead
+
+
+class DataStallError(DatasetError):
+    """Not one usable record in a long run of records: training could never make progress on this data."""
+
+
+def unusable_limit(spec: StreamSpec) -> int:
+    """Records in a row that may be dropped before :class:`DataStallError`: ``MAX_UNUSABLE`` or the records of
+    the shards the order interleaves, whichever is larger, but never more than one epoch."""
+    largest = max((s.records for s in spec.manifest.shards), default=0)
+    return min(spec.order.size, max(MAX_UNUSABLE, spec.order.mix * largest))
 
 
 @dataclass
@@ -65,6 +81,7 @@ class _Shards:
         self.spec = spec
         self.keep = keep
         self.tables: dict[int, _Shard | str] = {}
+        self.warned_untagged = False
 
     def get(self, index: int) -> _Shard | str:
         if index in self.tables:
@@ -181,7 +198,9 @@ class ShardStream(IterableDataset):
             targets, known = spec.vocab.soft_targets(rows["tags"])
             if (untagged := int((ok & ~known).sum())) > 0:
                 errors["no_known_tag"] += untagged
-                log.debug("%d records without a known tag skipped for WSP", untagged)
+                level = logging.DEBUG if shards.warned_untagged else logging.WARNING
+                shards.warned_untagged = True
+                log.log(level, "%d records without a tag of the vocabulary skipped for WSP (no_known_tag)", untagged)
             ok &= known
             out["targets"] = targets
         if spec.want_labels:
@@ -236,9 +255,16 @@ def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray) -> dict[st
             for i in where:
                 out["reason"][i] = opened
             continue
-        taken = opened.table.take(pa.array(row_ids[where]))
-        keys = taken["key"].to_pylist()
-        images = opened.images.get(row_ids[where])
+        try:
+            taken = opened.table.take(pa.array(row_ids[where]))
+            keys = taken["key"].to_pylist()
+            images = opened.images.get(row_ids[where])
+        except Exception as err:  # corrupt buffers that passed validation: the shard is unusable, never the run
+            log.error("skipping shard %s: %s (unreadable_shard)", out["shard"][where[0]], err)
+            shards.tables[int(shard)] = "unreadable_shard"
+            for i in where:
+                out["reason"][i] = "unreadable_shard"
+            continue
         for i, key, image in zip(where, keys, images):
             if key:
                 out["key"][i] = key
@@ -354,16 +380,30 @@ class StreamLoader:
             pin_memory=self.pin_memory,
             **kwargs,
         )
+        limit, streak = unusable_limit(self.spec) if self.infinite else None, Counter()
         for item in loader:
-            self._errors.update(item.pop("_errors"))
+            errors = item.pop("_errors")
+            self._errors.update(errors)
             self.consumed = int(item.pop("_end"))
             item.pop("_batch")
             if item.pop("_empty", False):
+                streak.update(errors)
+                if limit is not None and streak.total() >= limit:
+                    raise self._stalled(streak)
                 continue
+            streak.clear()
             for name, value in item.items():
                 if isinstance(value, np.ndarray):
                     item[name] = torch.from_numpy(value).pin_memory() if self.pin_memory else torch.from_numpy(value)
             yield item
+
+    def _stalled(self, streak: Counter) -> DataStallError:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in streak.most_common())
+        return DataStallError(
+            f"{self.spec.root}: no usable record in the last {streak.total()} records read ({reasons}); training "
+            f"cannot make progress on this data. Check it with `maws-scale data verify {self.spec.root}`"
+            + (" and that the WSP vocabulary's tags occur in it" if "no_known_tag" in streak else "")
+        )
 
     def __len__(self) -> int:
         if self.infinite:

@@ -45,6 +45,9 @@ def verify_shard(root: str, info: ShardInfo, decode: bool = True) -> ShardReport
         report.problem = "missing"
         return report
     report.bytes = path.stat().st_size
+    if report.bytes != info.bytes:  # the loader skips such a shard (size_mismatch): verify must not pass it
+        report.problem = f"size_mismatch: {report.bytes} bytes, manifest says {info.bytes}"
+        return report
     if sha256_file(path) != info.sha256:
         report.problem = "checksum_mismatch"
         return report

@@ -47,6 +47,10 @@ def fill_single_process_env() -> None:
 
 
 def resolve_backend(backend: str = "auto") -> str:
+    if backend == "nccl" and not torch.cuda.is_available():
+        from maws_scale.config import ConfigError
+
+        raise ConfigError("parallel.backend=nccl needs CUDA GPUs, and none is visible; use auto or gloo")
     if backend != "auto":
         return backend
     return "nccl" if torch.cuda.is_available() else "gloo"

@@ -2,7 +2,10 @@
 
 Every MLflow call runs on one background thread fed by a queue, so a slow or dead tracking server costs the training
 loop nothing: the first failure is warned about once, records are buffered (bounded; the oldest are dropped when
-full) and retried, and whatever is still undelivered at the end is reported and given up after a timeout.
+full) and retried, and whatever is still undelivered at the end is reported and given up after a timeout. Each HTTP
+request is bounded (``MLFLOW_HTTP_REQUEST_TIMEOUT`` 10 s, 2 retries unless set in the environment), and a request
+that hangs longer than ``stall_warn`` (30 s) is warned about from the training thread, so a dying server is
+reported within a minute and costs the final flush 5 s, not 30.
 
 Default store: ``sqlite:///<output_dir>/mlflow.db`` with artifacts in ``<output_dir>/mlartifacts`` (the old
 ``./mlruns`` file store raises in MLflow 3.17). ``tracking.uri`` (or ``--tracking-uri``) points at a server instead.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -30,6 +34,11 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
 RUN_ID_FILE = "mlflow_run_id"
 _STOP = object()
+HTTP_LIMITS = {  # MLflow's defaults (120 s, 7 retries with backoff) keep a dying server's request alive for minutes
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
 
 
 class TrackingWarning(UserWarning):
@@ -86,6 +95,7 @@ class MLflowTracker:
         flush_timeout: float = 30.0,
         retry_every: float = 20.0,
         max_buffer: int = 200_000,
+        stall_warn: float = 30.0,
     ) -> None:
         try:
             import mlflow  # noqa: F401  (fail here, on the main thread, with a clear message)
@@ -102,6 +112,12 @@ class MLflowTracker:
         self.run_id_file = Path(run_id_file) if run_id_file else None
         self.flush_timeout = flush_timeout
         self.retry_every = retry_every
+        self.stall_warn = stall_warn
+        self._busy_since: float | None = None  # when the delivery in progress started (None: idle)
+        self._remote = uri.startswith(("http://", "https://"))
+        if self._remote:
+            for name, value in HTTP_LIMITS.items():
+                os.environ.setdefault(name, value)
         self.run_id: str | None = None
         self.dropped = 0
         self.failures = 0
@@ -115,25 +131,43 @@ class MLflowTracker:
 
     # ----- main-thread API (never blocks on the server) -----------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
+        self._check_stalled()
         self._queue.put(("params", flatten_params(params)))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self._check_stalled()
         stamp = int(time.time() * 1000)
         values = {k: float(v) for k, v in metrics.items() if v is not None}
         self._queue.put(("metrics", (values, step, stamp)))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._check_stalled()
         self._queue.put(("artifact", (str(path), artifact_path)))
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Flush (up to ``flush_timeout`` seconds, 5 s if the server is down) and close the run."""
+        """Flush (up to ``flush_timeout`` seconds, 5 s if the server is down or hanging) and close the run."""
         self._queue.put((_STOP, status))
-        self._thread.join(self.flush_timeout if self._healthy else min(self.flush_timeout, 5.0))
+        healthy = self._healthy and self._stalled_for() < self.stall_warn
+        self._thread.join(self.flush_timeout if healthy else min(self.flush_timeout, 5.0))
         if self._thread.is_alive():
             left = self._queue.qsize() + len(self._pending)
             self._warn(f"gave up on {left} tracking records after the flush timeout; the run's metrics are incomplete")
         if self.dropped:
             self._warn(f"dropped {self.dropped} tracking records while the server was unreachable")
+
+    def _stalled_for(self) -> float:
+        since = self._busy_since
+        return 0.0 if since is None or not self._remote else time.monotonic() - since
+
+    def _check_stalled(self) -> None:
+        """Warn (once, from the training thread) when a delivery has hung for ``stall_warn`` seconds."""
+        stalled = self._stalled_for()
+        if stalled >= self.stall_warn and not self._warned:
+            self._warned = True
+            self._warn(
+                f"the tracking server has not answered for {stalled:.0f} s; training continues, records are buffered "
+                "and retried"
+            )
 
     # ----- background thread --------------------------------------------------------------------------------------
     def _warn(self, message: str) -> None:
@@ -166,6 +200,7 @@ class MLflowTracker:
             if time.monotonic() < next_try:
                 continue
             try:
+                self._busy_since = time.monotonic()
                 self._deliver()
                 if stopping is not None:
                     self._client.set_terminated(self.run_id, status=stopping)
@@ -173,10 +208,12 @@ class MLflowTracker:
                 if not self._healthy:
                     log.warning("MLflow (%s): reachable again; buffered records delivered", self.uri)
                 self._healthy = True
+                self._busy_since = None
             except Exception as err:  # any failure of the server or the network: buffer and keep going
                 self.failures += 1
                 self._healthy = False
                 next_try = time.monotonic() + self.retry_every
+                self._busy_since = None
                 if not self._warned:
                     self._warned = True
                     self._warn(

@@ -10,9 +10,14 @@ Layout of ``checkpoint.dir`` (one per stage)::
     .tmp-step_00000300/       a save in progress (ignored, removed by the next save)
     .universal/step_00000200/ DeepSpeed universal checkpoint, made on demand for a resume on another DP size
 
-A save writes into ``.tmp-<tag>/<tag>``, every rank barriers, rank 0 writes ``complete`` and renames the directory
-into place; ``resume: auto`` takes the newest directory with a marker. Checkpoints assume a file system shared by
-all ranks (as DeepSpeed's own ``save_checkpoint`` does).
+A save writes into ``.tmp-<tag>/<tag>``, every rank barriers, rank 0 writes ``complete`` (with the size of every
+file) and renames the directory into place; ``resume: auto`` takes the newest directory with a marker whose files
+are intact, warning about (and passing over) damaged ones. Checkpoints assume a file system shared by all ranks (as
+DeepSpeed's own ``save_checkpoint`` does).
+
+Health: a checkpoint is *healthy* once the optimizer step after it was finite (a ``healthy`` file is added then).
+The trainer never saves during a non-finite streak, rolls back only to the newest healthy checkpoint, and pruning
+(``keep_last``) always keeps the newest healthy one.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ import torch
 import torch.distributed as dist
 
 from maws_scale.config import ConfigError
+from maws_scale.errors import RunError, write_error
 from maws_scale.train.bf16_checkpoint import bf16_optimizer_shards, bf16_optimizer_state
 
 log = logging.getLogger("maws_scale.train")
 
 MARKER = "complete"
+HEALTHY = "healthy"
 TAG_RE = re.compile(r"^step_(\d+)$")
 TMP_PREFIX = ".tmp-"
 UNIVERSAL_DIR = ".universal"
@@ -96,6 +103,26 @@ class CheckpointInfo:
     def zero_stage(self) -> int:
         return int(self.meta.get("zero_stage", 0))
 
+    @property
+    def healthy(self) -> bool:
+        return (self.path / HEALTHY).is_file()
+
+    def damage(self) -> str | None:
+        """None when every file the marker lists has its recorded size and the trainer state loads, else what is
+        wrong (markers written before sizes were recorded are only checked for the trainer state)."""
+        for name, size in dict(self.meta.get("files", {})).items():
+            path = self.path / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != int(size):
+                return f"{name} has {path.stat().st_size} bytes, {size} when saved"
+        if (self.path / TRAINER_STATE).is_file():
+            try:
+                torch.load(self.path / TRAINER_STATE, map_location="cpu", weights_only=False)
+            except Exception as err:  # a damaged pickle/zip raises many types
+                return f"{TRAINER_STATE} does not load ({type(err).__name__}: {err})"
+        return None
+
 
 def read_checkpoint(path: str | Path) -> CheckpointInfo:
     """Describe a complete checkpoint directory or raise ConfigError naming ``checkpoint.resume``."""
@@ -133,13 +160,32 @@ class CheckpointManager:
         found = self.complete()
         return found[-1] if found else None
 
+    def latest_healthy(self) -> CheckpointInfo | None:
+        """The newest checkpoint the trainer confirmed healthy (see the module docstring), or None."""
+        found = [info for info in self.complete() if info.healthy]
+        return found[-1] if found else None
+
     def resolve(self, resume: str | None) -> CheckpointInfo | None:
-        """``checkpoint.resume``: None → start fresh; 'auto' → newest complete (or fresh); a path → that one."""
+        """``checkpoint.resume``: None → start fresh; 'auto' → newest intact complete one (or fresh); a path → that
+        one (refused when damaged)."""
         if resume is None:
             return None
         if resume == "auto":
-            return self.latest()
-        return read_checkpoint(resume)
+            for info in reversed(self.complete()):
+                problem = info.damage()
+                if problem is None:
+                    return info
+                log.warning("checkpoint %s is damaged (%s); falling back to the previous one", info.path, problem)
+            return None
+        info = read_checkpoint(resume)
+        if (problem := info.damage()) is not None:
+            raise ConfigError(f"checkpoint.resume: {info.path} is damaged ({problem})")
+        return info
+
+    def mark_healthy(self, path: Path) -> None:
+        """Record that the step after checkpoint ``path`` was finite (rank 0 writes; no collective)."""
+        if _rank() == 0 and path.is_dir() and not (path / HEALTHY).is_file():
+            _write_atomic(path / HEALTHY, json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
 
     # ----- saving -------------------------------------------------------------------------------------------------
     def save(
@@ -163,13 +209,21 @@ class CheckpointManager:
                 shutil.rmtree(stale, ignore_errors=True)  # a save killed half-way
             tmp_parent.mkdir()
         _barrier()
-        engine.save_checkpoint(str(tmp_parent), tag=tag, client_state=_client_state(trainer_state), save_latest=False)
-        torch.save({**rank_state, "rng": rng_state()}, tmp_parent / tag / f"rank_{rank:05d}.pt")
+        try:
+            client = _client_state(trainer_state)
+            engine.save_checkpoint(str(tmp_parent), tag=tag, client_state=client, save_latest=False)
+            _save({**rank_state, "rng": rng_state()}, tmp_parent / tag / f"rank_{rank:05d}.pt")
+        except (OSError, RuntimeError) as err:  # disk full: torch names neither the cause nor the file
+            raise write_error(tmp_parent / tag, err, "checkpoint") from err
         _barrier()
         if rank == 0:
-            torch.save(trainer_state, tmp_parent / tag / TRAINER_STATE)
-            marker = {**meta, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            _write_atomic(tmp_parent / tag / MARKER, json.dumps(marker, indent=2))
+            try:
+                _save(trainer_state, tmp_parent / tag / TRAINER_STATE)
+                files = {p.name: p.stat().st_size for p in sorted((tmp_parent / tag).iterdir()) if p.is_file()}
+                marker = {**meta, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files}
+                _write_atomic(tmp_parent / tag / MARKER, json.dumps(marker, indent=2))
+            except (OSError, RuntimeError) as err:
+                raise write_error(tmp_parent / tag, err, "checkpoint") from err
             if final.exists():  # e.g. the same step reached again after a rollback
                 shutil.rmtree(final)
             os.replace(tmp_parent / tag, final)
@@ -179,9 +233,13 @@ class CheckpointManager:
         return final
 
     def prune(self) -> None:
-        """Delete all but the newest ``keep_last`` complete checkpoints (and their universal conversions)."""
+        """Delete all but the newest ``keep_last`` complete checkpoints (and their universal conversions); the newest
+        healthy checkpoint is always kept, the rollback target after a divergence."""
         found = self.complete()
+        healthy = self.latest_healthy()
         for info in found[: max(0, len(found) - self.keep_last)]:
+            if healthy is not None and info.path == healthy.path:
+                continue
             shutil.rmtree(info.path, ignore_errors=True)
             shutil.rmtree(self.root / UNIVERSAL_DIR / info.path.name, ignore_errors=True)
 
@@ -245,6 +303,13 @@ def _convert_to_universal(src: Path, out: Path) -> None:
     ds_to_universal.main(args)
 
 
+def _save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file, so a failed write raises OSError with its errno (given a path, torch
+    raises ``enforce fail at inline_container.cc`` without the cause)."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -296,15 +361,27 @@ def _add_frozen_tensors(info: CheckpointInfo, state: dict[str, torch.Tensor]) ->
 
 
 def write_state_dict(state: dict[str, torch.Tensor], out: str | Path, meta: dict[str, Any]) -> Path:
-    """Save ``state`` as fp32 CPU tensors to ``out`` (atomically) with a JSON sidecar ``out.json``; → ``out``."""
+    """Save ``state`` as fp32 CPU tensors to ``out`` (atomically) with a JSON sidecar ``out.json``; → ``out``.
+
+    Refuses (RuntimeError, nothing written) weights with non-finite values: they are never a usable result."""
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state.items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise RunError(
+            f"{out}: not written: {len(bad)} of {len(state)} tensors hold non-finite values ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); the run diverged, lower the LR or clip the gradients"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(state, tmp)
-    meta = {**meta, "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values()))}
-    _write_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2))
-    os.replace(tmp, out)
+    try:
+        _save(state, tmp)
+        meta = {**meta, "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values()))}
+        _write_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2))
+        os.replace(tmp, out)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        raise write_error(out, err, "consolidated weights") from err
     return out
 
 

@@ -6,7 +6,9 @@ The Stage object (``train/stages.py``) is the only thing that differs between MA
 
 Non-finite guard: a micro-batch whose loss is not finite on any rank marks its step bad and the update is skipped
 (as is one DeepSpeed finds a non-finite gradient norm for); ``train.nan_tolerance`` bad steps in a row roll back
-to the newest complete checkpoint (at most ``MAX_ROLLBACKS`` times per run).
+to the newest *healthy* checkpoint, one whose next step was finite (at most ``MAX_ROLLBACKS`` times per run). No
+checkpoint is saved during a bad streak (a save that falls due then waits for the next finite step), and final
+weights with non-finite values are never written as ``consolidated.pt``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.errors import RunError, write_error
 from maws_scale.kernels.dispatch import check_kernels
 from maws_scale.models.attention import pin_attention_backends
 from maws_scale.parallel.distributed import DistInfo, init_distributed
@@ -57,6 +60,7 @@ from maws_scale.train.checkpoint import (
     load_trainer_state,
     set_rng_state,
 )
+from maws_scale.train.preflight import preflight
 from maws_scale.train.schedule import Schedule
 from maws_scale.train.stages import Stage, make_stage
 
@@ -122,11 +126,13 @@ class Trainer:
         self.counters = _Counters()
         self.losses: list[float] = []
         self.history: list[tuple[int, float]] = []
+        self._unconfirmed: Path | None = None  # the last checkpoint saved or loaded, until a finite step follows it
 
     # ----- set-up -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, info = self.cfg, self.info
         self.dp_size, self.accum = cfg.batch_layout(info.world_size)
+        preflight([cfg], info.world_size, data=self.loader_factory is _default_loader, device=info.device)
         self.dtype = DTYPES[cfg.parallel.precision]
         self.resume = self.manager.resolve(cfg.checkpoint.resume)
         self._check_resume()
@@ -279,7 +285,9 @@ class Trainer:
             "model": self.cfg.model.name,
         }
         state = self._trainer_state()
-        return self.manager.save(self.engine, self.step, state, rank_state={"loader": state["loader"]}, meta=meta)
+        path = self.manager.save(self.engine, self.step, state, rank_state={"loader": state["loader"]}, meta=meta)
+        self._unconfirmed = path
+        return path
 
     def _load(self, info: CheckpointInfo) -> None:
         if self._needs_universal(info):
@@ -304,21 +312,23 @@ class Trainer:
             set_rng_state(rank_state["rng"])
         else:
             torch.manual_seed(self.cfg.seed + 1 + self.plan.dp_rank + 7919 * self.step)
+        self._unconfirmed = info.path
         if self.info.is_main:
             how = "universal checkpoint, new DP size" if self._needs_universal(info) else "exact"
             console.print(f"{self._tag} resumed from {info.path} at step {self.step} ({how})")
 
     def _rollback(self) -> None:
-        latest = self.manager.latest()
+        latest = self.manager.latest_healthy()
         tol = self.cfg.train.nan_tolerance
         if latest is None:
-            raise RuntimeError(
+            raise RunError(
                 f"{tol} optimizer steps in a row had a non-finite loss or gradient (train.nan_tolerance={tol}) and "
-                f"there is no checkpoint in {self.manager.root} to roll back to; lower optim.lr / base_lr, set "
-                "train.clip_grad, or use parallel.precision=bf16 instead of fp16"
+                f"there is no checkpoint in {self.manager.root} to roll back to (none saved, or none followed by a "
+                "finite step); lower optim.lr / base_lr, set train.clip_grad, or use parallel.precision=bf16 instead "
+                "of fp16"
             )
         if self.counters.rollbacks >= MAX_ROLLBACKS:
-            raise RuntimeError(
+            raise RunError(
                 f"training diverged again after {MAX_ROLLBACKS} rollbacks to {latest.path}; lower the LR or clip"
             )
         skipped, rollbacks = self.counters.skipped_steps, self.counters.rollbacks + 1
@@ -358,6 +368,7 @@ class Trainer:
         log_every = cfg.train.log_every
         every = cfg.checkpoint.every
         saved_at = self.resume.step if self.resume is not None else -1
+        save_due = False
         self.meter.reset()
         while self.step < self.total_steps:
             loss, skipped = self.train_step(batches)
@@ -365,6 +376,9 @@ class Trainer:
             self.meter.update(cfg.train.global_batch)
             self.counters.skipped_steps += int(skipped)
             self.counters.consecutive_bad = self.counters.consecutive_bad + 1 if skipped else 0
+            if not skipped and self._unconfirmed is not None:
+                self.manager.mark_healthy(self._unconfirmed)
+                self._unconfirmed = None
             metrics = {"loss": loss, "lr": self.schedule.lr(self.step - 1)}
             if self.step % log_every == 0 or self.step == self.total_steps:
                 norm = global_grad_norm(self.engine, self.guard)  # a device read: log steps only
@@ -376,11 +390,12 @@ class Trainer:
             if self.counters.consecutive_bad >= cfg.train.nan_tolerance:
                 self._rollback()
                 batches = iter(self.loader)
-                saved_at = self.step
+                saved_at, save_due = self.step, False
                 continue
-            if every and self.step % every == 0 and self.step < self.total_steps:
-                self.save()
-                saved_at = self.step
+            save_due |= bool(every) and self.step % every == 0
+            if save_due and self.counters.consecutive_bad == 0 and self.step < self.total_steps:
+                self.save()  # never during a non-finite streak: such a checkpoint could only restore the divergence
+                saved_at, save_due = self.step, False
         if saved_at != self.step:
             self.save()
         return self._finish()
@@ -404,9 +419,13 @@ class Trainer:
         if math.isfinite(metrics["loss"]):
             self.history.append((self.step, metrics["loss"]))
         self.tracker.log_metrics(metrics, step=self.step)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with (self.dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        path = self.dir / "metrics.jsonl"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        except OSError as err:
+            raise write_error(path, err) from err
 
     def _print(self, m: dict[str, float]) -> None:
         if not self.info.is_main:

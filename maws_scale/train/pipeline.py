@@ -21,6 +21,7 @@ from maws_scale.parallel.distributed import DistInfo, init_distributed
 from maws_scale.track.mlflow import make_tracker
 from maws_scale.train.checkpoint import CONSOLIDATED
 from maws_scale.train.loop import StageResult, stage_dir, train_stage
+from maws_scale.train.preflight import preflight
 
 log = logging.getLogger("maws_scale.train")
 console = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -54,6 +55,9 @@ def run_pipeline(cfg: RunConfig, info: DistInfo | None = None) -> PipelineResult
     mae, wsp = stage_configs(cfg)
     result = PipelineResult()
     stages = (mae, wsp) if wsp.wsp.init == "mae" else (wsp,)  # the WSP-from-scratch baseline needs no MAE stage
+    preflight(
+        stages, info.world_size, evaluate=wsp, device=info.device
+    )  # every stage's inputs, before the first step of any
     if len(stages) == 1 and info.is_main:
         console.print("wsp.init=random: the MAE stage is not run (WSP from random initialisation)")
     for stage_cfg in stages:

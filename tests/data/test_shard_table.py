@@ -16,7 +16,7 @@ from maws_scale.data.shards import DatasetError, Manifest, ShardInfo, load_manif
 
 def _infos(n: int) -> list[ShardInfo]:
     return [
-        ShardInfo(f"shard-{i:05d}.arrow", 100 + i, 1000 * i, hashlib.sha256(str(i).encode()).hexdigest())
+        ShardInfo(f"shard-{i:05d}.arrow", 100 + i, 1000 * (i + 1), hashlib.sha256(str(i).encode()).hexdigest())
         for i in range(n)
     ]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import os
+import threading
 import time
 import warnings
 
@@ -10,6 +13,7 @@ import pytest
 from maws_scale.config import load_config
 from maws_scale.parallel.distributed import free_port
 from maws_scale.track.mlflow import (
+    HTTP_LIMITS,
     MLflowTracker,
     NullTracker,
     TrackingWarning,
@@ -85,3 +89,53 @@ def test_a_dead_server_warns_once_and_never_blocks(tmp_path):
     failures = [w for w in caught if issubclass(w.category, TrackingWarning) and "training continues" in str(w.message)]
     assert len(failures) == 1  # warned once, not per record or retry
     assert any("gave up" in str(w.message) for w in caught)
+
+
+class _HangingServer(http.server.ThreadingHTTPServer):
+    """Answers /health, then never answers an MLflow call: a server dying under load."""
+
+    daemon_threads = True
+
+
+class _HangingHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def _hang(self) -> None:
+        if self.path.rstrip("/").endswith("/health"):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+            return
+        self.server.release.wait(60)  # type: ignore[attr-defined]
+
+    do_GET = do_POST = _hang
+
+
+def test_a_hanging_server_is_warned_about_from_the_training_thread_and_costs_no_long_flush(tmp_path, monkeypatch):
+    for name in HTTP_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    server = _HangingServer(("127.0.0.1", 0), _HangingHandler)
+    server.release = threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tracker = MLflowTracker(uri, "hang", run_id_file=tmp_path / "id", flush_timeout=30, stall_warn=1.0)
+            assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"  # each request bounded (MLflow's default: 120 s)
+            start = time.monotonic()
+            warned_after = None
+            while time.monotonic() - start < 5 and warned_after is None:
+                tracker.log_metrics({"loss": 1.0}, step=1)  # the training loop keeps logging
+                if any("has not answered" in str(w.message) for w in caught):
+                    warned_after = time.monotonic() - start
+                time.sleep(0.1)
+            start = time.monotonic()
+            tracker.finish()
+            finished = time.monotonic() - start
+    finally:
+        server.release.set()  # type: ignore[attr-defined]
+        server.shutdown()
+    assert warned_after is not None and warned_after < 3  # stall_warn=1 s: warned while training, not at the end
+    assert finished < 7  # a hanging server costs the flush at most 5 s, not flush_timeout

@@ -138,3 +138,40 @@ def test_consolidate_zero0_mixed_precision_takes_the_fp32_masters(tmp_path):
     state = torch.load(consolidate(read_checkpoint(path), tmp_path / "c.pt"), weights_only=True)
     assert torch.equal(state["w"], MixedPrecisionEngine.master)  # not the bf16-rounded module copy
     assert torch.equal(state["frozen"], torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: (p / "mp_rank_00_model_states.pt").write_bytes(b"truncated"),
+        lambda p: (p / "rank_00000.pt").unlink(),
+        lambda p: (p / "trainer_state.pt").write_bytes(b"\0" * (p / "trainer_state.pt").stat().st_size),
+    ],
+)
+def test_auto_resume_passes_over_a_damaged_complete_checkpoint_with_a_warning(tmp_path, caplog, damage):
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    save(manager, FakeEngine(), 2)
+    damage(save(manager, FakeEngine(), 4))
+    with caplog.at_level("WARNING", logger="maws_scale.train"):
+        assert manager.resolve("auto").step == 2
+    assert "step_00000004 is damaged" in caplog.text and "falling back" in caplog.text
+    with pytest.raises(ConfigError, match=r"checkpoint.resume: .*step_00000004 is damaged"):
+        manager.resolve(str(tmp_path / "step_00000004"))
+
+
+def test_pruning_keeps_the_newest_healthy_checkpoint(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager.mark_healthy(save(manager, FakeEngine(), 1))
+    for step in (2, 3):
+        save(manager, FakeEngine(), step)  # never confirmed healthy (saved right before a divergence)
+    assert [c.step for c in manager.complete()] == [1, 3]
+    assert manager.latest_healthy().step == 1 and manager.latest().step == 3
+
+
+def test_non_finite_weights_are_never_written_as_consolidated(tmp_path):
+    engine = FakeEngine()
+    engine.weight = torch.tensor([[1.0, float("inf")], [float("nan"), 0.0]])
+    info = read_checkpoint(save(CheckpointManager(tmp_path / "ckpt"), engine, 1))
+    with pytest.raises(RuntimeError, match=r"consolidated.pt: not written: 1 of 1 tensors hold non-finite"):
+        consolidate(info, tmp_path / "consolidated.pt")
+    assert not list(tmp_path.glob("*consolidated*"))

@@ -122,12 +122,32 @@ def test_non_finite_gradients_skip_the_update_on_every_zero_stage(world, tmp_pat
     assert all(torch.isfinite(w).all() for w in stage.weights)
 
 
-def test_consecutive_bad_steps_roll_back_to_the_last_checkpoint(world, tmp_path):
-    result, stage = run(tmp_path, "train.steps=8", "checkpoint.every=2", "train.nan_tolerance=2", nan_loss_at={5, 6})
+def test_consecutive_bad_steps_roll_back_to_the_last_healthy_checkpoint(world, tmp_path):
+    result, stage = run(tmp_path, "train.steps=8", "checkpoint.every=2", "train.nan_tolerance=2", nan_loss_at={6, 7})
     assert result.rollbacks == 1 and result.skipped_steps == 2 and result.steps == 8
-    assert stage.calls == 10  # 6 calls, back to step 4, then steps 5-8 again
-    assert torch.equal(stage.weights[6], stage.weights[4])  # after the rollback: the step-4 weights again
+    assert stage.calls == 11  # 7 calls, back to step 4 (step 5 after it was finite), then steps 5-8 again
+    assert torch.equal(stage.weights[7], stage.weights[4])  # after the rollback: the step-4 weights again
     assert all(torch.isfinite(w).all() for w in stage.weights)
+
+
+def test_a_checkpoint_right_before_a_divergence_is_not_a_rollback_target(world, tmp_path):
+    # step 4's weights gave step 5 a non-finite loss: restoring them would restore the divergence; step 2 is healthy
+    result, stage = run(tmp_path, "train.steps=8", "checkpoint.every=2", "train.nan_tolerance=2", nan_loss_at={5, 6})
+    assert result.rollbacks == 1 and stage.calls == 12  # 6 calls, back to step 2, then steps 3-8 again
+    assert torch.equal(stage.weights[6], stage.weights[2])
+
+
+def test_no_checkpoint_is_saved_during_a_non_finite_streak_and_keep_last_spares_the_healthy_one(world, tmp_path):
+    # every step saves, keep_last=1: steps 3-4 are bad (a streak below the tolerance of 3), then training recovers
+    result, stage = run(
+        tmp_path, "checkpoint.every=1", "checkpoint.keep_last=1", "train.nan_tolerance=3", nan_loss_at={3, 4, 5}
+    )
+    assert result.rollbacks == 1 and result.skipped_steps == 3
+    # the streak's checkpoints (steps 3, 4) were never written; step 2's was followed by a bad step: back to step 1
+    assert stage.calls == 10 and torch.equal(stage.weights[5], stage.weights[1])
+    root = tmp_path / "mae" / "checkpoints"
+    assert (root / "step_00000006" / "healthy").is_file() is False  # the final checkpoint: nothing followed it
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("step_")) == ["step_00000005", "step_00000006"]
 
 
 def test_without_a_checkpoint_a_diverged_run_stops_with_the_reason(world, tmp_path):
@@ -142,3 +162,12 @@ def test_a_dead_tracking_server_does_not_stop_training(world, tmp_path):
         result, _ = run(tmp_path, "tracking.enabled=true", f"tracking.uri={dead}", "train.steps=4")
     assert result.steps == 4 and time.monotonic() - start < 60
     assert len((tmp_path / "mae" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_metrics_on_a_full_disk_stop_the_run_naming_the_file(world, tmp_path):
+    from maws_scale.errors import WriteError
+
+    (tmp_path / "mae").mkdir()
+    (tmp_path / "mae" / "metrics.jsonl").symlink_to("/dev/full")  # every write fails with ENOSPC
+    with pytest.raises(WriteError, match=r"cannot write .*mae/metrics.jsonl: No space left on device"):
+        run(tmp_path)

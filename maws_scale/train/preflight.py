@@ -1,0 +1,104 @@
+"""Checks made before the first training step, so a run never trains for hours and then fails on its inputs.
+
+``preflight(cfgs, world_size)`` raises :class:`~maws_scale.config.ConfigError` naming the key when a stage of the
+run could not finish: a ``parallel.world_size`` the launcher did not make, ``model.kernels=triton`` where Triton
+cannot run, an output or checkpoint directory that cannot be written, a data set, evaluation set or WSP vocabulary
+that is missing or malformed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from maws_scale.config import ConfigError, RunConfig
+
+
+def preflight(
+    cfgs: Sequence[RunConfig],
+    world_size: int,
+    evaluate: RunConfig | None = None,
+    data: bool = True,
+    device: torch.device | None = None,
+) -> None:
+    """Check every stage config in ``cfgs`` (and the evaluation config ``evaluate``) before anything trains;
+    ``data=False`` skips the data checks (a trainer given its own loader)."""
+    for cfg in cfgs:
+        check_world(cfg, world_size)
+        check_kernels(cfg, device)
+        check_writable("output_dir", Path(cfg.output_dir))
+        if cfg.checkpoint.dir:
+            check_writable("checkpoint.dir", Path(cfg.checkpoint.dir))
+        if data and not cfg.data.synthetic:
+            check_data(cfg, "data.path", cfg.data.path)
+            if cfg.stage == "wsp":
+                check_vocab(cfg)
+    if evaluate is not None and evaluate.eval.enabled and evaluate.data.eval_path and not evaluate.data.synthetic:
+        check_data(evaluate, "data.eval_path", evaluate.data.eval_path)
+        if evaluate.eval.train_path:
+            check_data(evaluate, "eval.train_path", evaluate.eval.train_path)
+
+
+def check_world(cfg: RunConfig, world_size: int) -> None:
+    """``parallel.world_size``, when set, must be the number of processes the launcher started."""
+    want = cfg.parallel.world_size
+    if want is not None and want != world_size:
+        raise ConfigError(
+            f"parallel.world_size={want}, but this run was launched with {world_size} process(es); launch "
+            f"{want} (e.g. `maws-scale launch` or torchrun --nproc_per_node {want}) or unset parallel.world_size"
+        )
+
+
+def check_kernels(cfg: RunConfig, device: torch.device | None) -> None:
+    """``model.kernels=triton`` insists on the fused kernels: they must be able to run on this device."""
+    if cfg.model.kernels != "triton":
+        return
+    from kernels.dispatch import triton_available
+
+    if not triton_available(device):
+        where = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        raise ConfigError(
+            f"model.kernels=triton: the fused Triton kernels cannot run on {where} (they need triton and a CUDA GPU, "
+            "or TRITON_INTERPRET=1 on CPU); use model.kernels=auto or torch"
+        )
+
+
+def check_writable(key: str, directory: Path) -> None:
+    """Create ``directory`` if needed and write a probe file in it; raise ConfigError naming ``key`` otherwise."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(f"{key}: cannot write to {directory} ({reason})") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot write to {directory} (permission denied)")
+
+
+def check_data(cfg: RunConfig, key: str, path: str | None) -> None:
+    """The data set at ``path`` exists and has a well-formed manifest."""
+    from maws_scale.data.shards import DatasetError, load_manifest
+
+    if not path:
+        raise ConfigError(f"{key}: not set; point it at a directory built by `maws-scale data build`")
+    try:
+        load_manifest(path)
+    except DatasetError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def check_vocab(cfg: RunConfig) -> None:
+    """A WSP stage's vocabulary exists and holds tags."""
+    from maws_scale.data.labels import VOCAB, load_vocab
+    from maws_scale.data.shards import DatasetError
+
+    path = Path(cfg.wsp.vocab) if cfg.wsp.vocab else Path(cfg.data.path or ".") / VOCAB
+    try:
+        load_vocab(path)
+    except DatasetError as err:
+        raise ConfigError(f"wsp.vocab: {err}") from None

@@ -1,0 +1,55 @@
+"""A full disk (or any failed write) at save time ends the run with one line naming the path and the cause."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from maws_scale.errors import WriteError
+from maws_scale.train.checkpoint import write_state_dict
+
+DEV_FULL = Path("/dev/full")
+
+
+def test_consolidated_weights_on_a_full_disk_name_the_file_and_the_cause(tmp_path):
+    out = tmp_path / "consolidated.pt"
+    (tmp_path / ".consolidated.pt.tmp").symlink_to(DEV_FULL)  # every write there fails with ENOSPC
+    with pytest.raises(WriteError, match=rf"cannot write consolidated weights {out}: No space left on device"):
+        write_state_dict({"w": torch.ones(1000)}, out, {})
+    assert not out.exists()
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+
+def test_a_checkpoint_write_failure_is_one_line_with_the_path_and_exit_1(tmp_path):
+    # a real failed write inside DeepSpeed's save_checkpoint (files over 256 KiB fail with EFBIG, as ENOSPC would)
+    launcher = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK")  # this process may hold a world
+    env = {k: v for k, v in os.environ.items() if k not in launcher} | {"DS_ACCELERATOR": "cpu"}
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  name: vit_tiny_p4\n")
+    args = [
+        *("train", str(config), "data.synthetic=true", "train.steps=1", "train.global_batch=2"),
+        *("train.micro_batch=2", "optim.impl=torch", "parallel.precision=fp32", "parallel.zero_stage=0"),
+        *("tracking.enabled=false", "--output-dir", str(tmp_path / "run")),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "maws_scale.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_limit_file_size,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "cannot write checkpoint" in error[0] and "File too large" in error[0], done.stderr
+    assert str(tmp_path / "run" / "mae" / "checkpoints") in error[0]

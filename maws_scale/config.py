@@ -131,6 +131,9 @@ class ParallelConfig(_Section):
         "fp32", description="dtype gradients accumulate in under bf16/fp16 (model = that dtype; ZeRO-0 needs model)"
     )
     comm_dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="dtype gradients are reduced in")
+    wait_minutes: float = Field(
+        1440.0, gt=0, description="how long ranks wait (gloo) for rank-0 evaluation, conversion, consolidation"
+    )
     ds_config: str | None = Field(None, description="DeepSpeed template; default ds_configs/zero<stage>.json")
     backend: Literal["auto", "gloo", "nccl"] = "auto"
 

@@ -307,13 +307,18 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
 
 
 def _release_engine(trainer: Any, device: torch.device) -> None:
-    """Destroy the DeepSpeed engine and drop the model, optimizer and cached batches (idempotent)."""
+    """Destroy the DeepSpeed engine and drop the model, optimizer and cached batches (idempotent).
+
+    ``trainer.guard`` wraps the optimizer (its state is 12 bytes/param in fp32 AdamW): it must go too, or the
+    baseline runs beside our optimizer state."""
     import gc
 
     engine = getattr(trainer, "engine", None)
     if engine is not None and hasattr(engine, "destroy"):
         engine.destroy()
-    trainer.engine = trainer.plan = trainer.loader = trainer.guard = None  # the guard holds the optimizer
+    trainer.engine = trainer.plan = trainer.loader = trainer.guard = None
+    if hasattr(getattr(trainer, "stage", None), "criterion"):
+        trainer.stage.criterion = None  # the TP plan's WSP loss, bound to the released model's groups
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -38,7 +38,11 @@ def _features(
 ) -> Features:
     loader = build_loader(cfg, stage="eval", rank=0, world_size=1, micro_batch=EVAL_BATCH, path=path, infinite=False)
     total = getattr(loader, "epoch_size", None)
-    return extract_features(encoder, loader, max_samples=limit, total=total, description=what, progress=progress)
+    device = next(encoder.parameters()).device
+    dtype = torch.bfloat16 if device.type == "cuda" else None  # GPUs: bf16 autocast; CPUs: fp32 (bf16 is slow there)
+    return extract_features(
+        encoder, loader, max_samples=limit, total=total, description=what, progress=progress, dtype=dtype
+    )
 
 
 def evaluate_features(train: Features, test: Features, cfg: RunConfig) -> dict[str, float]:
@@ -75,12 +79,21 @@ def evaluate_encoder(encoder: torch.nn.Module, cfg: RunConfig, progress: bool = 
 
 
 def evaluate_checkpoint(
-    cfg: RunConfig, checkpoint_path: str | os.PathLike, tracker: MetricSink | Any | None = None
+    cfg: RunConfig,
+    checkpoint_path: str | os.PathLike,
+    tracker: MetricSink | Any | None = None,
+    device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Evaluate the encoder in ``checkpoint_path`` (MAE or WSP state dict) with ``cfg.model.pool`` on
     ``cfg.data.eval_path``; log the metrics to ``tracker`` (at step ``train.steps``) when given; return them.
-    ``checkpoint_path="random"`` evaluates an untrained encoder (seed ``cfg.seed``): the floor of the probes."""
+    ``checkpoint_path="random"`` evaluates an untrained encoder (seed ``cfg.seed``): the floor of the probes.
+    Features are extracted on ``device`` (default CPU; the pipeline passes the training device), in bf16 on CUDA."""
+    from maws_scale.models.attention import pin_attention_backends
+
     encoder = random_encoder(cfg) if str(checkpoint_path) == RANDOM else load_encoder(cfg, checkpoint_path)
+    device = torch.device(device or "cpu")
+    encoder = encoder.to(device)
+    pin_attention_backends(encoder, device)
     metrics = evaluate_encoder(encoder, cfg)
     if tracker is not None:
         tracker.log_metrics(metrics, step=cfg.train.steps or 0)

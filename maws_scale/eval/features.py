@@ -37,8 +37,10 @@ def extract_features(
     total: int | None = None,
     description: str = "features",
     progress: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Features:
-    """Run ``encoder.forward_features`` + ``encoder.pool`` over loader batches (``images`` uint8, ``labels``)."""
+    """Run ``encoder.forward_features`` + ``encoder.pool`` over loader batches (``images`` uint8, ``labels``) on the
+    encoder's device; ``dtype`` (e.g. bf16): under autocast to it. Features come back fp32 on CPU."""
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
@@ -54,8 +56,9 @@ def extract_features(
             for batch in batches:
                 if "labels" not in batch or batch["labels"] is None:
                     raise ValueError("evaluation data has no 'label' column; build it with labels (a labeled set)")
-                images = normalize_on_device(batch["images"].to(device))
-                pooled = encoder.pool(encoder.forward_features(images)).float().cpu()
+                images = normalize_on_device(batch["images"].to(device, non_blocking=True))
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    pooled = encoder.pool(encoder.forward_features(images)).float().cpu()
                 labels = torch.as_tensor(batch["labels"]).long().cpu()
                 take = len(labels) if max_samples is None else min(len(labels), max_samples - seen)
                 xs.append(pooled[:take])

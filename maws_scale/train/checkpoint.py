@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from maws_scale.config import ConfigError
 from maws_scale.errors import RunError, write_error
+from maws_scale.parallel.waits import DEFAULT_WAIT_MINUTES, wait_for_rank0
 from maws_scale.train.bf16_checkpoint import bf16_optimizer_shards, bf16_optimizer_state
 
 log = logging.getLogger("maws_scale.train")
@@ -247,14 +248,15 @@ class CheckpointManager:
     def universal_path(self, info: CheckpointInfo) -> Path:
         return info.path.parent / UNIVERSAL_DIR / info.path.name
 
-    def make_universal(self, info: CheckpointInfo) -> Path:
-        """Collective: rank 0 converts ``info`` to a DeepSpeed universal checkpoint (once; cached beside it)."""
+    def make_universal(self, info: CheckpointInfo, wait_minutes: float = DEFAULT_WAIT_MINUTES) -> Path:
+        """Collective: rank 0 converts ``info`` to a DeepSpeed universal checkpoint (once; cached beside it) while the
+        others wait in a gloo barrier of ``wait_minutes`` (the conversion of a large model outlasts NCCL's timeout)."""
         out = self.universal_path(info)
         if _rank() == 0 and not (out / MARKER).is_file():
             shutil.rmtree(out, ignore_errors=True)
             _convert_to_universal(info.path, out)
             (out / MARKER).write_text(json.dumps(info.meta))
-        _barrier()
+        wait_for_rank0(wait_minutes)
         return out
 
 

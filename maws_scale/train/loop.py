@@ -42,6 +42,7 @@ from maws_scale.parallel.engine import (
     write_ds_config,
 )
 from maws_scale.parallel.parallelize import parallelize
+from maws_scale.parallel.waits import wait_for_rank0
 from maws_scale.track.mlflow import make_tracker, save_loss_curve
 from maws_scale.track.throughput import (
     ThroughputMeter,
@@ -291,7 +292,7 @@ class Trainer:
 
     def _load(self, info: CheckpointInfo) -> None:
         if self._needs_universal(info):
-            path = self.manager.make_universal(info)
+            path = self.manager.make_universal(info, self.cfg.parallel.wait_minutes)
             self.engine._config.load_universal_checkpoint = True
         else:
             path = info.path
@@ -458,8 +459,7 @@ class Trainer:
             self._consolidate_tensor_parallel(out, final)
         elif self.info.is_main:
             consolidate(final, out, extra_meta={"stage": self.cfg.stage, "model": self.cfg.model.name})
-        if dist.is_initialized():
-            dist.barrier()
+        wait_for_rank0(self.cfg.parallel.wait_minutes)  # gloo, long timeout: rank 0 may consolidate for long
         status = "FINISHED"
         if self.info.is_main:
             if self.history:

@@ -12,12 +12,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch.distributed as dist
 from rich.console import Console
 from rich.markup import escape
 
 from maws_scale.config import RunConfig
 from maws_scale.parallel.distributed import DistInfo, init_distributed
+from maws_scale.parallel.waits import wait_for_rank0
 from maws_scale.track.mlflow import make_tracker
 from maws_scale.train.checkpoint import CONSOLIDATED
 from maws_scale.train.loop import StageResult, stage_dir, train_stage
@@ -74,7 +74,8 @@ def run_pipeline(cfg: RunConfig, info: DistInfo | None = None) -> PipelineResult
 
 
 def _evaluate(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float] | None:
-    """``maws_scale.eval.evaluate_checkpoint`` on rank 0 when eval is on, eval data is set and the module exists."""
+    """``maws_scale.eval.evaluate_checkpoint`` on rank 0 (on its training device, bf16 on CUDA) when eval is on, eval
+    data is set and the module exists; the other ranks wait in a long gloo barrier (``parallel.wait_minutes``)."""
     if not (cfg.eval.enabled and cfg.data.eval_path):
         return None
     if importlib.util.find_spec("maws_scale.eval.evaluate") is None:
@@ -87,11 +88,10 @@ def _evaluate(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float]
     if info.is_main:
         tracker = make_tracker(cfg, stage_dir(cfg), is_main=True)  # continues the WSP stage's MLflow run
         try:
-            metrics = evaluate_checkpoint(cfg, weights, tracker=tracker)
+            metrics = evaluate_checkpoint(cfg, weights, tracker=tracker, device=info.device)
         finally:
             tracker.finish()
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         console.print(f"{escape('[eval]')} {shown}")
-    if dist.is_initialized():
-        dist.barrier()
+    wait_for_rank0(cfg.parallel.wait_minutes)  # gloo, long timeout: evaluation can outlast the NCCL watchdog
     return metrics

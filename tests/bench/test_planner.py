@@ -108,10 +108,11 @@ def test_settings_read_from_the_engines_ds_config() -> None:
     zs = zero_settings(cfg, 8, plain)
     block = engine_block_info(plain, 1).block_numel
     assert (zs.stage, zs.precision, zs.overlap_comm) == (3, "bf16", True)
+    assert zs.grad_accum == "fp32" and zs.grad_bytes == 4  # parallel.grad_accum_dtype's default
     assert zs.prefetch_bucket_size == 2 * block and zs.max_live_parameters == 4 * block
     assert zs.persistence_threshold == 3072 + 1  # every bias / norm vector stays resident
     with pytest.raises(ValueError, match="grad_accum_dtype"):
-        ZeroSettings.from_ds_config({"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp32"}})
+        ZeroSettings.from_ds_config({"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp8"}})
 
 
 # ----- activations --------------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def test_largest_micro_batch_is_the_boundary() -> None:
 
 
 def test_does_not_fit_reports_zero() -> None:
-    cfg = cfg_for("model.name=vit_6.5b14", "stage=wsp", "parallel.zero_stage=0")
+    cfg = cfg_for("model.name=vit_6.5b14", "stage=wsp", "parallel.zero_stage=0", "parallel.grad_accum_dtype=model")
     plan = plan_layout(cfg, Hardware(gpus=1))
     assert not plan.fits and plan.max_micro_batch() == 0
     assert plan.peak > 16 * 6.5e9  # 16 bytes per parameter before any activation
@@ -163,7 +164,8 @@ def test_valid_micro_batches() -> None:
 
 
 def test_search_ranks_fitting_layouts_by_speed() -> None:
-    cfg = cfg_for("model.name=vit_2b14", "stage=mae", "train.global_batch=4096")
+    # grad_accum_dtype=model: ZeRO-0 is a candidate (DeepSpeed has no fp32 accumulation of a bf16 model without ZeRO)
+    cfg = cfg_for("model.name=vit_2b14", "stage=mae", "train.global_batch=4096", "parallel.grad_accum_dtype=model")
     rows = search(cfg, Hardware(gpus=16, gpu_mem=24 * GiB))
     fitting = [r for r in rows if r.fits]
     assert fitting and len(fitting) < len(rows)  # ZeRO-0 without TP needs 16 B/parameter + fp32 gradients
@@ -175,6 +177,8 @@ def test_search_ranks_fitting_layouts_by_speed() -> None:
         assert (4096 // r.plan.dp) % r.micro_batch == 0
         assert r.plan.layout.offload == "none" or r.plan.layout.zero_stage >= 1
         assert r.plan.layout.offload != "all" or r.plan.layout.zero_stage == 3
+    fp32_grads = search(cfg_for("model.name=vit_2b14", "stage=mae", "train.global_batch=4096"), Hardware(gpus=16))
+    assert {r.plan.layout.zero_stage for r in fp32_grads} == {1, 2, 3}  # the default: no ZeRO-0 candidates
 
 
 def test_speed_model_counts_recompute_and_tensor_parallel_split() -> None:

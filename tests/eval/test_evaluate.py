@@ -137,3 +137,25 @@ def test_random_init_is_a_seeded_reference(labeled: Path) -> None:
     assert not torch.equal(a.pos_embed, c.pos_embed)
     metrics = evaluate_checkpoint(config(labeled, "eval.few_shot=[]"), "random")
     assert 10.0 < metrics["eval/linear_top1"] <= 100.0 and "eval/knn_top1" in metrics
+
+
+def test_features_are_extracted_under_autocast_to_the_given_dtype() -> None:
+    """On CUDA the evaluation extracts in bf16 (autocast) on the training device; here the CPU autocast stands in."""
+    from maws_scale.eval.features import extract_features
+    from maws_scale.models import build_encoder
+
+    encoder = build_encoder("vit_micro_p4")
+    seen = []
+    forward_features = encoder.forward_features
+
+    def spy(images):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward_features(images)
+
+    encoder.forward_features = spy
+    size = encoder.img_size
+    batches = [{"images": torch.zeros(2, 3, size, size, dtype=torch.uint8), "labels": [0, 1], "keys": ["a", "b"]}]
+    features = extract_features(encoder, batches, progress=False, dtype=torch.bfloat16)
+    assert seen == [(True, torch.bfloat16)] and features.x.dtype == torch.float32
+    extract_features(encoder, batches, progress=False)
+    assert seen[-1][0] is False  # no dtype: no autocast

@@ -144,3 +144,19 @@ def test_deepspeed_launcher_runs_the_cli(mosaics, tmp_path):
     meta = json.loads((tmp_path / "run" / "mae" / "checkpoints" / "step_00000002" / "complete").read_text())
     assert (meta["world_size"], meta["dp_size"], meta["zero_stage"]) == (2, 2, 2)
     assert (tmp_path / "run" / "mae" / "consolidated.pt").is_file()
+
+
+def test_evaluation_runs_on_the_training_device(monkeypatch, tmp_path):
+    import torch
+
+    import maws_scale.eval as eval_module
+    from maws_scale.config import load_config
+    from maws_scale.parallel.distributed import DistInfo
+    from maws_scale.train import pipeline
+
+    calls = []
+    monkeypatch.setattr(eval_module, "evaluate_checkpoint", lambda cfg, w, tracker, device: calls.append(device) or {})
+    cfg = load_config(None, ["tracking.enabled=false", f"output_dir={tmp_path}", f"data.eval_path={tmp_path}"])
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    assert pipeline._evaluate(cfg, tmp_path / "w.pt", info) == {}
+    assert calls == [info.device]

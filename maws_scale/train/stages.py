@@ -120,7 +120,7 @@ class MAEStage(Stage):
     def flops_per_sample(self) -> int:
         from maws_scale.models.flops import step_flops
 
-        return step_flops(self.cfg.model.name, "mae", img_size=self.cfg.img_size, mask_ratio=self.cfg.mae.mask_ratio)
+        return step_flops(self.cfg.spec, "mae", img_size=self.cfg.img_size, mask_ratio=self.cfg.mae.mask_ratio)
 
 
 class WSPStage(Stage):
@@ -199,7 +199,7 @@ class WSPStage(Stage):
         try:
             shapes, report = wsp_from_mae(
                 source,
-                m.name,
+                self.cfg.model_ref,
                 self.num_classes,
                 pool=m.pool,
                 device="meta",
@@ -227,7 +227,7 @@ class WSPStage(Stage):
     def flops_per_sample(self) -> int:
         from maws_scale.models.flops import step_flops
 
-        return step_flops(self.cfg.model.name, "wsp", img_size=self.cfg.img_size, num_classes=self.num_classes)
+        return step_flops(self.cfg.spec, "wsp", img_size=self.cfg.img_size, num_classes=self.num_classes)
 
 
 def _load_partitioned(model: nn.Module, state: dict[str, torch.Tensor] | None, rank: int) -> None:

@@ -138,3 +138,12 @@ def test_consolidate_zero0_mixed_precision_takes_the_fp32_masters(tmp_path):
     state = torch.load(consolidate(read_checkpoint(path), tmp_path / "c.pt"), weights_only=True)
     assert torch.equal(state["w"], MixedPrecisionEngine.master)  # not the bf16-rounded module copy
     assert torch.equal(state["frozen"], torch.ones(2))
+
+
+def test_keep_last_never_deletes_the_checkpoint_just_saved(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    for step in (2, 4, 6):
+        save(manager, FakeEngine(), step)
+    save(manager, FakeEngine(), 3)  # a run restarted from an older point: 4 and 6 belong to the abandoned attempt
+    assert [c.step for c in manager.complete()] == [3]
+    assert manager.resolve("auto").step == 3

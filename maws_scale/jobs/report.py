@@ -129,7 +129,10 @@ def gather(sweep: Sweep, runs: list[Any] | None = None) -> pd.DataFrame:
         row["compute"] = training_flops(cfg, ran)
         row["samples"] = training_samples(cfg, ran)
     frame = pd.DataFrame(list(rows.values()))
-    return frame.sort_values("run").reset_index(drop=True) if len(frame) else frame
+    if not len(frame):
+        return frame
+    order = {run_id: i for i, run_id in enumerate(points)}  # the sweep's own order (numbers not sorted as text)
+    return frame.sort_values("run", key=lambda runs: runs.map(order)).reset_index(drop=True)
 
 
 # ----- tables -----------------------------------------------------------------------------------------------------

@@ -481,10 +481,17 @@ class Trainer:
         parts.append(f"{mfu}(device-peak MFU {100 * m.get('mfu_measured', 0.0):.1f}%)")
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(getattr(self, "_bad_reasons", {}).items()) if v)
         eta = m.get("eta_s", float("nan"))
+        eta_text = (
+            "–"
+            if not math.isfinite(eta)
+            else f"{eta / 86400:.1f} d"
+            if eta >= 86400
+            else time.strftime("%H:%M:%S", time.gmtime(eta))
+        )
         parts += [
             f"mem {m['peak_mem_gib']:.2f} GiB",
             f"data wait {m.get('data_wait_pct', 0.0):.0f}%",
-            f"ETA {eta // 60:.0f}:{eta % 60:02.0f}" if math.isfinite(eta) else "ETA –",
+            f"ETA {eta_text}",
             f"skipped {int(m['skipped_steps'])}",
             f"bad records {int(m['bad_records'])}" + (f" ({reasons})" if reasons else ""),
         ]

@@ -132,7 +132,9 @@ def test_a_rerun_resumes_its_own_run_and_refuses_another_config(world, mosaics, 
     assert main(argv) == 0
     weights = tmp_path / "run" / "wsp" / "consolidated.pt"
     before = weights.read_bytes()
-    capsys.readouterr()
+    console = capsys.readouterr().err  # the start-up summary, then ETA and data wait on every log line
+    assert "vit_micro_p4: 0.0" in console and "world 1 = dp 1 × tp 1" in console and "2 steps" in console
+    assert "data wait" in console and "ETA 00:00:00" in console
     assert main([*argv, "optim.lr=0.002", "train.log_every=1"]) == 2  # another config: refused, nothing touched
     err = capsys.readouterr().err
     assert "optim.lr: 0.001 -> 0.002" in err and "output_dir" in err and "train.log_every" not in err

@@ -121,6 +121,8 @@ class Trainer:
         self.counters = _Counters()
         self.losses: list[float] = []
         self.history: list[tuple[int, float]] = []
+        # data wait and ETA (reset when the loop starts; bench drives train_step without it)
+        self.data_wait, self._clock, self._start_step, self._last_log = 0.0, time.perf_counter(), 0, None
 
     # ----- set-up -------------------------------------------------------------------------------------------------
     def setup(self) -> None:

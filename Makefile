@@ -28,6 +28,9 @@ $(VENV)/.test: setup.py constraints.txt $(VENV)/.torch
 	touch $@
 
 fashion-mnist:
+	@test -d $(FASHION_MNIST) || [ "$$(id -u)" = 0 ] || { echo "$(FASHION_MNIST) is missing and installing \
+	dataset-fashion-mnist needs root: put the four Fashion-MNIST .gz files in a folder and run \
+	make demo FASHION_MNIST=/that/folder" >&2; exit 1; }
 	@test -d $(FASHION_MNIST) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 
 # The demo data set, built once: 20k noisy 2x2 mosaics with 20 % label noise (pretraining) and clean single images

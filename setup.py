@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    "track": ["mlflow==3.17.2", "matplotlib>=3.8"],
+    "track": ["mlflow==3.17.2", "matplotlib>=3.8", "scipy>=1.10"],
     "tp": [
         "megatron-core>=0.16.1,<0.17; python_version < '3.12'",
         "megatron-core>=0.16.1,<0.20; python_version >= '3.12'",

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,6 +21,20 @@ from maws_scale.config import ConfigError
 from maws_scale.errors import RunError
 
 console = Console(stderr=True, soft_wrap=True)
+EXAMPLES = {  # shown at the end of each command's --help
+    "bench": "maws-scale bench configs/demo.yaml --steps 20 --warmup 5",
+    "config": "maws-scale config show configs/demo.yaml --stage wsp train.steps=20; maws-scale config keys train",
+    "data": "maws-scale data build --source fashion-mnist --input /usr/share/datasets/fashion-mnist --output "
+    "data/fmnist-mosaic/train --split train --variant mosaic",
+    "eval": "maws-scale eval runs/demo/wsp/consolidated.pt --config configs/demo.yaml",
+    "export": "maws-scale export runs/demo/wsp/consolidated.pt --out vit.safetensors --model vit_tiny_p4",
+    "launch": "maws-scale launch configs/vit_2b14_maws.yaml --slurm --nodes 8 --gpus-per-node 8 --partition P",
+    "models": "maws-scale models --markdown",
+    "pipeline": "maws-scale pipeline configs/demo.yaml train.steps=50 --output-dir runs/demo50",
+    "plan": "maws-scale plan configs/vit_2b14_maws.yaml --gpus 64 --search",
+    "sweep": "maws-scale sweep configs/sweeps/scaling.yaml && maws-scale sweep report configs/sweeps/scaling.yaml",
+    "train": "maws-scale train configs/demo.yaml stage=wsp wsp.init=random --output-dir runs/demo-random",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,11 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(subparsers)
+    for name, sub in subparsers.choices.items():
+        if name in EXAMPLES and not sub.epilog:
+            sub.epilog = f"example: {EXAMPLES[name]}"
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
+    """Entry point of the console script; returns the process exit code. Run as a program (``argv`` None), SIGTERM (a
+    killed job) becomes SystemExit, so open MLflow runs are closed as KILLED instead of staying RUNNING."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if argv is None and main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     had_world = _world_exists()

@@ -7,6 +7,7 @@ process starts, with the offending key named (and a 'did you mean' for unknown k
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Literal, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from maws_scale.models.registry import MODELS, UnknownModelError, get_spec
+from maws_scale.models.registry import MODELS, UnknownModelError, ViTSpec, get_spec
 
 
 class ConfigError(ValueError):
@@ -27,7 +28,12 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    name: str = "vit_tiny_p4"
+    name: str = Field("vit_tiny_p4", description="registry preset (maws-scale models); the shape keys override it")
+    width: int | None = Field(None, gt=0, description="embedding width; default: the preset's")
+    depth: int | None = Field(None, gt=0, description="transformer blocks; default: the preset's")
+    heads: int | None = Field(None, gt=0, description="attention heads (must divide width); default: the preset's")
+    mlp_ratio: float | None = Field(None, gt=0.0, description="MLP hidden / width; default: the preset's")
+    patch: int | None = Field(None, gt=0, description="patch side in pixels; default: the preset's")
     img_size: int | None = Field(None, gt=0, description="input side in pixels; default: the model's own")
     in_chans: int = Field(3, gt=0)
     attention: Literal["auto", "xformers", "sdpa", "math"] = "auto"
@@ -97,6 +103,7 @@ class ScheduleConfig(_Section):
 
 
 DEFAULT_STEPS = 1000
+SHAPE_KEYS = ("width", "depth", "heads", "mlp_ratio", "patch")
 
 
 class TrainConfig(_Section):
@@ -203,14 +210,18 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _check_shapes(self) -> RunConfig:
         try:
-            spec = get_spec(self.model.name)
+            spec = self.spec
         except UnknownModelError as err:
             raise ValueError(f"model.name: {err}") from None
+        if spec.width % spec.heads:
+            raise ValueError(f"model.heads={spec.heads} does not divide model.width={spec.width}")
+        if spec.mlp_hidden < 1:
+            raise ValueError(f"model.mlp_ratio={spec.mlp_ratio} gives an empty MLP at width {spec.width}")
         tp = self.parallel.tp
         if spec.heads % tp:
-            raise ValueError(f"parallel.tp={tp} does not divide the {spec.heads} attention heads of {self.model.name}")
+            raise ValueError(f"parallel.tp={tp} does not divide the {spec.heads} attention heads of {self.model_label}")
         if spec.mlp_hidden % tp:
-            raise ValueError(f"parallel.tp={tp} does not divide the MLP width {spec.mlp_hidden} of {self.model.name}")
+            raise ValueError(f"parallel.tp={tp} does not divide the MLP width {spec.mlp_hidden} of {self.model_label}")
         img = self.model.img_size or spec.img_size
         if img % spec.patch:
             raise ValueError(f"model.img_size={img} is not a multiple of the patch size {spec.patch}")
@@ -226,9 +237,23 @@ class RunConfig(BaseModel):
 
     # ----- derived values -------------------------------------------------------------------------------------
     @property
-    def spec(self):
-        """The registry shape of ``model.name``."""
-        return get_spec(self.model.name)
+    def spec(self) -> ViTSpec:
+        """The shape of the encoder: the preset ``model.name`` with ``model.width/depth/heads/mlp_ratio/patch``."""
+        m = self.model
+        shape = {k: getattr(m, k) for k in SHAPE_KEYS if getattr(m, k) is not None}
+        return dataclasses.replace(get_spec(m.name), **shape) if shape else get_spec(m.name)
+
+    @property
+    def model_ref(self) -> str | ViTSpec:
+        """What the builders take: ``model.name``, or the full shape when shape keys override the preset."""
+        return self.spec if any(getattr(self.model, k) is not None for k in SHAPE_KEYS) else self.model.name
+
+    @property
+    def model_label(self) -> str:
+        """``model.name``, with the shape keys that override the preset (``vit_tiny_p4(width=64,depth=2)``)."""
+        m = self.model
+        shape = ",".join(f"{k}={getattr(m, k):g}" for k in SHAPE_KEYS if getattr(m, k) is not None)
+        return f"{m.name}({shape})" if shape else m.name
 
     @property
     def img_size(self) -> int:
@@ -271,6 +296,10 @@ class RunConfig(BaseModel):
             _set_dotted(raw, key, value, origin=f"stages.{stage}")
         return _validate(raw, origin=f"stages.{stage}")
 
+    def resolved(self) -> RunConfig:
+        """The config a single-stage command runs: ``stages.<stage>`` applied when the config has that section."""
+        return self.for_stage(self.stage) if self.stage in self.stages else self
+
     def check_standalone(self) -> None:
         """Checks for a single-stage run (``maws-scale train``); the pipeline fills ``wsp.init_from`` itself."""
         if self.stage == "wsp" and self.wsp.init == "mae" and not self.wsp.init_from:
@@ -299,15 +328,70 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    given: list[str] = []
+    stage_sets: list[tuple[str, str, Any]] = []
     for item in overrides or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value")
-        _set_dotted(raw, key.strip(), _parse_value(value), origin="override")
+        stage, _, sub = key.removeprefix("stages.").partition(".")
+        if key.startswith("stages.") and sub:  # one key of a stage section: set after the sections are flattened
+            if stage not in STAGES:
+                raise ConfigError(f"override: unknown stage 'stages.{stage}' (known: {', '.join(STAGES)})")
+            _resolve_dotted(sub, origin=f"override stages.{stage}")
+            stage_sets.append((stage, sub, _parse_value(value)))
+            continue
+        given.append(key)
+        _set_dotted(raw, key, _parse_value(value), origin="override")
+    _overrides_win_over_stages(raw, given)
+    for stage, sub, value in stage_sets:
+        stages = raw.setdefault("stages", {})
+        if not isinstance(stages, dict):
+            raise ConfigError(f"{origin}: stages: must be a mapping of stage -> overrides")
+        section = stages.setdefault(stage, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{origin}: stages.{stage}: must be a mapping of key -> value")
+        section[sub] = value
     config = _validate(raw, origin=origin)
     for stage in config.stages:  # every pipeline stage must be valid too, before anything starts
         config.for_stage(stage)
     return config
+
+
+def _overrides_win_over_stages(raw: dict[str, Any], given: list[str]) -> None:
+    """What the command line sets wins over ``stages.<stage>``: drop (or update) the stage keys it overrides.
+
+    ``train.steps=20`` removes ``train.steps`` (and anything under it) from every stage section and updates a stage
+    key that holds a mapping above it (``tracking.tags``). Stage sections come out flat (``{"train.steps": 300}``).
+    Every command loads configs here, so train, pipeline, sweep, plan, bench, eval, launch and config show agree.
+    """
+    stages = raw.get("stages")
+    if not isinstance(stages, dict):
+        return
+    for stage, section in list(stages.items()):
+        if section is None or isinstance(section, dict):
+            stages[stage] = _flatten(section or {})
+    for key in given:
+        for section in stages.values():
+            if not isinstance(section, dict):
+                continue
+            for stage_key in list(section):
+                if stage_key == key or stage_key.startswith(f"{key}."):
+                    del section[stage_key]
+                elif key.startswith(f"{stage_key}.") and isinstance(section[stage_key], dict):
+                    node = section[stage_key] = copy.deepcopy(section[stage_key])
+                    *path, last = key[len(stage_key) + 1 :].split(".")
+                    for part in path:
+                        node = node.setdefault(part, {})
+                    node[last] = _get_dotted(raw, key)
+
+
+def _get_dotted(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node[part]
+    return copy.deepcopy(node)
 
 
 def _parse_value(text: str) -> Any:

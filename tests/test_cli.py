@@ -53,3 +53,56 @@ def test_config_show_resolves_stage_overrides(capsys: pytest.CaptureFixture[str]
     assert main(["config", "show", DEMO, "model.pool=gap", "--stage", "wsp"]) == 0
     out = capsys.readouterr().out
     assert "stage: wsp" in out and "pool: gap" in out
+
+
+def test_config_show_of_a_stage_honours_command_line_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    assert main(["config", "show", DEMO, "--stage", "wsp", "train.steps=20"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["train"]["steps"] == 20 and shown["optim"]["lr"] == pytest.approx(2e-3)  # the rest of stages.wsp
+
+
+def test_plan_plans_the_stage_it_names(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["plan", DEMO, "stage=wsp", "stages.wsp.train.micro_batch=16", "wsp.num_classes=10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["layout"]["micro_batch"] == 16
+
+
+def test_sigterm_becomes_system_exit_so_runs_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    from maws_scale import cli
+
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: installed.update({sig: handler}))
+    installed: dict = {}
+    assert main(["config", "check", DEMO]) == 0
+    assert not installed  # called from Python (tests, notebooks): the caller's signal handling is left alone
+    monkeypatch.setattr(sys, "argv", ["maws-scale", "config", "check", DEMO])
+    monkeypatch.setattr(signal, "getsignal", lambda sig: signal.SIG_DFL)
+    assert main() == 0
+    handler = installed[signal.SIGTERM]
+    assert handler is cli._terminate
+    with pytest.raises(SystemExit) as exit_info:
+        handler(signal.SIGTERM, None)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+
+
+def test_config_keys_lists_every_key_with_type_default_and_description(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["config", "keys", "--json"]) == 0
+    rows = {r["key"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["model.pool"]["type"] == "'cls' | 'gap' | 'map' | 'max'" and rows["model.pool"]["default"] == "'cls'"
+    assert rows["train.steps"]["description"].startswith("optimizer steps") and "seed" in rows
+    assert main(["config", "keys", "model"]) == 0
+    assert "model.width" in capsys.readouterr().out
+    assert main(["config", "keys", "modle"]) == 2
+
+
+@pytest.mark.parametrize("name", subcommands())
+def test_every_subcommand_help_has_an_example(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    assert f"example: maws-scale {name}" in capsys.readouterr().out

@@ -136,3 +136,52 @@ def test_yaml_round_trip() -> None:
     assert config.tracking.tags == {"sweep": "s1"}
     again = RunConfig.model_validate(__import__("yaml").safe_load(config.to_yaml()))
     assert again == config
+
+
+PIPELINE = """\
+train: {steps: 10}
+stages:
+  mae: {train.steps: 30}
+  wsp:
+    train: {steps: 300}
+    tracking.tags: {a: '1'}
+"""
+
+
+def test_command_line_overrides_win_over_stage_sections(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, PIPELINE), ["train.steps=20", "tracking.tags.b=x"])
+    for stage in ("mae", "wsp"):
+        assert config.for_stage(stage).train.steps == 20, stage  # not the stages.<stage> value
+    assert config.for_stage("wsp").tracking.tags == {"a": "1", "b": "x"}  # a mapping above the key is updated
+    again = RunConfig.model_validate(config.model_dump())  # what a sweep writes and its point re-reads
+    assert again.for_stage("wsp").train.steps == 20
+    # a stage's own key can still be set from the command line, nested or dotted in the file
+    staged = load_config(write(tmp_path, PIPELINE), ["stages.wsp.train.steps=7", "stages.mae.optim.lr=0.01"])
+    assert staged.for_stage("wsp").train.steps == 7 and staged.for_stage("mae").train.steps == 30
+    assert staged.for_stage("mae").optim.lr == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match=r"override stages\.wsp: unknown key 'train\.stepz'"):
+        load_config(write(tmp_path, PIPELINE), ["stages.wsp.train.stepz=7"])
+    with pytest.raises(ConfigError, match=r"unknown stage 'stages\.clip'"):
+        load_config(write(tmp_path, PIPELINE), ["stages.clip.train.steps=7"])
+
+
+def test_resolved_applies_the_selected_stage(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, PIPELINE), ["stage=wsp"])
+    assert config.resolved().train.steps == 300 and config.resolved().stage == "wsp"
+    assert load_config(None).resolved().train.steps == 1000  # no stages: itself
+
+
+def test_model_shape_keys_override_the_preset() -> None:
+    from maws_scale.models import build_model
+
+    cfg = load_config(None, ["model.name=vit_micro_p4", "model.width=48", "model.depth=3", "model.heads=4"])
+    assert (cfg.spec.width, cfg.spec.depth, cfg.spec.heads, cfg.spec.patch) == (48, 3, 4, 4)
+    assert cfg.model_label == "vit_micro_p4(width=48,depth=3,heads=4)"
+    model = build_model(cfg, device="meta")
+    assert len(model.blocks) == 3 and model.pos_embed.shape[-1] == 48
+    with pytest.raises(ConfigError, match=r"model\.heads=5 does not divide model\.width=48"):
+        load_config(None, ["model.width=48", "model.heads=5"])
+    with pytest.raises(ConfigError, match=r"parallel\.tp=8 does not divide the 4 attention heads"):
+        load_config(None, ["model.width=48", "model.heads=4", "parallel.tp=8"])
+    with pytest.raises(ConfigError, match=r"not a multiple of the patch size 7"):
+        load_config(None, ["model.patch=7", "model.img_size=32"])

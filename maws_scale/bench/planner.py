@@ -229,6 +229,8 @@ def layout_config(cfg: RunConfig, layout: Layout) -> RunConfig:
         activation_checkpointing=layout.checkpointing,
         offload=layout.offload,
     )
+    if (layout.zero_stage, layout.offload) != (cfg.parallel.zero_stage, cfg.parallel.offload):
+        raw["parallel"]["ds_config"] = None  # a pinned template holds the config's own stage: use the shipped one
     raw["train"]["micro_batch"] = min(layout.micro_batch, raw["train"]["global_batch"])
     raw["train"]["grad_accum"] = None
     try:
@@ -316,8 +318,8 @@ def plan_layout(
     kwargs = dict(img_size=lcfg.img_size, num_classes=classes, pool=lcfg.model.pool)
     if lcfg.stage == "mae":
         kwargs = dict(img_size=lcfg.img_size, mask_ratio=lcfg.mae.mask_ratio)
-    per_sample = step_flops(lcfg.model.name, lcfg.stage, **kwargs)
-    parts = flops_breakdown(lcfg.model.name, lcfg.stage, **kwargs)
+    per_sample = step_flops(lcfg.spec, lcfg.stage, **kwargs)
+    parts = flops_breakdown(lcfg.spec, lcfg.stage, **kwargs)
     plan = Plan(
         model=lcfg.model.name,
         stage=lcfg.stage,

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from maws_scale.bench.profile import BenchOptions, run_bench
     from maws_scale.config import ConfigError
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args).resolved()  # a pipeline config: the stage named by `stage=` (default mae)
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError("--steps must be at least 1 and --warmup at least 0")
     opts = BenchOptions(

@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         if tracker is not None:
             tracker.finish("FAILED")
         return 1
+    except BaseException as err:  # never leave the run RUNNING
+        if tracker is not None:
+            tracker.finish("KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED")
+        raise
     if tracker is not None:
         tracker.finish()
     if args.json:
@@ -78,13 +82,25 @@ def run(args: argparse.Namespace) -> int:
 def _tracker(cfg, checkpoint: str):
     if not cfg.tracking.enabled:
         return None
-    from maws_scale.track.mlflow import MLflowTracker, default_uri
+    from maws_scale.track.mlflow import (
+        PARENT_TAG,
+        MLflowTracker,
+        artifact_location,
+        current_parent,
+        default_uri,
+        provenance_tags,
+    )
 
+    uri = cfg.tracking.uri or default_uri(cfg.output_dir)
+    tags = {"stage": "eval", "model": cfg.model_label, "checkpoint": str(checkpoint), **provenance_tags(cfg)}
+    if current_parent():  # a sweep point: nested under the sweep's run
+        tags[PARENT_TAG] = current_parent()
     tracker = MLflowTracker(
-        uri=cfg.tracking.uri or default_uri(cfg.output_dir),
+        uri=uri,
         experiment=cfg.tracking.experiment,
         run_name=cfg.tracking.run_name or f"eval-{Path(checkpoint).parent.name}-{Path(checkpoint).stem}",
-        tags={"stage": "eval", "model": cfg.model.name, "checkpoint": str(checkpoint), **cfg.tracking.tags},
+        tags={**tags, **cfg.tracking.tags},
+        artifact_location=artifact_location(uri, cfg.output_dir),
     )
     tracker.log_params({"checkpoint": str(checkpoint), "model": cfg.model.model_dump(), "eval": cfg.eval.model_dump()})
     return tracker

@@ -13,21 +13,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="convert a checkpoint to timm/MAWS naming (encoder only or with head), .pt or .safetensors",
         description="Input: a plain state dict (.pt/.pth/.safetensors) with timm-named or maws-scale keys, also "
-        "wrapped ({'model': ...}, DeepSpeed {'module': ...}, 'module.' prefixes). MAE decoder keys are dropped.",
+        "wrapped ({'model': ...}, DeepSpeed {'module': ...}, 'module.' prefixes). MAE decoder keys are dropped. The "
+        "model, img_size, patch and pool of the checkpoint's consolidated.json go into the safetensors metadata (a .pt "
+        "gets a .json sidecar).\n\nexample: maws-scale export runs/demo/wsp/consolidated.pt --out vit.safetensors "
+        "--model vit_tiny_p4",
     )
     parser.add_argument("checkpoint", help="state dict file")
     parser.add_argument("--out", required=True, help="output file")
     parser.add_argument("--format", choices=["pt", "safetensors"], help="default: from --out's suffix, else pt")
     parser.add_argument("--encoder-only", action="store_true", help="drop the classification head")
     parser.add_argument("--model", help="registry name: check the result loads strictly into that encoder")
-    parser.add_argument("--img-size", type=int, help="resample pos_embed for this resolution (needs --model)")
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        help="resample pos_embed for this resolution (needs --model; default: the checkpoint's own, from its "
+        "consolidated.json or its pos_embed; a resample is always reported)",
+    )
     parser.set_defaults(func=_run)
 
 
+def _sidecar(source: Path) -> dict:
+    """What ``consolidated.json`` (written beside a trained stage's weights) says about the model, if present."""
+    import json
+
+    path = source.with_suffix(".json")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _run(args: argparse.Namespace) -> int:
+    import json
+    import math
+
     import torch
 
     from maws_scale.models import build_encoder
+    from maws_scale.models.registry import UnknownModelError, get_spec
     from maws_scale.models.state import adapt_state_dict, load_state_dict_file, to_timm
 
     console = Console(stderr=True)
@@ -43,31 +67,55 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as err:
         console.print(f"[red]export: cannot read {source}: {err}[/]")
         return 1
+    meta = _sidecar(source)
+    info = {k: meta[k] for k in ("model", "img_size", "patch", "pool", "stage", "step") if meta.get(k) is not None}
+    grid = math.isqrt(state["pos_embed"].shape[1] - 1) if "pos_embed" in state else None
     if args.model:
+        try:
+            patch = get_spec(args.model).patch
+        except UnknownModelError as err:
+            console.print(f"[red]export: --model: {err}[/]")
+            return 2
+        # the checkpoint's own resolution unless --img-size asks for another: never resample silently
+        own = info.get("img_size") or (grid * patch if grid else None)
+        img_size = args.img_size or own
         num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
-        target = build_encoder(args.model, img_size=args.img_size, num_classes=num_classes, device="meta")
+        target = build_encoder(args.model, img_size=img_size, num_classes=num_classes, device="meta")
         state = adapt_state_dict(state, target)
-        own = target.state_dict()
-        problems = [f"missing {k}" for k in own if k not in state]
-        problems += [f"unexpected {k}" for k in state if k not in own]
+        own_state = target.state_dict()
+        problems = [f"missing {k}" for k in own_state if k not in state]
+        problems += [f"unexpected {k}" for k in state if k not in own_state]
         problems += [
-            f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-            for k in own
-            if k in state and state[k].shape != own[k].shape
+            f"{k}: {tuple(state[k].shape)} vs {tuple(own_state[k].shape)}"
+            for k in own_state
+            if k in state and state[k].shape != own_state[k].shape
         ]
         if problems:
             shown = "; ".join(problems[:6]) + (f"; … ({len(problems)} in all)" if len(problems) > 6 else "")
             console.print(f"[red]export: the checkpoint does not fit --model {args.model}: {shown}[/]")
             return 1
+        new_grid = math.isqrt(state["pos_embed"].shape[1] - 1) if "pos_embed" in state else grid
+        if grid and new_grid != grid:
+            console.print(
+                f"[yellow]export: pos_embed resampled from {grid}×{grid} to {new_grid}×{new_grid} patches "
+                f"(img_size {own} → {img_size}, --img-size)[/]"
+            )
+        info.update(model=args.model, img_size=img_size, patch=patch)
+    elif grid and "patch" in info:
+        info.setdefault("img_size", grid * info["patch"])
     fmt = args.format or ("safetensors" if args.out.endswith(".safetensors") else "pt")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt", "naming": "timm", **{k: str(v) for k, v in info.items()}}
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(out), metadata={"format": "pt", "naming": "timm"})
+        save_file(state, str(out), metadata=metadata)
     else:
         torch.save(state, out)
+        out.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
     head = "with head" if any(k.startswith("head.") for k in state) else "encoder only"
-    console.print(f"exported {len(state)} tensors ({head}, timm naming) to {out} [{fmt}]")
+    shown = ", ".join(f"{k} {v}" for k, v in info.items() if k in ("model", "img_size", "pool"))
+    shown = f", {shown}" if shown else ""
+    console.print(f"exported {len(state)} tensors ({head}, timm naming{shown}) to {out} [{fmt}]")
     return 0

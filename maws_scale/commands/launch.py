@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-ssh-check", action="store_true", help="deepspeed: skip its passwordless-ssh probe")
     slurm = parser.add_argument_group("SLURM")
     slurm.add_argument("--partition")
-    slurm.add_argument("--time", help="time limit: minutes, HH:MM:SS or D-HH:MM:SS (requeued when it runs out)")
+    slurm.add_argument(
+        "--time", help="time limit: minutes, HH:MM:SS or D-HH:MM:SS (default 24:00:00; requeued when it runs out)"
+    )
     slurm.add_argument("--cpus-per-task", type=int)
     slurm.add_argument("--mem-gb", type=float)
     slurm.add_argument("--account")
@@ -124,7 +126,7 @@ def _submitit(spec: LaunchSpec, args: argparse.Namespace) -> int:
         raise ConfigError("--slurm needs --nodes and --gpus-per-node (or nodes / gpus_per_node in the job spec)")
     cfg = validate_run(spec, spec.world_size())
     if args.dry_run:
-        plan = dry_run_spec(spec, cfg.output_dir)
+        plan = dry_run_spec(spec, cfg.output_dir, num_workers=cfg.data.num_workers)
         if args.json:
             print(json.dumps(plan, indent=1, default=str))
         else:
@@ -132,7 +134,7 @@ def _submitit(spec: LaunchSpec, args: argparse.Namespace) -> int:
             print(f"# each of the {plan['world_size']} tasks runs: {shlex.join(plan['task']['argv'])}")
             print(f"# after preemption/timeout it is requeued as: {shlex.join(plan['task']['on_requeue'])}")
         return 0
-    job = submit(spec, cfg.output_dir)
+    job = submit(spec, cfg.output_dir, num_workers=cfg.data.num_workers)
     console.print(
         f"[bold]submitted[/] {spec.launcher} job {job.job_id}: {spec.nodes or 1} node(s) × "
         f"{spec.gpus_per_node or 1} GPU(s); logs in {job.paths.folder}",

@@ -11,8 +11,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pipeline",
         help="run the MAWS recipe: MAE, then WSP initialised from the MAE encoder, then evaluation",
-        description="Run MAE → WSP → eval. Finished stages (consolidated.pt present) are skipped and interrupted ones "
-        "resume, so re-running the same command continues a crashed pipeline.",
+        description="Run MAE → WSP → eval. Finished stages (consolidated.pt present, same config) are skipped and "
+        "interrupted ones resume, so re-running the same command continues a crashed pipeline; a stage folder that "
+        "holds another config's run is refused with the differing keys.\n\nexample: maws-scale pipeline "
+        "configs/demo.yaml train.steps=50 --output-dir runs/demo50",
     )
     add_stage_run_arguments(parser)
     parser.set_defaults(func=_pipeline)

@@ -21,7 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="memory per GPU (params, grads, optimizer, activations, buffers) and a fits / does-not-fit verdict",
             description="Analytic memory per GPU for the config's layout (ZeRO stage, TP, activation checkpointing, "
             "offload, micro-batch) as DeepSpeed 0.19 holds it, FLOPs per step, the largest micro-batch that fits, "
-            "and with --search the fastest fitting layout by a simple speed model (docs/bench.md).",
+            "and with --search the fastest fitting layout by a simple speed model (docs/bench.md). Exits 1 when the "
+            "config's layout does not fit (with a hint). Searched layouts of another ZeRO stage use the shipped "
+            "ds_configs template of that stage.\n\nexample: maws-scale plan configs/vit_2b14_maws.yaml --gpus 64 "
+            "--search",
         )
     )
     add_config_arguments(parser)
@@ -57,7 +60,7 @@ def hardware_from_args(args: argparse.Namespace, cfg) -> object:
 def run(args: argparse.Namespace) -> int:
     from maws_scale.bench.planner import plan_layout, search
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args).resolved()  # a pipeline config: the stage named by `stage=` (default mae)
     hw = hardware_from_args(args, cfg)
     fused = cfg.model.kernels != "torch"
     plan = plan_layout(cfg, hw, num_classes=args.num_classes, fused_kernels=fused)
@@ -69,12 +72,34 @@ def run(args: argparse.Namespace) -> int:
             best = next((r for r in rows if r.fits), None)
             out["best"] = best.plan.as_dict() if best else None
         print(json.dumps(out))
-        return 0
+        return 0 if plan.fits else 1
     console = Console()
     print_plan(console, plan, hw)
     if rows is not None:
         print_search(console, rows, args.top)
-    return 0
+    if not plan.fits:
+        console.print(f"[yellow]hint:[/] {fit_hint(cfg, rows)}", highlight=False)
+    return 0 if plan.fits else 1
+
+
+def fit_hint(cfg, rows) -> str:
+    """What to change when the config's own layout does not fit: the fastest fitting layout as overrides."""
+    best = next((r for r in rows or [] if r.fits), None)
+    if rows is None:
+        return "run with --search for the fastest layout that fits, or give more GPUs (--gpus) / --gpu-mem"
+    if best is None:
+        return "no layout fits: more GPUs (--gpus), a bigger --gpu-mem, or a smaller model / global batch"
+    lay = best.plan.layout
+    overrides = [
+        f"parallel.zero_stage={lay.zero_stage}",
+        f"parallel.tp={lay.tp}",
+        f"parallel.activation_checkpointing={str(lay.checkpointing).lower()}",
+        f"parallel.offload={lay.offload}",
+        f"train.micro_batch={best.micro_batch}",
+    ]
+    if cfg.parallel.ds_config and lay.zero_stage != cfg.parallel.zero_stage:
+        overrides.append("parallel.ds_config=null")
+    return "the fastest fitting layout, as overrides: " + " ".join(overrides)
 
 
 def _gib(value: float) -> str:

@@ -45,8 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slurm", action="store_true", help="submit the points as a SLURM job array (submitit)")
     parser.add_argument("--nodes", type=int)
     parser.add_argument("--gpus-per-node", type=int)
+    helps = {
+        "time": "time limit per point: minutes, HH:MM:SS or D-HH:MM:SS (default 24:00:00)",
+        "cpus_per_task": "CPUs per task (default: data.num_workers + 1)",
+    }
     for flag in SLURM_FLAGS:
-        parser.add_argument(f"--{flag.replace('_', '-')}", type=float if flag == "mem_gb" else str)
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}",
+            type=float if flag == "mem_gb" else str,
+            help=helps.get(flag),
+        )
     parser.set_defaults(func=run)
 
 
@@ -72,17 +80,26 @@ def run(args: argparse.Namespace) -> int:
         f"sweep {sweep.spec.name}: {len(pending)} to run, {skipped} finished (skipped); MLflow {sweep.tracking_uri}",
         highlight=False,
     )
+    from maws_scale.jobs.sweep_run import close_parent_run, sweep_parent_run
+
+    parent = sweep_parent_run(sweep)
     if launch is None:
         from maws_scale.jobs.sweep_run import run_sequential
 
-        outcomes = run_sequential(sweep, pending, fail_fast=args.fail_fast, console=console)
-        failed = [o.point.run_id for o in outcomes if o.returncode != 0]
+        status = "KILLED"
+        try:
+            outcomes = run_sequential(sweep, pending, fail_fast=args.fail_fast, console=console, parent=parent)
+            failed = [o.point.run_id for o in outcomes if o.returncode != 0]
+            status = "FAILED" if failed else "FINISHED"
+        finally:
+            close_parent_run(sweep, parent, status)
         if failed:
             console.print(f"[red]{len(failed)} point(s) failed:[/] {', '.join(failed)}", highlight=False)
         return 1 if failed else 0
     from maws_scale.jobs.sweep_run import submit_points
 
-    jobs = submit_points(sweep, pending, launch)
+    jobs = submit_points(sweep, pending, launch, parent=parent)
+    close_parent_run(sweep, parent, "FINISHED")  # a grouping run: the points' own runs carry their status
     for point, job in zip(pending, jobs):
         print(f"{point.run_id}\t{job.job_id}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from maws_scale.commands._common import add_config_arguments, config_from_args
-from maws_scale.config import RunConfig, _flatten
+from maws_scale.config import RunConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +30,9 @@ def add_stage_run_arguments(parser: argparse.ArgumentParser) -> None:
 def run_config(args: argparse.Namespace) -> RunConfig:
     """Load the config and fold the flags in as overrides (so the error messages name the config keys).
 
-    What is given on the command line wins over the config's ``stages.<stage>`` sections too: ``maws-scale train
-    demo.yaml stage=mae train.steps=10`` runs 10 steps even if ``stages.mae`` sets ``train.steps``.
+    What is given on the command line wins over the config's ``stages.<stage>`` sections too (``load_config`` does
+    that for every command): ``maws-scale train demo.yaml stage=mae train.steps=10`` runs 10 steps even if
+    ``stages.mae`` sets ``train.steps``.
     """
     extra = []
     if args.resume:
@@ -41,20 +42,11 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     if args.output_dir:
         extra.append(f"output_dir={args.output_dir}")
     args.overrides = [*(args.overrides or []), *extra]
-    cfg = config_from_args(args)
-    given = {item.partition("=")[0].strip() for item in args.overrides}
-    if cfg.stages and given:
-        cfg.stages = {
-            stage: {k: v for k, v in _flatten(section or {}).items() if k not in given}
-            for stage, section in cfg.stages.items()
-        }
-    return cfg
+    return config_from_args(args)
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = run_config(args)
-    if cfg.stage in cfg.stages:
-        cfg = cfg.for_stage(cfg.stage)
+    cfg = run_config(args).resolved()
     cfg.check_standalone()
     from maws_scale.train.loop import train_stage
 

@@ -31,7 +31,7 @@ def build_eval_encoder(cfg: RunConfig) -> VisionTransformer:
     """The encoder of ``cfg.model`` (its pooling included), freshly initialised."""
     m = cfg.model
     return build_encoder(
-        m.name,
+        cfg.spec,
         img_size=cfg.img_size,
         in_chans=m.in_chans,
         pool=m.pool,

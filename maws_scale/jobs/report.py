@@ -2,9 +2,11 @@
 
 Each sweep point may log several MLflow runs (one per pipeline stage, tagged ``stage``); a point's row holds every
 final metric as ``<stage>/<metric>`` (``eval/*`` metrics keep their name), its coordinates, and two derived columns:
-``params`` (encoder parameters, counted on the meta device) and ``compute`` (training FLOPs of the stages that ran:
-steps × global batch × per-sample step FLOPs from ``maws_scale.models.flops``). Rows are grouped by the coordinates
-other than the seed: mean ± std (ddof 1) and count. Fits are ``y = a · x^b`` by least squares in log-log.
+``params`` (encoder parameters, counted on the meta device), ``compute`` (training FLOPs of the stages that ran:
+steps × global batch × per-sample step FLOPs from ``maws_scale.models.flops``) and ``samples`` (steps × global batch
+of those stages). Rows are grouped by the coordinates other than the seed: mean ± std (ddof 1) and count. Fits
+(``report.fits``, kinds in ``maws_scale.jobs.sweep.FitSpec``): a plain power law, ``E + A·x^-α`` with bootstrap
+CIs, ``E + A/N^α + B/D^β``, and the IsoFLOP compute-optimal frontier (``maws_scale.jobs.scaling``).
 Outputs (``--out``, default ``<output_dir>/report``): ``runs.csv``, ``summary.csv``, ``summary.md``, ``fits.json``
 and PNGs, also logged as artifacts of an MLflow run ``<name>-report``.
 """
@@ -54,6 +56,8 @@ def _mlflow_runs(sweep: Sweep) -> list[Any]:
 
 
 def metric_column(stage: str | None, key: str) -> str:
+    """``<stage>/<metric>``: a training run's ``train/loss`` is ``wsp/loss``, ``perf/…`` is ``wsp/perf/…``."""
+    key = key.removeprefix("train/")
     if stage is None or key.startswith(("eval/", f"{stage}/")):
         return key
     return f"{stage}/{key}"
@@ -63,8 +67,19 @@ def encoder_params(cfg: RunConfig) -> int:
     """Parameters of the encoder (no decoder, no head), counted on the meta device."""
     from maws_scale.models import build_encoder
 
-    model = build_encoder(cfg.model.name, device="meta", img_size=cfg.img_size, pool=cfg.model.pool)
+    model = build_encoder(cfg.spec, device="meta", img_size=cfg.img_size, pool=cfg.model.pool)
     return sum(p.numel() for p in model.parameters())
+
+
+def training_samples(cfg: RunConfig, stages: list[str]) -> float:
+    """Samples the ``stages`` trained on: train.steps × global_batch summed (NaN if steps unset)."""
+    total = 0.0
+    for stage in stages:
+        sc = cfg.for_stage(stage)
+        if sc.train.steps is None:
+            return math.nan
+        total += float(sc.train.steps * sc.train.global_batch)
+    return total
 
 
 def training_flops(cfg: RunConfig, stages: list[str]) -> float:
@@ -77,7 +92,7 @@ def training_flops(cfg: RunConfig, stages: list[str]) -> float:
         if sc.train.steps is None:
             return math.nan
         per_sample = step_flops(
-            sc.model.name,
+            sc.spec,
             stage,
             img_size=sc.img_size,
             mask_ratio=sc.mae.mask_ratio if stage == "mae" else None,
@@ -110,9 +125,14 @@ def gather(sweep: Sweep, runs: list[Any] | None = None) -> pd.DataFrame:
     for run_id, row in rows.items():
         cfg = points[run_id].config
         row["params"] = float(encoder_params(cfg))
-        row["compute"] = training_flops(cfg, sorted(set(stages.get(run_id, [])), key=["mae", "wsp"].index))
+        ran = sorted(set(stages.get(run_id, [])), key=["mae", "wsp"].index)
+        row["compute"] = training_flops(cfg, ran)
+        row["samples"] = training_samples(cfg, ran)
     frame = pd.DataFrame(list(rows.values()))
-    return frame.sort_values("run").reset_index(drop=True) if len(frame) else frame
+    if not len(frame):
+        return frame
+    order = {run_id: i for i, run_id in enumerate(points)}  # the sweep's own order (numbers not sorted as text)
+    return frame.sort_values("run", key=lambda runs: runs.map(order)).reset_index(drop=True)
 
 
 # ----- tables -----------------------------------------------------------------------------------------------------
@@ -184,7 +204,7 @@ def fit_and_plot(runs: pd.DataFrame, x: str, y: str, group_by: list[str], out: P
     for name, part in groups:
         label = name if isinstance(name, str) else ", ".join(map(str, np.atleast_1d(name)))
         law: PowerLaw = fit_power_law(part[x].to_numpy(float), part[y].to_numpy(float))
-        results.append({"x": x, "y": y, "group": label, **law.to_json(), "text": law.describe(x, y)})
+        results.append({"x": x, "y": y, "kind": "power", "group": label, **law.to_json(), "text": law.describe(x, y)})
         axes.scatter(part[x], part[y], s=18, alpha=0.7, label=f"{label}: b={law.b:+.3f}")
         grid = np.geomspace(part[x].min(), part[x].max(), 50)
         axes.plot(grid, law(grid), linewidth=1.2)
@@ -225,7 +245,10 @@ def histories(sweep: Sweep, runs: pd.DataFrame, metric: str) -> list[pd.Series |
     client = _client(sweep.tracking_uri)
     out: list[pd.Series | None] = []
     for ids in runs["_mlflow"]:
-        history = client.get_metric_history(ids[stage], key) if stage in ids else []
+        history = []
+        if stage in ids:  # training metrics are logged as train/<key> (older runs: <key>)
+            history = client.get_metric_history(ids[stage], f"train/{key}")
+            history = history or client.get_metric_history(ids[stage], key)
         out.append(pd.Series({m.step: m.value for m in history}).sort_index() if history else None)
     return out
 
@@ -277,14 +300,20 @@ def build_report(sweep: Sweep, out: Path | None = None, runs: list[Any] | None =
             ]
     metric_cols = [c for c in table.columns if c not in ("run", "_mlflow", *sweep.coordinates())]
     metrics = spec.metrics or metric_cols
-    summary = summarize(table, keys, [*metrics, *(c for c in ("params", "compute") if c not in metrics)])
+    derived = ("params", "compute", "samples")
+    summary = summarize(table, keys, [*metrics, *(c for c in derived if c not in metrics)])
     report = Report(table, summary)
     table.drop(columns=["_mlflow"]).to_csv(out / "runs.csv", index=False, float_format="%.6g")
     summary.to_csv(out / "summary.csv", index=False, float_format="%.6g")
     (out / "summary.md").write_text(markdown(summary, keys, metrics))
     report.files += [out / "runs.csv", out / "summary.csv", out / "summary.md"]
     for fit in spec.fits:
-        results, path = fit_and_plot(table, fit.x, fit.y, fit.group_by, out)
+        if fit.kind == "power":
+            results, path = fit_and_plot(table, fit.x, fit.y, fit.group_by, out)
+        else:
+            from maws_scale.jobs.report_scaling import scaling_fit_and_plot
+
+            results, path = scaling_fit_and_plot(table, fit, out)
         report.fits += results
         report.files.append(path)
     if spec.fits:
@@ -315,6 +344,8 @@ def log_report(sweep: Sweep, report: Report) -> str:
         client.log_artifact(run_id, str(path), "report")
     for fit in report.fits:
         name = _safe(f"fit/{fit['y']}_vs_{fit['x']}/{fit['group']}")
-        client.log_metric(run_id, f"{name}/exponent", fit["b"])
+        for key, metric in (("b", "exponent"), ("alpha", "alpha"), ("beta", "beta"), ("E", "E"), ("r2", "r2")):
+            if isinstance(fit.get(key), (int, float)):
+                client.log_metric(run_id, f"{name}/{metric}", float(fit[key]))
     client.set_terminated(run_id)
     return run_id

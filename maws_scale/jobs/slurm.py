@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from maws_scale.config import ConfigError
 from maws_scale.jobs.spec import LaunchSpec
 
 RESUME_AUTO = "checkpoint.resume=auto"
@@ -127,10 +129,24 @@ class _OfflineSlurmExecutor(submitit.SlurmExecutor):
         return 2
 
 
-def slurm_parameters(spec: LaunchSpec) -> dict[str, Any]:
-    """submitit ``SlurmExecutor`` parameters: ``nodes`` × one task per GPU, USR2 before the limit for requeue."""
+def require_slurm() -> None:
+    """Refuse (ConfigError, no traceback) to submit where SLURM's commands are absent."""
+    missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if missing:
+        raise ConfigError(
+            f"--slurm: {' and '.join(missing)} not found on PATH: submit from a SLURM login node, add --dry-run to see "
+            "the sbatch script, or drop --slurm to run here"
+        )
+
+
+def slurm_parameters(spec: LaunchSpec, num_workers: int | None = None) -> dict[str, Any]:
+    """submitit ``SlurmExecutor`` parameters: ``nodes`` × one task per GPU, USR2 before the limit for requeue.
+    ``num_workers`` (``data.num_workers``) sets ``cpus_per_task`` (workers + 1) unless the spec sets it."""
     o = spec.slurm
     gpus = spec.gpus_per_node or 1
+    nodes = spec.nodes or 1
+    exclusive = o.exclusive if o.exclusive is not None else (nodes > 1 or gpus >= 8)
+    cpus = o.cpus_per_task or (num_workers + 1 if num_workers is not None else None)
     params: dict[str, Any] = {
         "job_name": o.job_name or f"maws-{spec.command}-{Path(spec.config).stem}",
         "nodes": spec.nodes or 1,
@@ -141,12 +157,12 @@ def slurm_parameters(spec: LaunchSpec) -> dict[str, Any]:
     }
     optional = {
         "partition": o.partition,
-        "cpus_per_task": o.cpus_per_task,
+        "cpus_per_task": cpus,
         "mem": f"{o.mem_gb:g}GB" if o.mem_gb else None,
         "account": o.account,
         "qos": o.qos,
         "constraint": o.constraint,
-        "exclusive": True if o.exclusive else None,
+        "exclusive": True if exclusive else None,
     }
     params.update({k: v for k, v in optional.items() if v is not None})
     if o.setup:
@@ -161,7 +177,9 @@ def job_folder(spec: LaunchSpec, output_dir: str) -> str:
     return str((Path(spec.slurm.folder or Path(output_dir) / "submitit") / "%j").absolute())
 
 
-def make_executor(spec: LaunchSpec, folder: str, offline: bool = False) -> submitit.Executor:
+def make_executor(
+    spec: LaunchSpec, folder: str, offline: bool = False, num_workers: int | None = None
+) -> submitit.Executor:
     """A configured submitit executor for ``spec.launcher`` (slurm or local); ``offline`` for dry runs."""
     if spec.launcher == "local":
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=spec.slurm.max_requeue)
@@ -173,9 +191,11 @@ def make_executor(spec: LaunchSpec, folder: str, offline: bool = False) -> submi
             signal_delay_s=spec.slurm.signal_delay_s,
         )
         return executor
+    if not offline:
+        require_slurm()
     cls = _OfflineSlurmExecutor if offline else submitit.SlurmExecutor
     executor = cls(folder=folder, max_num_timeout=spec.slurm.max_requeue)
-    executor.update_parameters(**slurm_parameters(spec))
+    executor.update_parameters(**slurm_parameters(spec, num_workers))
     return executor
 
 
@@ -189,10 +209,10 @@ def argv_for(spec: LaunchSpec) -> list[str]:
     return [spec.command, spec.config, *spec.overrides]
 
 
-def dry_run_spec(spec: LaunchSpec, output_dir: str) -> dict[str, Any]:
+def dry_run_spec(spec: LaunchSpec, output_dir: str, num_workers: int | None = None) -> dict[str, Any]:
     """What ``--dry-run --json`` prints for a SLURM launch: parameters, the sbatch text and the task's argv."""
     folder = job_folder(spec, output_dir)
-    executor = make_executor(spec, folder, offline=True)
+    executor = make_executor(spec, folder, offline=True, num_workers=num_workers)
     argv = argv_for(spec)
     return {
         "launcher": spec.launcher,
@@ -204,7 +224,9 @@ def dry_run_spec(spec: LaunchSpec, output_dir: str) -> dict[str, Any]:
     }
 
 
-def submit(spec: LaunchSpec, output_dir: str, runner: Runner | None = None) -> submitit.Job:
+def submit(
+    spec: LaunchSpec, output_dir: str, runner: Runner | None = None, num_workers: int | None = None
+) -> submitit.Job:
     """Submit the job; return submitit's handle (``job.job_id``, ``job.result()``)."""
-    executor = make_executor(spec, job_folder(spec, output_dir))
+    executor = make_executor(spec, job_folder(spec, output_dir), num_workers=num_workers)
     return executor.submit(TrainingTask(argv_for(spec), runner=runner))

@@ -63,7 +63,9 @@ class SlurmOptions(BaseModel):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    exclusive: bool = True
+    exclusive: bool | None = Field(
+        None, description="whole nodes; default: only for a multi-node job or one that takes 8+ GPUs of its node"
+    )
     job_name: str | None = None
     folder: str | None = Field(None, description="submitit logs and pickles; default <output_dir>/submitit")
     max_requeue: int = Field(10, ge=0, description="requeues after preemption or timeout (submitit max_num_timeout)")

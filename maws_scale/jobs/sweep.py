@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from maws_scale.config import ConfigError, RunConfig, load_config
 from maws_scale.jobs.spec import LaunchSpec
@@ -52,12 +52,23 @@ RESERVED = (LABEL, COMMAND, CHECKPOINT)
 
 
 class FitSpec(BaseModel):
-    """A power law ``y = a · x^b`` fitted in log-log; x / y: metric, param or derived column (params, compute)."""
+    """A scaling fit of column ``y`` (a final metric) against ``x`` (a metric, coordinate or derived column:
+    ``params``, ``compute``, ``samples``). Kinds (``maws_scale.jobs.scaling``): ``power`` y = a·x^b in log-log;
+    ``saturating`` y = E + A·x^-α with bootstrap CIs; ``two_term`` y = E + A/x^α + B/x2^β (x = N, x2 = D);
+    ``frontier`` IsoFLOP minima of y per compute band (x = compute, x2 = params) and N_opt(C) = k·C^a."""
 
     model_config = ConfigDict(extra="forbid")
     x: str
     y: str
+    kind: Literal["power", "saturating", "two_term", "frontier"] = "power"
+    x2: str | None = Field(None, description="two_term: the second variable (samples); frontier: the size (params)")
     group_by: list[str] = Field(default_factory=list, description="one fit per value of these coordinates")
+
+    @model_validator(mode="after")
+    def _second_variable(self) -> FitSpec:
+        if self.kind in ("two_term", "frontier") and not self.x2:
+            raise ValueError(f"a {self.kind} fit needs x2 (two_term: samples; frontier: params)")
+        return self
 
 
 class ReportSpec(BaseModel):
@@ -314,7 +325,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         cfg.tracking.tags = tags
         if command == "train":
             try:
-                cfg = cfg.for_stage(cfg.stage) if cfg.stage in cfg.stages else cfg
+                cfg = cfg.resolved()
                 cfg.check_standalone()
             except ConfigError as err:
                 raise ConfigError(f"sweep point '{run_id}': {err}") from None

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from maws_scale.jobs.slurm import TrainingTask, make_executor, sbatch_script
 from maws_scale.jobs.spec import LaunchSpec
 from maws_scale.jobs.sweep import Point, Sweep, mark_done, write_configs
+from maws_scale.track.mlflow import PARENT_ENV
 
 
 @dataclass
@@ -24,6 +25,45 @@ class Outcome:
     point: Point
     returncode: int
     seconds: float
+
+
+def sweep_parent_run(sweep: Sweep) -> str | None:
+    """The sweep's own MLflow run (``<name>-sweep``, re-used by re-runs) that every point's runs nest under; None
+    when the store cannot be reached (the points still run and log)."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from maws_scale.track.mlflow import artifact_location
+
+        client = MlflowClient(tracking_uri=sweep.tracking_uri)
+        experiment = client.get_experiment_by_name(sweep.spec.name)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else client.create_experiment(sweep.spec.name, artifact_location=artifact_location(sweep.tracking_uri))
+        )
+        found = client.search_runs([experiment_id], filter_string=f"tags.sweep_parent = '{sweep.spec.name}'")
+        if found:
+            return found[0].info.run_id
+        tags = {"sweep_parent": sweep.spec.name, "sweep_file": str(sweep.path)}
+        return client.create_run(experiment_id, run_name=f"{sweep.spec.name}-sweep", tags=tags).info.run_id
+    except Exception as err:  # tracking must never stop a sweep
+        Console(stderr=True).print(
+            f"[yellow]MLflow: no sweep parent run ({type(err).__name__}: {err})", highlight=False
+        )
+        return None
+
+
+def close_parent_run(sweep: Sweep, run_id: str | None, status: str) -> None:
+    """Mark the sweep's parent run ``status`` (FINISHED / FAILED / KILLED)."""
+    if run_id is None:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=sweep.tracking_uri).set_terminated(run_id, status=status)
+    except Exception:
+        pass
 
 
 def select(sweep: Sweep, only: list[str] | None = None, force: bool = False) -> list[Point]:
@@ -41,11 +81,17 @@ def _tail(path: os.PathLike, lines: int = 25) -> str:
 
 
 def run_sequential(
-    sweep: Sweep, points: list[Point], fail_fast: bool = False, console: Console | None = None
+    sweep: Sweep,
+    points: list[Point],
+    fail_fast: bool = False,
+    console: Console | None = None,
+    parent: str | None = None,
 ) -> list[Outcome]:
-    """Run each point as ``python -m maws_scale.cli <command> <run_dir>/config.yaml``; log to ``<run_dir>/run.log``."""
+    """Run each point as ``python -m maws_scale.cli <command> <run_dir>/config.yaml``; log to ``<run_dir>/run.log``.
+    ``parent``: the sweep's MLflow run, handed to each point (its runs nest under it)."""
     console = console or Console(stderr=True)
     write_configs(sweep)
+    nest = {PARENT_ENV: parent} if parent else {}
     outcomes: list[Outcome] = []
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
@@ -63,7 +109,7 @@ def run_sequential(
                         [sys.executable, "-m", "maws_scale.cli", *argv],
                         stdout=handle,
                         stderr=subprocess.STDOUT,
-                        env={**os.environ, "PYTHONUNBUFFERED": "1", **sweep.spec.env},
+                        env={**os.environ, "PYTHONUNBUFFERED": "1", **sweep.spec.env, **nest},
                     )
                     if code != 0:
                         break
@@ -92,12 +138,20 @@ def _steps(sweep: Sweep, point: Point) -> list[list[str]]:
 
 
 def _executor(sweep: Sweep, launch: LaunchSpec, offline: bool = False) -> Any:
+    """One executor for the sweep's job array: named after the sweep, CPUs per task from the points' data workers."""
     folder = str((sweep.output_dir / "submitit" / "%j").absolute())
-    return make_executor(launch, folder, offline=offline)
+    if not launch.slurm.job_name:
+        launch = launch.model_copy(
+            update={"slurm": launch.slurm.model_copy(update={"job_name": f"sweep-{sweep.spec.name}"})}
+        )
+    workers = max((p.config.data.num_workers for p in sweep.points), default=None)
+    return make_executor(launch, folder, offline=offline, num_workers=workers)
 
 
-def submit_points(sweep: Sweep, points: list[Point], launch: LaunchSpec) -> list[Any]:
-    """Submit the points as one submitit batch (a SLURM job array); each task marks its point done on success."""
+def submit_points(sweep: Sweep, points: list[Point], launch: LaunchSpec, parent: str | None = None) -> list[Any]:
+    """Submit the points as one submitit batch (a SLURM job array); each task marks its point done on success.
+    ``parent``: the sweep's MLflow run, handed to each task (its runs nest under it)."""
+    nest = {PARENT_ENV: parent} if parent else {}
     write_configs(sweep)
     executor = _executor(sweep, launch)
     jobs = []
@@ -109,7 +163,7 @@ def submit_points(sweep: Sweep, points: list[Point], launch: LaunchSpec) -> list
                 done_file=str(point.done_path),
                 done_info={"run_id": point.run_id, "config_hash": point.config_hash},
                 after=after,
-                env=sweep.spec.env,
+                env={**sweep.spec.env, **nest},
             )
             jobs.append(executor.submit(task))
     return jobs

@@ -51,10 +51,11 @@ def _finish(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Modul
 
 
 def build_encoder(
-    name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None, **overrides: Any
+    name: str | ViTSpec, device: torch.device | str | None = None, dtype: torch.dtype | None = None, **overrides: Any
 ) -> VisionTransformer:
-    """The ViT encoder ``name`` without a head (forward → pooled features). Overrides: img_size, in_chans, pool,
-    qkv_bias, qk_norm, norm_bias, parallel_block, drop_path, attention, num_classes."""
+    """The ViT encoder ``name`` (a registry name or a ViTSpec) without a head (forward → pooled features).
+    Overrides: img_size, in_chans, pool, qkv_bias, qk_norm, norm_bias, parallel_block, drop_path, attention,
+    num_classes."""
     _check_overrides(overrides, (*_ENCODER_OPTIONS, "num_classes"), "build_encoder")
     kwargs = {**_spec_kwargs(get_spec(name)), "num_classes": 0}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
@@ -64,7 +65,7 @@ def build_encoder(
 
 
 def build_wsp(
-    name: str,
+    name: str | ViTSpec,
     num_classes: int,
     pool: str = "cls",
     device: torch.device | str | None = None,
@@ -78,7 +79,7 @@ def build_wsp(
 
 
 def build_mae(
-    name: str,
+    name: str | ViTSpec,
     mask_ratio: float = 0.75,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -126,7 +127,7 @@ def build_model(
     )
     if cfg.stage == "mae":
         model: VisionTransformer = build_mae(
-            m.name,
+            cfg.spec,
             mask_ratio=cfg.mae.mask_ratio,
             device=device,
             dtype=dtype,
@@ -142,7 +143,7 @@ def build_model(
         if classes is None:
             raise ValueError("wsp.num_classes: not set and no vocabulary size given; set wsp.num_classes")
         pool = common.pop("pool")
-        model = build_wsp(m.name, classes, pool=pool, device=device, dtype=dtype, **common)
+        model = build_wsp(cfg.spec, classes, pool=pool, device=device, dtype=dtype, **common)
     else:
         raise ValueError(f"stage: no model for stage '{cfg.stage}'")
     model.set_grad_checkpointing(cfg.parallel.activation_checkpointing)

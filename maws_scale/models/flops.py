@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from maws_scale.models.registry import get_spec
+from maws_scale.models.registry import ViTSpec, get_spec
 
 STAGES = ("mae", "wsp", "encoder")
 
@@ -62,7 +62,7 @@ def pool_flops(shape: FlopShape, tokens: int) -> int:
 def flop_shape(model_or_name: nn.Module | str, img_size: int | None = None, **overrides) -> FlopShape:
     """The :class:`FlopShape` of a built model (ViT or MAE) or a registry name (+ overrides: pool, num_classes,
     mask_ratio, decoder_width, decoder_depth)."""
-    if isinstance(model_or_name, str):
+    if isinstance(model_or_name, (str, ViTSpec)):
         spec = get_spec(model_or_name)
         dec_width = overrides.pop("decoder_width", None) or spec.decoder_width
         shape = FlopShape(

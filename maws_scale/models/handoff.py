@@ -11,6 +11,7 @@ import torch
 
 from maws_scale.models.build import build_wsp
 from maws_scale.models.mae import is_decoder_key
+from maws_scale.models.registry import ViTSpec
 from maws_scale.models.state import adapt_state_dict, clean_state_dict, load_state_dict_file
 from maws_scale.models.vit import VisionTransformer
 
@@ -41,7 +42,7 @@ def _short(keys: list[str], limit: int = 4) -> str:
 
 def wsp_from_mae(
     mae_state_dict: Mapping[str, torch.Tensor] | str | os.PathLike,
-    name: str,
+    name: str | ViTSpec,
     num_classes: int,
     pool: str = "cls",
     **overrides: Any,
@@ -85,7 +86,8 @@ def wsp_from_mae(
             problems.append(f"unexpected keys: {_short(unexpected, 8)}")
         if wrong:
             problems.append(f"shape mismatch: {_short(wrong, 4)}")
-        raise HandoffError(f"wsp.init_from: the MAE checkpoint does not fit {name}: " + "; ".join(problems))
+        target = name if isinstance(name, str) else f"width {name.width}, depth {name.depth}, patch {name.patch}"
+        raise HandoffError(f"wsp.init_from: the MAE checkpoint does not fit {target}: " + "; ".join(problems))
     with torch.no_grad():
         for key in expected:
             own[key].copy_(adapted[key])

@@ -70,8 +70,10 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-def get_spec(name: str) -> ViTSpec:
-    """Return the shape registered under ``name`` or raise with a 'did you mean'."""
+def get_spec(name: str | ViTSpec) -> ViTSpec:
+    """Return the shape registered under ``name`` (a ViTSpec is returned as is) or raise with a 'did you mean'."""
+    if isinstance(name, ViTSpec):
+        return name
     try:
         return MODELS[name]
     except KeyError:

@@ -8,20 +8,30 @@ that hangs longer than ``stall_warn`` (30 s) is warned about from the training t
 reported within a minute and costs the final flush 5 s, not 30.
 
 Default store: ``sqlite:///<output_dir>/mlflow.db`` with artifacts in ``<output_dir>/mlartifacts`` (the old
-``./mlruns`` file store raises in MLflow 3.17). ``tracking.uri`` (or ``--tracking-uri``) points at a server instead.
+``./mlruns`` file store raises in MLflow 3.17); any other ``sqlite:///`` store keeps its artifacts beside its DB file.
+``tracking.uri`` (or ``--tracking-uri``) points at a server instead.
+
+Runs are linked: a pipeline opens a parent run (:func:`parent_run`) and its stage / eval runs are nested under it; a
+sweep passes its own parent run to each point's process in ``MAWS_SCALE_PARENT_RUN``. Every run is tagged with the
+git commit, package versions and the training set's manifest id and record count (:func:`provenance_tags`). Metrics
+go to MLflow with prefixes (``train/``, ``perf/``; ``eval/`` is the evaluation's own) so the charts group.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.metadata
 import json
 import logging
 import os
 import queue
+import subprocess
 import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +43,122 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
 RUN_ID_FILE = "mlflow_run_id"
+PARENT_ENV = "MAWS_SCALE_PARENT_RUN"
+PARENT_TAG = "mlflow.parentRunId"
+PACKAGES = ("torch", "deepspeed", "megatron-core", "triton", "mlflow", "maws-scale")
+PERF_METRICS = (
+    "images_per_s",
+    "tokens_per_s",
+    "tflops_per_device",
+    "peak_mem_gib",
+    "measured_peak_tflops",
+    "data_wait_pct",
+    "eta_s",
+)
 _STOP = object()
 HTTP_LIMITS = {  # MLflow's defaults (120 s, 7 retries with backoff) keep a dying server's request alive for minutes
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
 }
+
+
+_parent: list[str] = []
+
+
+@contextlib.contextmanager
+def parent_run(run_id: str | None) -> Iterator[None]:
+    """Nest the runs :func:`make_tracker` creates inside this block under MLflow run ``run_id``."""
+    if run_id:
+        _parent.append(run_id)
+    try:
+        yield
+    finally:
+        if run_id:
+            _parent.pop()
+
+
+def current_parent() -> str | None:
+    """The run new runs nest under: the innermost :func:`parent_run`, else ``$MAWS_SCALE_PARENT_RUN`` (sweeps)."""
+    return _parent[-1] if _parent else (os.environ.get(PARENT_ENV) or None)
+
+
+def mlflow_metric_names(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Training-loop names → grouped MLflow names: ``loss`` → ``train/loss``, ``images_per_s`` → ``perf/…``, MFU
+    (a fraction) → ``perf/mfu_pct_datasheet_peak`` / ``perf/mfu_pct_measured_peak`` in percent."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if "/" in key:
+            out[key] = value
+        elif key == "mfu":
+            out["perf/mfu_pct_datasheet_peak"] = 100.0 * value
+        elif key == "mfu_measured":
+            out["perf/mfu_pct_measured_peak"] = 100.0 * value
+        elif key in PERF_METRICS:
+            out[f"perf/{key}"] = value
+        else:
+            out[f"train/{key}"] = value
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _code_tags() -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for package in PACKAGES:
+        try:
+            tags[f"version.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            tags[f"version.{package}"] = "absent"
+    try:
+        root = Path(__file__).resolve().parents[2]
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        tags["git.commit"] = commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        tags["git.commit"] = "unknown"
+    return tags
+
+
+def provenance_tags(cfg: RunConfig) -> dict[str, str]:
+    """Git commit, package versions, and the training set's manifest id and record count (where it has one)."""
+    tags = dict(_code_tags())
+    if cfg.data.path and not cfg.data.synthetic:
+        try:
+            from maws_scale.data.shards import load_manifest
+
+            manifest = load_manifest(cfg.data.path)
+            tags.update({"data.manifest_id": manifest.fingerprint(), "data.records": str(manifest.records)})
+        except Exception as err:  # a missing / bad manifest is the loader's error to report, not the tracker's
+            tags["data.manifest_id"] = f"unreadable ({type(err).__name__})"
+    return tags
+
+
+def artifact_location(uri: str, output_dir: str | Path | None = None) -> str | None:
+    """Where a new experiment keeps artifacts: beside a ``sqlite:///`` DB (``<db dir>/mlartifacts``), never the
+    working directory's ``./mlruns``; a server decides for itself (None)."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    elif output_dir is not None and "://" not in uri:
+        folder = Path(output_dir)
+    else:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    return (folder / "mlartifacts").resolve().as_uri()
+
+
+def runs_link(uri: str, experiment_id: str | None, run_id: str | None = None) -> str:
+    """How to open the training view: MLflow 3's UI starts in GenAI mode, so give the runs page directly."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}" if run_id else f"#/experiments/{experiment_id}/runs"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000/{page}"
 
 
 class TrackingWarning(UserWarning):
@@ -50,11 +170,22 @@ class NullTracker:
 
     run_id: str | None = None
 
+    def start(self, timeout: float = 30.0) -> str | None:
+        """Create the run now; → its id."""
+        return None
+
+    def link(self) -> str | None:
+        """The runs page of this run."""
+        return None
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Record run parameters."""
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Record metrics at ``step``."""
+
+    def log_tags(self, tags: Mapping[str, str]) -> None:
+        """Set run tags (values measured at run time: they may change between attempts, params may not)."""
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a local file."""
@@ -119,12 +250,14 @@ class MLflowTracker:
             for name, value in HTTP_LIMITS.items():
                 os.environ.setdefault(name, value)
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.dropped = 0
         self.failures = 0
         self._queue: queue.Queue = queue.Queue()
         self._pending: deque = deque(maxlen=max_buffer)
         self._healthy = True
         self._warned = False
+        self._started = threading.Event()
         self._client = None
         self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
         self._thread.start()
@@ -143,6 +276,20 @@ class MLflowTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._check_stalled()
         self._queue.put(("artifact", (str(path), artifact_path)))
+
+    def log_tags(self, tags: Mapping[str, str]) -> None:
+        self._queue.put(("tags", {k: str(v)[:MAX_PARAM_LENGTH] for k, v in tags.items()}))
+
+    def start(self, timeout: float = 180.0) -> str | None:
+        """Create the run now and return its id: None when the store failed (at once) or did not answer within
+        ``timeout`` seconds (a new sqlite store creates its tables first: ~20 s, more on a loaded machine)."""
+        self._queue.put(("tags", {}))
+        self._started.wait(timeout)
+        return self.run_id
+
+    def link(self) -> str | None:
+        """The runs page of this run (after it was created), see :func:`runs_link`."""
+        return runs_link(self.uri, self.experiment_id, self.run_id) if self.run_id else None
 
     def finish(self, status: str = "FINISHED") -> None:
         """Flush (up to ``flush_timeout`` seconds, 5 s if the server is down or hanging) and close the run."""
@@ -210,6 +357,7 @@ class MLflowTracker:
                 self._healthy = True
                 self._busy_since = None
             except Exception as err:  # any failure of the server or the network: buffer and keep going
+                self._started.set()  # start() stops waiting: the run does not exist (yet)
                 self.failures += 1
                 self._healthy = False
                 next_try = time.monotonic() + self.retry_every
@@ -249,6 +397,7 @@ class MLflowTracker:
             experiment_id = self._client.create_experiment(self.experiment, artifact_location=self.artifact_location)
         else:
             experiment_id = experiment.experiment_id
+        self.experiment_id = experiment_id
         previous = self._previous_run_id()
         if previous is not None:
             self._client.update_run(previous, status="RUNNING")
@@ -259,6 +408,7 @@ class MLflowTracker:
             if self.run_id_file is not None:
                 self.run_id_file.parent.mkdir(parents=True, exist_ok=True)
                 self.run_id_file.write_text(self.run_id)
+        self._started.set()
 
     def _previous_run_id(self) -> str | None:
         """The run of an interrupted attempt of this stage (resumed training continues the same MLflow run)."""
@@ -272,16 +422,17 @@ class MLflowTracker:
         return run_id
 
     def _deliver(self) -> None:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, RunTag
 
         self._ensure_run()
         while self._pending:
             kind, payload = self._pending[0]
             if kind == "params":
-                items = list(payload.items())
-                for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-                    chunk = [Param(k, v) for k, v in items[i : i + MAX_PARAMS_PER_BATCH]]
-                    self._client.log_batch(self.run_id, params=chunk)
+                self._log_params(payload)
+                self._pending.popleft()
+            elif kind == "tags":
+                if payload:
+                    self._client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in payload.items()])
                 self._pending.popleft()
             elif kind == "metrics":
                 batch: list = []
@@ -302,6 +453,22 @@ class MLflowTracker:
                 else:
                     log.warning("MLflow: artifact %s vanished before upload; skipped", path)
                 self._pending.popleft()
+
+    def _log_params(self, params: dict[str, str]) -> None:
+        """Log params in batches; a value MLflow refuses to change (a re-run) is warned about, never retried forever
+        (that would hold back every metric queued behind it)."""
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+
+        items = list(params.items())
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            chunk = [Param(k, v) for k, v in items[i : i + MAX_PARAMS_PER_BATCH]]
+            try:
+                self._client.log_batch(self.run_id, params=chunk)
+            except MlflowException as err:
+                if err.error_code != "INVALID_PARAMETER_VALUE":
+                    raise
+                self._warn(f"run {self.run_id} keeps its earlier params ({str(err)[:300]})")
 
 
 def save_loss_curve(history: Mapping[str, list[tuple[int, float]]], path: str | Path, title: str = "") -> Path:
@@ -338,23 +505,26 @@ def save_loss_curve(history: Mapping[str, list[tuple[int, float]]], path: str | 
     return path
 
 
-def make_tracker(cfg: RunConfig, stage_dir: str | Path, is_main: bool) -> MLflowTracker | NullTracker:
-    """The run's tracker: MLflow on rank 0 when ``tracking.enabled``, else a no-op."""
+def make_tracker(
+    cfg: RunConfig, stage_dir: str | Path, is_main: bool, stage: str | None = None
+) -> MLflowTracker | NullTracker:
+    """The run's tracker: MLflow on rank 0 when ``tracking.enabled``, else a no-op. ``stage`` names the run (default
+    ``cfg.stage``; ``"pipeline"`` for a pipeline's parent, ``"eval"``); it nests under :func:`current_parent`."""
     if not is_main or not cfg.tracking.enabled:
         return NullTracker()
     out = Path(cfg.output_dir)
     uri = cfg.tracking.uri or default_uri(out)
-    artifacts = None
-    if cfg.tracking.uri is None:
-        out.mkdir(parents=True, exist_ok=True)
-        artifacts = (out / "mlartifacts").resolve().as_uri()
+    stage = stage or cfg.stage
     base = cfg.tracking.run_name or out.name
-    tags = {"stage": cfg.stage, "model": cfg.model.name, **cfg.tracking.tags}
+    tags = {"stage": stage, "model": cfg.model_label, **provenance_tags(cfg), **cfg.tracking.tags}
+    parent = current_parent()
+    if parent:
+        tags[PARENT_TAG] = parent
     return MLflowTracker(
         uri=uri,
         experiment=cfg.tracking.experiment,
-        run_name=f"{base}-{cfg.stage}",
+        run_name=f"{base}-{stage}" if stage != "pipeline" else base,
         tags=tags,
-        artifact_location=artifacts,
+        artifact_location=artifact_location(uri, out),
         run_id_file=Path(stage_dir) / RUN_ID_FILE,
     )

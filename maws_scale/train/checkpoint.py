@@ -229,14 +229,22 @@ class CheckpointManager:
                 shutil.rmtree(final)
             os.replace(tmp_parent / tag, final)
             shutil.rmtree(tmp_parent)  # DeepSpeed also drops its zero_to_fp32.py script there
-            self.prune()
+            self.prune(step)
         _barrier()
         return final
 
-    def prune(self) -> None:
+    def prune(self, current: int | None = None) -> None:
         """Delete all but the newest ``keep_last`` complete checkpoints (and their universal conversions); the newest
-        healthy checkpoint is always kept, the rollback target after a divergence."""
+        healthy checkpoint is always kept, the rollback target after a divergence. With ``current`` (the step just
+        saved), checkpoints past it go first: they belong to an abandoned attempt (a resume from an older
+        checkpoint), and keeping them would make keep-last delete the checkpoint just written."""
         found = self.complete()
+        if current is not None:
+            stale = [info for info in found if info.step > current]
+            found = [info for info in found if info.step <= current]
+            for info in stale:
+                shutil.rmtree(info.path, ignore_errors=True)
+                shutil.rmtree(self.root / UNIVERSAL_DIR / info.path.name, ignore_errors=True)
         healthy = self.latest_healthy()
         for info in found[: max(0, len(found) - self.keep_last)]:
             if healthy is not None and info.path == healthy.path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from maws_scale.parallel.engine import (
 )
 from maws_scale.parallel.parallelize import parallelize
 from maws_scale.parallel.waits import wait_for_rank0
-from maws_scale.track.mlflow import make_tracker, save_loss_curve
+from maws_scale.track.mlflow import make_tracker, mlflow_metric_names, save_loss_curve
 from maws_scale.track.throughput import (
     ThroughputMeter,
     datasheet_peak_tflops,
@@ -62,6 +63,7 @@ from maws_scale.train.checkpoint import (
     set_rng_state,
 )
 from maws_scale.train.preflight import preflight
+from maws_scale.train.rundir import check_stage_dir, trim_metrics
 from maws_scale.train.schedule import Schedule
 from maws_scale.train.stages import Stage, make_stage
 
@@ -128,6 +130,8 @@ class Trainer:
         self.losses: list[float] = []
         self.history: list[tuple[int, float]] = []
         self._unconfirmed: Path | None = None  # the last checkpoint saved or loaded, until a finite step follows it
+        # data wait and ETA (reset when the loop starts; bench drives train_step without it)
+        self.data_wait, self._clock, self._start_step, self._last_log = 0.0, time.perf_counter(), 0, None
 
     # ----- set-up -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -135,7 +139,7 @@ class Trainer:
         self.dp_size, self.accum = cfg.batch_layout(info.world_size)
         preflight([cfg], info.world_size, data=self.loader_factory is _default_loader, device=info.device)
         self.dtype = DTYPES[cfg.parallel.precision]
-        self.resume = self.manager.resolve(cfg.checkpoint.resume)
+        self.resume = self.manager.resolve(self._resume_setting())
         self._check_resume()
         if self._stage is None:
             num_classes = None
@@ -184,6 +188,17 @@ class Trainer:
         self.tracker = make_tracker(cfg, self.dir, info.is_main)
         self._start_tracking()
 
+    def _resume_setting(self) -> str | None:
+        """``checkpoint.resume``, or 'auto' where the stage dir already holds this config's run; another config's run
+        there is refused (``train/rundir.py``): a re-run continues its own run or stops, it never mixes two."""
+        has_results = self.manager.latest() is not None or (self.dir / CONSOLIDATED).is_file()
+        same = check_stage_dir(self.cfg, self.dir, has_results)
+        if same and has_results and self.cfg.checkpoint.resume is None:
+            if self.info.is_main:
+                console.print(f"{self._tag} {self.dir} holds a run of this config: continuing it (resume=auto)")
+            return "auto"
+        return self.cfg.checkpoint.resume
+
     def _check_resume(self) -> None:
         if self.resume is None:
             return
@@ -214,6 +229,7 @@ class Trainer:
         if info.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "config.yaml").write_text(cfg.to_yaml())
+            trim_metrics(self.dir / "metrics.jsonl", self.resume.step if self.resume is not None else 0)
             write_ds_config(self.ds_config, self.dir / "ds_config.json")
         precision = cfg.parallel.precision
         name = device_name(info.device)
@@ -228,6 +244,12 @@ class Trainer:
             self.datasheet_peak,
             self.measured_peak,
         )
+        # measured, so different on every attempt: a tag and a metric, never a param (MLflow refuses changed params)
+        classes = getattr(self.stage, "num_classes", None)
+        self.tracker.log_tags(
+            {"device": name, "datasheet_peak_tflops": str(self.datasheet_peak), "num_classes": str(classes)}
+        )
+        self.tracker.log_metrics({"perf/measured_peak_tflops": self.measured_peak}, step=self.step)
         if self.resume is not None and self.resume.step > 0:
             return  # the MLflow run of the interrupted attempt already has the params
         self.tracker.log_params(
@@ -241,10 +263,8 @@ class Trainer:
                     "peak_lr": cfg.peak_lr(),
                     "total_steps": self.total_steps,
                     "warmup_steps": self.schedule.warmup_steps,
-                    "device": name,
                     "datasheet_peak_tflops": self.datasheet_peak,
                     "datasheet_peak_basis": peak_basis(precision),  # fp32: TF32 on or off
-                    "measured_peak_tflops": round(self.measured_peak, 4),
                     "optimizer": optimizer_impl(cfg),
                     "flops_per_sample": self.stage.flops_per_sample(),
                 },
@@ -348,7 +368,9 @@ class Trainer:
         set_lr(engine, self.schedule.lr(self.step))
         window = torch.zeros(2, dtype=torch.float64, device=device)
         for micro in range(self.accum):
+            waited = time.perf_counter()
             batch = next(batches)
+            self.data_wait += time.perf_counter() - waited
             loss, _ = self.stage.loss(engine, batch, device, self.dtype)
             finite = torch.isfinite(loss.detach())
             window += torch.stack([torch.where(finite, loss.detach(), 0.0).double(), (~finite).double()])
@@ -363,6 +385,16 @@ class Trainer:
         return mean, skipped
 
     def run(self) -> StageResult:
+        """Set up and train; a failure or interrupt closes the MLflow run as FAILED / KILLED, then propagates."""
+        try:
+            return self._run()
+        except BaseException as err:
+            tracker = getattr(self, "tracker", None)
+            if tracker is not None and not getattr(self, "_closed", False):
+                tracker.finish("KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED")
+            raise
+
+    def _run(self) -> StageResult:
         self.setup()
         cfg = self.cfg
         batches = iter(self.loader)
@@ -371,6 +403,8 @@ class Trainer:
         saved_at = self.resume.step if self.resume is not None else -1
         save_due = False
         self.meter.reset()
+        self.data_wait, self._clock, self._start_step, self._last_log = 0.0, time.perf_counter(), self.step, None
+        self._summary()
         while self.step < self.total_steps:
             loss, skipped = self.train_step(batches)
             self.step += 1
@@ -401,8 +435,36 @@ class Trainer:
             self.save()
         return self._finish()
 
+    def _summary(self) -> None:
+        """One start-up line: model and size, layout, length, output folder, tracking store."""
+        if not self.info.is_main:
+            return
+        cfg = self.cfg
+        params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
+        per = " per TP rank" if self.plan.tp_size > 1 else ""
+        store = cfg.tracking.uri or f"sqlite:///{Path(cfg.output_dir).resolve() / 'mlflow.db'}"
+        tracking = f"MLflow {store} (experiment {cfg.tracking.experiment})" if cfg.tracking.enabled else "MLflow off"
+        start = f" from step {self.step}" if self.step else ""
+        console.print(
+            f"{self._tag} {cfg.model_label}: {params / 1e6:,.3f} M parameters{per} | world {self.info.world_size} = "
+            f"dp {self.dp_size} × tp {self.plan.tp_size}, global batch {cfg.train.global_batch} = micro "
+            f"{cfg.train.micro_batch} × accum {self.accum} × dp {self.dp_size} | {self.total_steps} steps{start} | "
+            f"zero {cfg.parallel.zero_stage}, {cfg.parallel.precision} | out {self.dir} | {tracking}"
+        )
+
+    def _timing(self) -> dict[str, float]:
+        """Data wait since the last log line (percent of wall time) and the ETA of the stage (seconds)."""
+        now = time.perf_counter()
+        since = now - (self._last_log or self._clock)
+        wait = 100.0 * self.data_wait / since if since > 0 else 0.0
+        self.data_wait, self._last_log = 0.0, now
+        done = self.step - self._start_step
+        eta = (now - self._clock) / done * (self.total_steps - self.step) if done else float("nan")
+        return {"data_wait_pct": wait, "eta_s": eta}
+
     def _periodic_metrics(self) -> dict[str, float]:
-        errors = sum(self.loader.error_counts().values()) if hasattr(self.loader, "error_counts") else 0
+        self._bad_reasons = self.loader.error_counts() if hasattr(self.loader, "error_counts") else {}
+        errors = sum(self._bad_reasons.values())
         bad = _all_reduce(torch.tensor([float(errors)], dtype=torch.float64, device=self.info.device))
         rate = self.meter.rate()
         return {
@@ -411,6 +473,7 @@ class Trainer:
             "skipped_steps": float(self.counters.skipped_steps),
             "bad_records": float(bad.item()) / self.plan.tp_size,
             "rollbacks": float(self.counters.rollbacks),
+            **self._timing(),
         }
 
     def _record(self, metrics: dict[str, float]) -> None:
@@ -419,7 +482,7 @@ class Trainer:
         self.losses.append(metrics["loss"])
         if math.isfinite(metrics["loss"]):
             self.history.append((self.step, metrics["loss"]))
-        self.tracker.log_metrics(metrics, step=self.step)
+        self.tracker.log_metrics(mlflow_metric_names(metrics), step=self.step)
         path = self.dir / "metrics.jsonl"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -445,10 +508,21 @@ class Trainer:
         ]
         mfu = f"MFU {100 * m['mfu']:.1f}% " if "mfu" in m else ""
         parts.append(f"{mfu}(device-peak MFU {100 * m.get('mfu_measured', 0.0):.1f}%)")
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(getattr(self, "_bad_reasons", {}).items()) if v)
+        eta = m.get("eta_s", float("nan"))
+        eta_text = (
+            "–"
+            if not math.isfinite(eta)
+            else f"{eta / 86400:.1f} d"
+            if eta >= 86400
+            else time.strftime("%H:%M:%S", time.gmtime(eta))
+        )
         parts += [
             f"mem {m['peak_mem_gib']:.2f} GiB",
+            f"data wait {m.get('data_wait_pct', 0.0):.0f}%",
+            f"ETA {eta_text}",
             f"skipped {int(m['skipped_steps'])}",
-            f"bad records {int(m['bad_records'])}",
+            f"bad records {int(m['bad_records'])}" + (f" ({reasons})" if reasons else ""),
         ]
         console.print(" | ".join(parts))
 
@@ -458,7 +532,7 @@ class Trainer:
         if self.plan.tp_size > 1:
             self._consolidate_tensor_parallel(out, final)
         elif self.info.is_main:
-            consolidate(final, out, extra_meta={"stage": self.cfg.stage, "model": self.cfg.model.name})
+            consolidate(final, out, extra_meta=weights_meta(self.cfg))
         wait_for_rank0(self.cfg.parallel.wait_minutes)  # gloo, long timeout: rank 0 may consolidate for long
         status = "FINISHED"
         if self.info.is_main:
@@ -472,6 +546,9 @@ class Trainer:
             self.tracker.log_artifact(out.with_suffix(".json"))
             console.print(f"{self._tag} done: {self.step} steps, consolidated weights in {out}")
         self.tracker.finish(status)
+        self._closed = True
+        if self.info.is_main and self.tracker.link():
+            console.print(f"{self._tag} MLflow: {self.tracker.link()}")
         if hasattr(self.engine, "destroy"):
             self.engine.destroy()
         finite = [x for x in self.losses if math.isfinite(x)]
@@ -497,13 +574,28 @@ class Trainer:
                 state,
                 out,
                 {
-                    "stage": self.cfg.stage,
-                    "model": self.cfg.model.name,
+                    **weights_meta(self.cfg),
                     "source": str(final.path),
                     "step": final.step,
                     "from": "live TP gather",
                 },
             )
+
+
+def weights_meta(cfg: RunConfig) -> dict[str, Any]:
+    """What ``consolidated.json`` records beside the weights: enough to rebuild the encoder (``maws-scale export``)."""
+    spec = cfg.spec
+    return {
+        "stage": cfg.stage,
+        "model": cfg.model.name,
+        "img_size": cfg.img_size,
+        "patch": spec.patch,
+        "pool": cfg.model.pool,
+        "width": spec.width,
+        "depth": spec.depth,
+        "heads": spec.heads,
+        "mlp_ratio": spec.mlp_ratio,
+    }
 
 
 def _default_loader(cfg: RunConfig, stage: str, dp_rank: int, dp_size: int):

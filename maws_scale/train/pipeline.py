@@ -1,7 +1,8 @@
 """The MAWS recipe as one restartable run: MAE → consolidate → WSP from the MAE encoder → consolidate → evaluate.
 
 Each stage trains under ``<output_dir>/<stage>/`` and ends with ``consolidated.pt`` (one fp32 state dict). A stage
-whose consolidated weights exist is not run again, and an interrupted stage resumes from its newest complete
+whose consolidated weights exist is not run again when its recorded config matches (``train/rundir.py``; otherwise
+the pipeline stops and names the differing keys), and an interrupted stage resumes from its newest complete
 checkpoint, so re-running the same command after a crash continues where it stopped.
 """
 
@@ -18,10 +19,11 @@ from rich.markup import escape
 from maws_scale.config import RunConfig
 from maws_scale.parallel.distributed import DistInfo, init_distributed
 from maws_scale.parallel.waits import wait_for_rank0
-from maws_scale.track.mlflow import make_tracker
+from maws_scale.track.mlflow import make_tracker, parent_run
 from maws_scale.train.checkpoint import CONSOLIDATED
 from maws_scale.train.loop import StageResult, stage_dir, train_stage
 from maws_scale.train.preflight import preflight
+from maws_scale.train.rundir import check_stage_dir
 
 log = logging.getLogger("maws_scale.train")
 console = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -50,9 +52,27 @@ def stage_configs(cfg: RunConfig) -> tuple[RunConfig, RunConfig]:
 
 
 def run_pipeline(cfg: RunConfig, info: DistInfo | None = None) -> PipelineResult:
-    """Run (or finish) the MAE → WSP pipeline of ``cfg``, then evaluate the WSP encoder."""
+    """Run (or finish) the MAE → WSP pipeline of ``cfg``, then evaluate the WSP encoder. In MLflow: one parent run
+    (``<run_name>``, re-used by a re-run) with the MAE, WSP and eval runs nested under it; a failure marks it FAILED."""
     info = info or init_distributed(cfg.parallel.backend)
     mae, wsp = stage_configs(cfg)
+    parent = make_tracker(wsp, cfg.output_dir, info.is_main, stage="pipeline")
+    status = "FAILED"
+    try:
+        with parent_run(parent.start()):
+            result = _run_stages(mae, wsp, info)
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        parent.finish(status)
+    if info.is_main and parent.link():
+        console.print(f"MLflow (pipeline and its stages): {parent.link()}")
+    return result
+
+
+def _run_stages(mae: RunConfig, wsp: RunConfig, info: DistInfo) -> PipelineResult:
     result = PipelineResult()
     stages = (mae, wsp) if wsp.wsp.init == "mae" else (wsp,)  # the WSP-from-scratch baseline needs no MAE stage
     preflight(
@@ -62,7 +82,8 @@ def run_pipeline(cfg: RunConfig, info: DistInfo | None = None) -> PipelineResult
         console.print("wsp.init=random: the MAE stage is not run (WSP from random initialisation)")
     for stage_cfg in stages:
         done = stage_dir(stage_cfg) / CONSOLIDATED
-        if done.is_file():
+        if done.is_file():  # finished: by this config (skip it), or by another (refused, the differing keys named)
+            check_stage_dir(stage_cfg, stage_dir(stage_cfg), has_results=True)
             result.skipped.append(stage_cfg.stage)
             if info.is_main:
                 console.print(f"{escape(f'[{stage_cfg.stage}]')} already finished ({done}); not run again")
@@ -86,11 +107,14 @@ def _evaluate(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float]
 
     metrics = None
     if info.is_main:
-        tracker = make_tracker(cfg, stage_dir(cfg), is_main=True)  # continues the WSP stage's MLflow run
+        tracker = make_tracker(cfg, Path(cfg.output_dir) / "eval", is_main=True, stage="eval")
+        tracker.log_tags({"checkpoint": str(weights)})
+        status = "FAILED"
         try:
             metrics = evaluate_checkpoint(cfg, weights, tracker=tracker, device=info.device)
+            status = "FINISHED"
         finally:
-            tracker.finish()
+            tracker.finish(status)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         console.print(f"{escape('[eval]')} {shown}")
     wait_for_rank0(cfg.parallel.wait_minutes)  # gloo, long timeout: evaluation can outlast the NCCL watchdog

@@ -211,7 +211,7 @@ class WSPStage(Stage):
         try:
             shapes, report = wsp_from_mae(
                 source,
-                m.name,
+                self.cfg.model_ref,
                 self.num_classes,
                 pool=m.pool,
                 device="meta",

@@ -242,3 +242,27 @@ def test_offload_moves_states_to_the_host_and_checks_host_memory() -> None:
     small_host = plan_layout(cfg, Hardware(gpus=1, host_mem=96 * GiB))  # 18 B × 6.47e9 = 108 GiB
     assert not small_host.host_fits and not small_host.fits and small_host.max_micro_batch() == 0
     assert plan_layout(cfg, Hardware(gpus=1, host_mem=128 * GiB)).fits
+
+
+@pytest.mark.parametrize("name", ["vit_2b14_maws.yaml", "vit_6.5b14_maws.yaml"])
+def test_search_works_on_the_shipped_pipeline_configs(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from maws_scale.cli import main
+
+    # parallel.ds_config pins zero3.json; the search's other stages use their shipped templates
+    rc = main(["plan", str(CONFIGS / name), "--gpus", "64", "--search", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    # ZeRO 1-3 only: these bf16 configs accumulate gradients in fp32, which DeepSpeed does only with ZeRO
+    assert {r["layout"]["zero_stage"] for r in data["search"]} == {1, 2, 3}
+    assert rc == (0 if data["plan"]["verdict"]["fits"] else 1)
+
+
+def test_does_not_fit_exits_1_with_a_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    from maws_scale.cli import main
+
+    argv = ["plan", str(CONFIGS / "vit_2b14_maws.yaml"), "--gpus", "8", "--gpu-mem", "16GiB"]
+    assert main([*argv, "parallel.zero_stage=1", "parallel.ds_config=null"]) == 1
+    out = capsys.readouterr().out
+    assert "does not fit" in out and "hint:" in out and "--search" in out
+    assert main([*argv, "parallel.zero_stage=1", "parallel.ds_config=null", "--search"]) == 1
+    out = capsys.readouterr().out
+    assert "hint:" in out and "parallel.zero_stage=" in out

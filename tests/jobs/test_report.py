@@ -119,3 +119,64 @@ def test_sweep_report_command(sweep_with_store, tmp_path: Path, capsys: pytest.C
     out = capsys.readouterr().out
     assert "fit [all]: wsp/loss ≈" in out and "params^-0.300" in out
     assert (tmp_path / "summary.md").is_file()
+
+
+def test_report_scaling_fits_with_irreducible_term_two_terms_and_frontier(
+    tmp_path: Path, base_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs 'logged' with L = 1.5 + 40/N^0.4 + 60/D^0.3 (N encoder params, D samples): the report recovers it."""
+    from mlflow.tracking import MlflowClient
+
+    from maws_scale.jobs.report import training_samples
+
+    spec = {
+        "name": "scaling",
+        "base": str(base_config),
+        "output_dir": str(tmp_path / "out"),
+        "command": "train",
+        "overrides": {"stage": "wsp", "wsp.init": "random", "model.depth": 2, "model.heads": 2},
+        "grid": {"model.width": [16, 24, 32, 48, 64], "train.steps": [40, 80, 160, 320, 640]},
+        "report": {
+            "metrics": ["wsp/loss"],
+            "fits": [
+                {"kind": "saturating", "x": "compute", "y": "wsp/loss"},
+                {"kind": "two_term", "x": "params", "x2": "samples", "y": "wsp/loss"},
+                {"kind": "frontier", "x": "compute", "x2": "params", "y": "wsp/loss"},
+            ],
+        },
+    }
+    path = tmp_path / "scaling.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(path)
+    client = MlflowClient(tracking_uri=sweep.tracking_uri)
+    experiment = client.create_experiment("scaling")
+    for point in sweep.points:
+        cfg = point.config
+        n, d = encoder_params(cfg), training_samples(cfg, ["wsp"])
+        run = client.create_run(experiment, tags={**cfg.tracking.tags, "stage": "wsp"})
+        client.log_metric(run.info.run_id, "loss", 1.5 + 40.0 * n**-0.4 + 60.0 * d**-0.3, step=1)
+        client.set_terminated(run.info.run_id)
+    report = build_report(sweep, tmp_path / "report")
+    fits = {f["kind"]: f for f in report.fits}
+    two = fits["two_term"]
+    assert two["alpha"] == pytest.approx(0.4, abs=0.03) and two["beta"] == pytest.approx(0.3, abs=0.03)
+    assert two["E"] == pytest.approx(1.5, abs=0.1)
+    saturating = fits["saturating"]
+    assert 0 < saturating["E"] < 2.0 and saturating["alpha_ci"][0] <= saturating["alpha"] <= saturating["alpha_ci"][1]
+    frontier = fits["frontier"]
+    assert len(frontier["bands"]) >= 2 and "N_opt(C) =" in frontier["text"], frontier
+    for name in ("fit_wsp_loss_vs_compute.png", "fit_wsp_loss_vs_params_and_samples.png", "frontier_wsp_loss.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG", name
+    assert "samples" in report.runs.columns and report.runs["samples"].min() == 40 * 64
+    assert main(["sweep", "report", str(path), "--out", str(tmp_path / "r2")]) == 0
+    assert "E + A·compute^-α" in capsys.readouterr().out
+
+
+def test_a_fit_kind_needing_two_variables_names_x2(tmp_path: Path, base_config: Path) -> None:
+    from maws_scale.config import ConfigError
+
+    spec = {"name": "s", "base": str(base_config), "report": {"fits": [{"kind": "two_term", "x": "params", "y": "l"}]}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="needs x2"):
+        load_sweep(path)

@@ -171,3 +171,19 @@ def test_rank0_runs_the_after_steps_and_requeue_keeps_them(monkeypatch: pytest.M
     monkeypatch.setenv("SLURM_PROCID", "3")
     seen.clear()
     assert task() == 0 and seen == [["train", "c.yaml"]]
+
+
+def test_slurm_defaults_fit_the_job_and_a_missing_slurm_is_a_clean_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from maws_scale.config import ConfigError
+    from maws_scale.jobs.slurm import slurm_parameters
+
+    one_gpu = slurm_parameters(LaunchSpec(config=CONFIG, launcher="slurm", gpus_per_node=1), num_workers=4)
+    assert "exclusive" not in one_gpu and one_gpu["cpus_per_task"] == 5  # shares the node; workers + 1 CPUs
+    multi = slurm_parameters(LaunchSpec(config=CONFIG, launcher="slurm", nodes=2, gpus_per_node=4))
+    assert multi["exclusive"] is True and "cpus_per_task" not in multi
+    pinned = LaunchSpec(config=CONFIG, launcher="slurm", slurm={"exclusive": True, "cpus_per_task": 3})
+    assert slurm_parameters(pinned, num_workers=9)["exclusive"] is True
+    assert slurm_parameters(pinned, num_workers=9)["cpus_per_task"] == 3
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError, match="sbatch and srun not found on PATH"):
+        submit(LaunchSpec(config=CONFIG, launcher="slurm"), "/tmp/unused")

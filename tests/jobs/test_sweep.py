@@ -209,3 +209,26 @@ def test_an_eval_point_evaluates_another_points_checkpoint(tmp_path: Path, fake_
     for bad in ({"command": "eval"}, {"checkpoint": "x.pt"}, {"command": "eval", "checkpoint": "{nope}.pt"}):
         with pytest.raises(ConfigError, match="checkpoint"):
             load_sweep(write_sweep(tmp_path, base_config, list=[bad]))
+
+
+def test_a_swept_key_wins_over_the_base_configs_stage_sections(tmp_path: Path, base_config: Path) -> None:
+    path = write_sweep(tmp_path, base_config, list=[], grid={"train.steps": [20, 40], "model.name": ["vit_tiny_p8"]})
+    sweep = load_sweep(path)
+    from maws_scale.jobs.sweep import write_configs
+
+    write_configs(sweep)
+    for point, steps in zip(sweep.points, (20, 40)):
+        assert point.config.tracking.tags["train.steps"] == str(steps)
+        reread = load_config(point.config_path)  # what the point's own process trains
+        assert reread.for_stage("mae").train.steps == steps and reread.for_stage("wsp").train.steps == steps
+
+
+def test_a_slurm_sweep_is_named_after_the_sweep_and_shares_nodes(
+    tmp_path: Path, base_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_sweep(tmp_path, base_config, grid={"seed": [0]}, list=[])
+    argv = ["sweep", str(path), "--slurm", "--nodes", "1", "--gpus-per-node", "1", "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --job-name=sweep-toy" in out and "--exclusive" not in out
+    assert "#SBATCH --cpus-per-task=1" in out  # data.num_workers 0 in the base config, + 1

@@ -87,3 +87,23 @@ def test_models_json(capsys):
 def test_docs_table_is_the_generated_one():
     """docs/models.md must hold exactly what `maws-scale models --markdown` prints (regenerate it if this fails)."""
     assert markdown_table(model_rows()) in DOCS.read_text()
+
+
+def test_export_keeps_the_trained_resolution_and_records_it(tmp_path, capsys):
+    src = tmp_path / "consolidated.pt"
+    torch.save(build_encoder("vit_micro_p4", img_size=28, pool="gap").state_dict(), src)  # registry size: 16
+    sidecar = {"model": "vit_micro_p4", "img_size": 28, "patch": 4, "pool": "gap", "stage": "wsp"}
+    src.with_suffix(".json").write_text(json.dumps(sidecar))
+    out = tmp_path / "enc.safetensors"
+    assert main(["export", str(src), "--out", str(out), "--model", "vit_micro_p4"]) == 0
+    assert load_file(out)["pos_embed"].shape == (1, 50, 32)  # 7x7 + cls: not resampled to the registry's 4x4
+    assert "resampled" not in capsys.readouterr().err
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as handle:
+        metadata = handle.metadata()
+    assert (metadata["model"], metadata["img_size"], metadata["pool"]) == ("vit_micro_p4", "28", "gap")
+    argv = ["export", str(src), "--out", str(tmp_path / "e.pt"), "--model", "vit_micro_p4", "--img-size", "16"]
+    assert main(argv) == 0
+    assert "pos_embed resampled from 7×7 to 4×4" in capsys.readouterr().err  # said, not silent
+    assert json.loads((tmp_path / "e.json").read_text())["img_size"] == "16"

@@ -139,3 +139,47 @@ def test_a_hanging_server_is_warned_about_from_the_training_thread_and_costs_no_
         server.shutdown()
     assert warned_after is not None and warned_after < 3  # stall_warn=1 s: warned while training, not at the end
     assert finished < 7  # a hanging server costs the flush at most 5 s, not flush_timeout
+
+
+def test_metric_names_are_grouped_and_mfu_is_in_percent():
+    from maws_scale.track.mlflow import mlflow_metric_names
+
+    named = mlflow_metric_names({"loss": 2.0, "images_per_s": 10.0, "mfu": 0.25, "mfu_measured": 0.5, "eval/x": 1.0})
+    assert named == {
+        "train/loss": 2.0,
+        "perf/images_per_s": 10.0,
+        "perf/mfu_pct_datasheet_peak": 25.0,
+        "perf/mfu_pct_measured_peak": 50.0,
+        "eval/x": 1.0,
+    }
+
+
+def test_a_sweep_store_keeps_its_artifacts_beside_its_db_and_runs_nest_under_a_parent(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from maws_scale.track.mlflow import PARENT_ENV, artifact_location, parent_run
+
+    db = tmp_path / "sweep" / "mlflow.db"
+    assert artifact_location(f"sqlite:///{db}") == (tmp_path / "sweep" / "mlartifacts").as_uri()
+    assert artifact_location("http://mlflow:5000") is None
+    monkeypatch.chdir(tmp_path)  # the working directory must get no ./mlruns
+    cfg = load_config(None, [f"output_dir={tmp_path / 'point'}", f"tracking.uri=sqlite:///{db}"])
+    parent = make_tracker(cfg, tmp_path / "point", is_main=True, stage="pipeline")
+    parent_id = parent.start()
+    with parent_run(parent_id):
+        child = make_tracker(cfg, tmp_path / "point" / "mae", is_main=True)
+        child.log_metrics({"loss": 1.0}, step=1)
+        child.finish()
+    monkeypatch.setenv(PARENT_ENV, parent_id)  # how a sweep hands its run to a point's process
+    other = make_tracker(cfg, tmp_path / "point" / "wsp", is_main=True, stage="wsp")
+    other.log_metrics({"loss": 1.0}, step=1)
+    other.finish()
+    parent.finish()
+    client = MlflowClient(f"sqlite:///{db}")
+    for run_id in (child.run_id, other.run_id):
+        run = client.get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["version.torch"] and run.data.tags["git.commit"]
+    assert client.get_experiment(child.experiment_id).artifact_location == (tmp_path / "sweep" / "mlartifacts").as_uri()
+    assert not (tmp_path / "mlruns").exists()
+    assert f"#/experiments/{child.experiment_id}/runs/{child.run_id}" in child.link()

@@ -175,3 +175,12 @@ def test_non_finite_weights_are_never_written_as_consolidated(tmp_path):
     with pytest.raises(RuntimeError, match=r"consolidated.pt: not written: 1 of 1 tensors hold non-finite"):
         consolidate(info, tmp_path / "consolidated.pt")
     assert not list(tmp_path.glob("*consolidated*"))
+
+
+def test_keep_last_never_deletes_the_checkpoint_just_saved(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    for step in (2, 4, 6):
+        save(manager, FakeEngine(), step)
+    save(manager, FakeEngine(), 3)  # a run restarted from an older point: 4 and 6 belong to the abandoned attempt
+    assert [c.step for c in manager.complete()] == [3]
+    assert manager.resolve("auto").step == 3

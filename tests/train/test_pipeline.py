@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,15 +15,16 @@ from maws_scale.parallel.distributed import free_port
 
 pytest.importorskip("mlflow")
 
-STEP_METRICS = {"loss", "lr", "grad_norm"}
+STEP_METRICS = {"train/loss", "train/lr", "train/grad_norm"}
 PERIODIC = {
-    "images_per_s",
-    "tokens_per_s",
-    "tflops_per_device",
-    "mfu_measured",
-    "peak_mem_gib",
-    "skipped_steps",
-    "bad_records",
+    "perf/images_per_s",
+    "perf/tokens_per_s",
+    "perf/tflops_per_device",
+    "perf/mfu_pct_measured_peak",
+    "perf/peak_mem_gib",
+    "perf/measured_peak_tflops",
+    "train/skipped_steps",
+    "train/bad_records",
 }
 
 
@@ -67,23 +69,31 @@ def test_pipeline_runs_both_stages_tracks_them_and_restarts_without_rerunning(wo
     runs = {
         r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("pipeline-test").experiment_id])
     }
-    assert set(runs) == {"tiny-mae", "tiny-wsp"}
+    assert set(runs) == {"tiny", "tiny-mae", "tiny-wsp", "tiny-eval"}  # the pipeline's run and its stages
+    parent = runs.pop("tiny")
+    assert parent.info.status == "FINISHED"
     for name, run in runs.items():
         assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id, name
+        assert run.data.tags["data.records"] == "512" and run.data.tags["version.torch"], name
+    for name in ("tiny-mae", "tiny-wsp"):
+        run = runs[name]
         assert set(run.data.metrics) >= STEP_METRICS | PERIODIC, name
         assert run.data.params["derived.dp_size"] == "1" and "optim.lr" in run.data.params
+        assert "derived.measured_peak_tflops" not in run.data.params  # measured: a metric, not a param
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "ds_config.json", "loss_curve.png", "consolidated.json"} <= artifacts, name
-        assert len(client.get_metric_history(run.info.run_id, "loss")) >= 3
+        assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 3
+    assert runs["tiny-wsp"].data.tags["num_classes"] == "10"
     assert "handoff.json" in {a.path for a in client.list_artifacts(runs["tiny-wsp"].info.run_id)}
-    assert any(k.startswith("eval/") for k in runs["tiny-wsp"].data.metrics)  # evaluation went to the WSP run
+    assert any(k.startswith("eval/") for k in runs["tiny-eval"].data.metrics)  # evaluation: its own child run
     ds = json.loads((out / "mae" / "ds_config.json").read_text())
     assert ds["gradient_clipping"] == 0.0 and ds["zero_optimization"]["stage"] == 1
 
     capsys.readouterr()
     assert main(["pipeline", str(config), "eval.enabled=false"]) == 0  # finished stages are not run again
     assert capsys.readouterr().err.count("already finished") == 2
-    assert len(client.search_runs([runs["tiny-mae"].info.experiment_id])) == 2
+    assert len(client.search_runs([runs["tiny-mae"].info.experiment_id])) == 4  # the same parent run, re-used
 
 
 def test_train_one_stage_from_random_init_and_config_errors(world, mosaics, tmp_path, capsys):
@@ -106,14 +116,71 @@ def test_pipeline_from_random_init_runs_no_mae_stage(world, mosaics, tmp_path, c
 
 def test_a_crashed_stage_resumes_with_the_resume_flag(world, mosaics, tmp_path):
     config = write_config(tmp_path, mosaics, tracking={"enabled": False})
-    first = ["train", str(config), "stage=mae", "checkpoint.every=2", "train.steps=4"]
-    assert main([*first, "train.steps=2"]) == 0  # "crashed" after its step-2 checkpoint: ask for 4 steps next
-    ckpt = tmp_path / "run" / "mae" / "checkpoints"
-    assert [p.name for p in ckpt.glob("step_*")] == ["step_00000002"]
-    (tmp_path / "run" / "mae" / "consolidated.pt").unlink()
+    first = ["train", str(config), "stage=mae", "checkpoint.every=2", "checkpoint.keep_last=5", "train.steps=4"]
+    assert main(first) == 0
+    stage = tmp_path / "run" / "mae"
+    shutil.rmtree(stage / "checkpoints" / "step_00000004")  # "crashed" after its step-2 checkpoint
+    (stage / "consolidated.pt").unlink()
     assert main([*first, "--resume", "auto"]) == 0
-    records = [json.loads(x) for x in (tmp_path / "run" / "mae" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3, 4]  # continued at step 3, not from scratch
+    records = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # continued at step 3, not from scratch; no repeated steps
+
+
+def test_a_rerun_resumes_its_own_run_and_refuses_another_config(world, mosaics, tmp_path, capsys):
+    config = write_config(tmp_path, mosaics, tracking={"enabled": False})
+    argv = ["train", str(config), "stage=wsp", "wsp.init=random", "train.steps=2"]
+    assert main(argv) == 0
+    weights = tmp_path / "run" / "wsp" / "consolidated.pt"
+    before = weights.read_bytes()
+    console = capsys.readouterr().err  # the start-up summary, then ETA and data wait on every log line
+    assert "vit_micro_p4: 0.0" in console and "world 1 = dp 1 × tp 1" in console and "2 steps" in console
+    assert "data wait" in console and "ETA 00:00:00" in console
+    assert main([*argv, "optim.lr=0.002", "train.log_every=1"]) == 2  # another config: refused, nothing touched
+    err = capsys.readouterr().err
+    assert "optim.lr: 0.001 -> 0.002" in err and "output_dir" in err and "train.log_every" not in err
+    assert weights.read_bytes() == before
+    assert main([*argv, "train.log_every=1"]) == 0  # the same config (log cadence aside): continues its run
+    assert "continuing it" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "run" / "wsp" / "checkpoints").iterdir()] == ["step_00000002"]
+    records = [json.loads(x) for x in (tmp_path / "run" / "wsp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # not restarted at step 0
+
+
+def test_pipeline_refuses_a_finished_stage_of_another_config(world, mosaics, tmp_path, capsys):
+    config = write_config(tmp_path, mosaics, tracking={"enabled": False}, eval={"enabled": False})
+    assert main(["pipeline", str(config), "wsp.init=random"]) == 0
+    capsys.readouterr()
+    assert main(["pipeline", str(config), "wsp.init=random", "stages.wsp.train.steps=5"]) == 2
+    assert "train.steps: 3 -> 5" in capsys.readouterr().err  # not skipped as finished, nor evaluated
+
+
+def test_a_failed_stage_closes_its_mlflow_run_and_a_rerun_continues_it(world, mosaics, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from maws_scale.train.loop import Trainer
+
+    config = write_config(tmp_path, mosaics)
+    argv = ["train", str(config), "stage=mae", "checkpoint.every=2", "train.steps=4"]
+    real_step = Trainer.train_step
+
+    def crash_at_step_3(self, batches):
+        if self.step == 2:
+            raise RuntimeError("node lost")
+        return real_step(self, batches)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="node lost"):
+        main(argv)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("pipeline-test").experiment_id
+    (run,) = client.search_runs([experiment])
+    assert run.info.status == "FAILED"  # never left RUNNING
+    assert "derived.measured_peak_tflops" not in run.data.params and "device" in run.data.tags
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main(argv) == 0
+    (run,) = client.search_runs([experiment])  # the same MLflow run, continued
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
 
 
 @pytest.mark.dist

@@ -1,0 +1,64 @@
+"""Scaling-law fits: the irreducible term and exponent recovered from known laws, CIs that cover them, warnings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maws_scale.jobs.scaling import fit_saturating, fit_two_term, isoflop_frontier
+
+
+def test_saturating_fit_recovers_e_and_alpha_with_covering_cis() -> None:
+    rng = np.random.default_rng(0)
+    c = np.repeat(np.geomspace(1e12, 1e16, 7), 2)
+    loss = (0.8 + 40.0 * c**-0.12) * np.exp(rng.normal(0, 0.01, c.size))
+    law = fit_saturating(c, loss, n_boot=200, x_name="C")
+    e_fit = law.E
+    assert e_fit == pytest.approx(0.8, abs=0.15) and law.alpha == pytest.approx(0.12, abs=0.03)
+    assert law.alpha_ci[0] <= 0.12 <= law.alpha_ci[1] and law.E_ci[0] <= 0.8 <= law.E_ci[1]
+    assert law.r2 > 0.98 and law.distinct == 7 and not law.warnings
+    assert law(1e14) == pytest.approx(0.8 + 40.0 * 1e14**-0.12, rel=0.02)
+    assert "α = 0.1" in law.describe("C")
+
+
+def test_a_pure_power_law_gets_e_near_zero_and_one_outlier_does_not_set_the_exponent() -> None:
+    n = np.geomspace(1e5, 1e8, 8)
+    loss = 5.0 * n**-0.2
+    loss[3] *= 1.5  # one broken run
+    law = fit_saturating(n, loss, n_boot=0)
+    assert law.alpha == pytest.approx(0.2, abs=0.02) and law.E < 0.02
+
+
+def test_too_few_distinct_x_warns_and_falls_back_to_a_power_law() -> None:
+    law = fit_saturating([1e3, 1e3, 1e4, 1e4], [2.0, 2.1, 1.5, 1.6], x_name="N")
+    assert law.E == 0.0 and law.warnings and "2 distinct N for 3 parameters" in law.warnings[0]
+    with pytest.raises(ValueError, match="at least 2 distinct"):
+        fit_saturating([5.0, 5.0], [1.0, 2.0])
+
+
+def test_two_term_fit_recovers_both_exponents() -> None:
+    n, d = np.meshgrid(np.geomspace(1e5, 1e7, 4), np.geomspace(1e6, 1e8, 4))
+    n, d = n.ravel(), d.ravel()
+    loss = 1.0 + 30.0 * n**-0.3 + 50.0 * d**-0.25
+    law = fit_two_term(n, d, loss, n_boot=40)
+    assert law.alpha == pytest.approx(0.3, abs=0.05) and law.beta == pytest.approx(0.25, abs=0.05)
+    e_fit = law.E
+    assert e_fit == pytest.approx(1.0, abs=0.1) and law.r2 > 0.99
+    with pytest.raises(ValueError, match="must vary both"):
+        fit_two_term([1e5, 1e6, 1e7, 1e8, 1e9], [1e6] * 5, [3, 2.5, 2, 1.8, 1.7])
+
+
+def test_isoflop_frontier_finds_the_optimum_per_band_and_its_power_law() -> None:
+    rows = []
+    for c in (1e15, 1e16, 1e17):
+        n_true = 0.1 * c**0.5
+        for n in n_true * np.array([0.25, 0.5, 1.0, 2.0, 4.0]):
+            rows.append((c, n, 2.0 + 0.05 * np.log(n / n_true) ** 2))
+    c, n, loss = map(np.array, zip(*rows))
+    frontier = isoflop_frontier(c, n, loss)
+    assert len(frontier.bands) == 3
+    assert frontier.law.b == pytest.approx(0.5, abs=0.01)
+    for band in frontier.bands:
+        assert band["n_opt"] == pytest.approx(0.1 * band["compute"] ** 0.5, rel=0.02)
+    single = isoflop_frontier([1e15, 1e15], [1e5, 2e5], [2.0, 1.9])
+    assert single.law is None and single.warnings

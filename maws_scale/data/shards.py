@@ -34,6 +34,7 @@ SCHEMA = pa.schema(
         pa.field("clean_tags", pa.list_(pa.string())),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        pa.field("captions", pa.list_(pa.string())),  # image-text sets only (see data/text.py)
     ],
     metadata={"maws_scale.schema_version": str(SCHEMA_VERSION)},
 )
@@ -164,6 +165,7 @@ class Manifest:
     format: str = FORMAT
     columns: list[str] = field(default_factory=lambda: list(SCHEMA.names))
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    text: dict[str, Any] = field(default_factory=dict)  # tokenizer file, vocab size, context length (data/text.py)
 
     @property
     def records(self) -> int:
@@ -183,6 +185,7 @@ class Manifest:
             "columns": self.columns,
             "shards": [vars(s) for s in self.shards],
             "build": self.build,
+            **({"text": self.text} if self.text else {}),
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -227,4 +230,5 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
         format=raw.get("format", FORMAT),
         columns=list(raw.get("columns", SCHEMA.names)),
         created=raw.get("created", ""),
+        text=dict(raw.get("text", {})),
     )

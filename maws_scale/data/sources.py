@@ -17,20 +17,60 @@ from typing import Any
 
 from maws_scale.data.build import group_by_size
 from maws_scale.data.decode import open_image
+from maws_scale.data.text import captions_from_json, captions_from_text, clean_captions, decode_caption_bytes
 
 log = logging.getLogger("maws_scale.data")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-def image_record(key: str, data: bytes, tags: list[str], label: int | None, where: str, skipped: Counter):
-    """A record for encoded image bytes, or None (counted, logged) when the bytes are not a readable image."""
+def image_record(
+    key: str,
+    data: bytes,
+    tags: list[str],
+    label: int | None,
+    where: str,
+    skipped: Counter,
+    captions: list[Any] | None = None,
+):
+    """A record for encoded image bytes, or None (counted, logged) when the bytes are not a readable image or — when
+    ``captions`` is given (an image-text source) — none of its captions is usable (``no_caption``)."""
+    if captions is not None:
+        captions = clean_captions(captions, where, skipped)
+        if not captions:
+            skipped["no_caption"] += 1
+            log.warning("skipping %s: no usable caption", where)
+            return None
     try:
         width, height = open_image(data).size
     except Exception as err:  # PIL raises several types on non-images
         skipped["unreadable_image"] += 1
         log.warning("skipping %s: not a readable image (%s)", where, err)
         return None
-    return {"key": key, "image": data, "tags": tags, "label": label, "width": width, "height": height}
+    record = {"key": key, "image": data, "tags": tags, "label": label, "width": width, "height": height}
+    if captions is not None:
+        record["captions"] = captions
+    return record
+
+
+def sidecar_captions(image: Path, skipped: Counter) -> list[Any]:
+    """Captions of an image file from ``<stem>.txt`` (one per line) or ``<stem>.json`` (caption/captions)."""
+    found: list[Any] = []
+    for suffix in (".txt", ".json"):
+        side = image.with_suffix(suffix)
+        if not side.is_file():
+            continue
+        text = decode_caption_bytes(side.read_bytes(), str(side), skipped)
+        if text is None:
+            continue
+        if suffix == ".txt":
+            found += captions_from_text(text)
+        else:
+            try:
+                found += captions_from_json(json.loads(text))
+            except ValueError as err:
+                skipped["bad_caption_json"] += 1
+                log.warning("%s: not valid JSON (%s)", side, err)
+    return found
 
 
 def _read(path: Path, skipped: Counter) -> bytes | None:
@@ -59,10 +99,11 @@ class FolderSource:
 
     root: str
     tags_file: str | None = None
+    captions: bool = False
     name: str = "folder"
 
     def describe(self) -> dict[str, Any]:
-        return {"root": self.root, "tags_file": self.tags_file}
+        return {"root": self.root, "tags_file": self.tags_file, **({"captions": True} if self.captions else {})}
 
     def plan(self, shard_size: int) -> tuple[list[Any], Counter]:
         root = Path(self.root)
@@ -97,7 +138,8 @@ class FolderSource:
             data = _read(root / rel, skipped)
             if data is not None:
                 key = str(Path(rel).with_suffix(""))
-                record = image_record(key, data, list(tags), label, str(root / rel), skipped)
+                caps = sidecar_captions(root / rel, skipped) if self.captions else None
+                record = image_record(key, data, list(tags), label, str(root / rel), skipped, caps)
                 if record:
                     yield record
 
@@ -105,13 +147,15 @@ class FolderSource:
 @dataclass
 class JsonlSource:
     """One JSON object per line: ``{"path": "...", "tags": [...], "label": 3?, "key": "..."?}``; relative paths
-    are resolved against the JSONL file's folder."""
+    are resolved against the JSONL file's folder. With ``captions``: ``"caption": "..."`` and/or
+    ``"captions": [...]`` per line (image-text data)."""
 
     manifest: str
+    captions: bool = False
     name: str = "jsonl"
 
     def describe(self) -> dict[str, Any]:
-        return {"manifest": self.manifest}
+        return {"manifest": self.manifest, **({"captions": True} if self.captions else {})}
 
     def plan(self, shard_size: int) -> tuple[list[Any], Counter]:
         path = Path(self.manifest)
@@ -132,19 +176,21 @@ class JsonlSource:
                 if label is not None and not isinstance(label, int):
                     raise TypeError("'label' must be an integer")
                 key = str(obj.get("key") or Path(image).with_suffix(""))
+                caps = tuple(captions_from_json(obj)) if self.captions else None
             except (ValueError, KeyError, TypeError) as err:
                 skipped["bad_jsonl_line"] += 1
                 log.warning("%s:%d: skipped (%s: %s)", path, number, type(err).__name__, err)
                 continue
-            items.append((image, tuple(tags), label, key))
+            items.append((image, tuple(tags), label, key, caps))
         return _file_tasks(items, path.parent, shard_size), skipped
 
     def records(self, task: list[tuple], skipped: Counter) -> Iterator[dict[str, Any]]:
         base = Path(self.manifest).parent
-        for image, tags, label, key in task:
+        for image, tags, label, key, caps in task:
             data = _read(base / image, skipped)
             if data is not None:
-                record = image_record(key, data, list(tags), label, str(base / image), skipped)
+                caps = list(caps) if caps is not None else None
+                record = image_record(key, data, list(tags), label, str(base / image), skipped, caps)
                 if record:
                     yield record
 
@@ -153,13 +199,15 @@ class JsonlSource:
 class WebDatasetSource:
     """webdataset tar shards (a .tar file or a folder of them): samples grouped by key; the image from
     jpg/jpeg/png/webp, tags from ``json`` ({"tags": [...], "label": n}) or ``txt`` (comma separated), label
-    from ``cls``."""
+    from ``cls``. With ``captions`` (image-text data, img2dataset's convention): ``txt`` is the caption (one per
+    line) and ``json`` may add ``caption`` / ``captions``; tags then come from ``json`` only."""
 
     path: str
+    captions: bool = False
     name: str = "webdataset"
 
     def describe(self) -> dict[str, Any]:
-        return {"path": self.path}
+        return {"path": self.path, **({"captions": True} if self.captions else {})}
 
     def plan(self, shard_size: int) -> tuple[list[Any], Counter]:
         root = Path(self.path)
@@ -189,7 +237,7 @@ class WebDatasetSource:
             key = f"{folder}/{stem}" if folder else stem
             if key != current:
                 if current is not None:
-                    record = self._record(current, parts, tar_path, skipped)
+                    record = self._record(current, parts, tar_path, skipped, self.captions)
                     if record:
                         yield record
                 current, parts = key, {}
@@ -197,12 +245,14 @@ class WebDatasetSource:
             if handle is not None and dot:
                 parts[ext.lower()] = handle.read()
         if current is not None:
-            record = self._record(current, parts, tar_path, skipped)
+            record = self._record(current, parts, tar_path, skipped, self.captions)
             if record:
                 yield record
 
     @staticmethod
-    def _record(key: str, parts: dict[str, bytes], tar_path: str, skipped: Counter) -> dict[str, Any] | None:
+    def _record(
+        key: str, parts: dict[str, bytes], tar_path: str, skipped: Counter, want_captions: bool = False
+    ) -> dict[str, Any] | None:
         image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
         if image is None:
             skipped["no_image"] += 1
@@ -210,12 +260,19 @@ class WebDatasetSource:
             return None
         tags: list[str] = []
         label: int | None = None
+        caps: list[Any] | None = [] if want_captions else None
+        where = f"{tar_path}:{key}"
+        if caps is not None and "txt" in parts:
+            text = decode_caption_bytes(parts["txt"], where, skipped)
+            caps += captions_from_text(text) if text is not None else []
         try:
             if "json" in parts:
                 meta = json.loads(parts["json"])
                 tags = [str(t) for t in meta.get("tags", [])] if isinstance(meta, dict) else []
                 label = meta.get("label") if isinstance(meta, dict) else None
-            elif "txt" in parts:
+                if caps is not None:
+                    caps += captions_from_json(meta)
+            elif "txt" in parts and caps is None:
                 tags = [t.strip() for t in parts["txt"].decode().split(",") if t.strip()]
             if "cls" in parts:
                 label = int(parts["cls"].decode().strip())
@@ -225,4 +282,4 @@ class WebDatasetSource:
             return None
         if label is not None and not isinstance(label, int):
             label = None
-        return image_record(key, image, tags, label, f"{tar_path}:{key}", skipped)
+        return image_record(key, image, tags, label, where, skipped, caps)

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="image-text set: keep captions (folder: <stem>.txt/.json; jsonl: caption(s); webdataset: txt/json; "
         "fashion-mnist: from the tags; emoji: always)",
     )
-    build.add_argument("--vendor", choices=["apple", "google", "twitter", "facebook"], help="emoji: artwork vendor")
+    build.add_argument("--vendor", help="emoji: artwork vendor(s), e.g. google or apple,google,twitter")
     build.set_defaults(func=_build)
 
     verify = actions.add_parser("verify", help="re-read every shard: checksums, schema, every image decoded")

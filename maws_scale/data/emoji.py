@@ -1,14 +1,19 @@
 """Emoji artwork as a small real image-text set: the npm packages ``emoji-datasource-{apple,google,twitter,facebook}``.
 
 Fetch them once at data-preparation time (``npm pack emoji-datasource-google@16.0.0`` writes a ``.tgz``); the
-builder reads the tarball (or an unpacked ``package/`` folder) directly, nothing is downloaded at run time. Each
-record is one 64×64 PNG of ``img/<vendor>/64/``; its captions come from ``emoji.json``: the name, the short names,
-and a sentence with subcategory and category (skin-tone variants add their tone). ``label`` is the index of the
-category in :data:`CATEGORIES` (for probes and zero-shot classification), ``tags`` = [category].
+builder reads the tarball (or an unpacked ``package/`` folder, or a folder holding several vendors' tarballs)
+directly, nothing is downloaded at run time. ``vendor`` may list several (``apple,google,twitter``): one set, keys
+``<vendor>/<code point>``. Each record is one 64×64 emoji cut from the vendor's sprite sheet
+``img/<vendor>/sheets-clean/64.png`` (66-px grid, 1-px border; the package ships no single files), flattened onto
+white and stored as PNG; only emoji the vendor drew itself (``has_img_<vendor>``). Captions come from ``emoji.json``:
+the name, the short names, and a sentence with subcategory and category (skin-tone variants add their tone).
+``label`` is the index of the category in :data:`CATEGORIES` (for probes and zero-shot classification), ``tags`` =
+[category].
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tarfile
@@ -57,79 +62,113 @@ def emoji_captions(entry: dict[str, Any], tone: str | None = None) -> list[str]:
     return list(dict.fromkeys(captions))
 
 
-def emoji_index(entries: list[dict[str, Any]], vendor: str) -> dict[str, tuple[str, list[str], int]]:
-    """image file name → (key, captions, category label) for every image ``vendor`` has."""
-    index: dict[str, tuple[str, list[str], int]] = {}
+SHEET = "sheets-clean/64.png"
+CELL, SIDE = 66, 64
+
+
+def emoji_index(entries: list[dict[str, Any]], vendor: str) -> dict[str, tuple[str, list[str], int, int, int]]:
+    """image file name → (key, captions, category label, sheet_x, sheet_y) for every image ``vendor`` has."""
+    index: dict[str, tuple[str, list[str], int, int, int]] = {}
     flag = f"has_img_{vendor}"
     for entry in entries:
         label = CATEGORIES.index(entry["category"]) if entry.get("category") in CATEGORIES else None
         if label is None:
             continue
         if entry.get(flag) and entry.get("image"):
-            index[entry["image"]] = (entry["unified"].lower(), emoji_captions(entry), label)
+            cell = (entry["sheet_x"], entry["sheet_y"])
+            index[entry["image"]] = (entry["unified"].lower(), emoji_captions(entry), label, *cell)
         for tones, variant in (entry.get("skin_variations") or {}).items():
             if variant.get(flag) and variant.get("image"):
                 tone = " and ".join(SKIN_TONES.get(t, t) for t in tones.split("-"))
-                index[variant["image"]] = (variant["unified"].lower(), emoji_captions(entry, tone), label)
+                cell = (variant["sheet_x"], variant["sheet_y"])
+                index[variant["image"]] = (variant["unified"].lower(), emoji_captions(entry, tone), label, *cell)
     return index
+
+
+def cut(sheet: Any, x: int, y: int) -> bytes:
+    """The emoji at sheet cell (x, y) as an RGB PNG on white."""
+    from PIL import Image
+
+    tile = sheet.crop((x * CELL + 1, y * CELL + 1, x * CELL + 1 + SIDE, y * CELL + 1 + SIDE))
+    flat = Image.new("RGB", tile.size, (255, 255, 255))
+    flat.paste(tile, mask=tile.getchannel("A") if tile.mode == "RGBA" else None)
+    buffer = io.BytesIO()
+    flat.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @dataclass
 class EmojiSource:
-    """One vendor's emoji images from an npm ``emoji-datasource-<vendor>`` tarball or unpacked package folder."""
+    """Emoji images of one or more vendors (``vendor="apple,google"``) from npm ``emoji-datasource-<vendor>``
+    tarballs, unpacked package folders, or a folder holding ``emoji-datasource-<vendor>-*.tgz`` files."""
 
     package: str
     vendor: str
     name: str = "emoji"
 
     def __post_init__(self) -> None:
-        if self.vendor not in VENDORS:
-            raise ValueError(f"--vendor {self.vendor}: unknown (known: {', '.join(VENDORS)})")
+        for vendor in self.vendors:
+            if vendor not in VENDORS:
+                raise ValueError(f"--vendor {vendor}: unknown (known: {', '.join(VENDORS)})")
+
+    @property
+    def vendors(self) -> list[str]:
+        return [v.strip() for v in self.vendor.split(",") if v.strip()]
 
     def describe(self) -> dict[str, Any]:
-        return {"package": self.package, "vendor": self.vendor, "categories": list(CATEGORIES)}
+        return {"package": self.package, "vendors": self.vendors, "categories": list(CATEGORIES)}
 
     def plan(self, shard_size: int) -> tuple[list[Any], Counter]:
+        for vendor in self.vendors:
+            self._package(vendor)
+        return [tuple(self.vendors)], Counter()  # ~4k small PNGs per vendor: one shard
+
+    def _package(self, vendor: str) -> Path:
+        """The tarball or package folder of ``vendor`` (ValueError naming --input when there is none)."""
         path = Path(self.package)
+        if path.is_dir() and not (path / "emoji.json").is_file() and not (path / "package").is_dir():
+            found = sorted(path.glob(f"emoji-datasource-{vendor}-*.tgz")) + sorted(
+                p for p in path.glob(f"emoji-datasource-{vendor}") if p.is_dir()
+            )
+            if not found:
+                raise ValueError(f"--input {path}: no emoji-datasource-{vendor}-*.tgz (npm pack it first)")
+            return found[-1]
         if not path.exists():
             raise ValueError(f"--input {path}: no such npm tarball or package folder")
-        return [0], Counter()  # ~4k small PNGs: one shard
+        return path
 
-    def _files(self) -> Iterator[tuple[str, bytes]]:
-        """(member path inside the package, bytes) of emoji.json and the vendor's 64 px images."""
-        wanted = f"img/{self.vendor}/64/"
-        path = Path(self.package)
+    def _files(self, vendor: str) -> dict[str, bytes]:
+        """``emoji.json`` and the vendor's 64-px sprite sheet (bytes) from the tarball or package folder."""
+        wanted = {"emoji.json", f"img/{vendor}/{SHEET}"}
+        path = self._package(vendor)
         if path.is_dir():
             root = path / "package" if (path / "package").is_dir() else path
-            yield "emoji.json", (root / "emoji.json").read_bytes()
-            for file in sorted((root / wanted).glob("*.png")):
-                yield wanted + file.name, file.read_bytes()
-            return
+            return {name: (root / name).read_bytes() for name in wanted if (root / name).is_file()}
+        found: dict[str, bytes] = {}
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 inner = member.name.removeprefix("package/")
-                if member.isfile() and (inner == "emoji.json" or inner.startswith(wanted)):
-                    handle = tar.extractfile(member)
-                    if handle is not None:
-                        yield inner, handle.read()
+                if member.isfile() and inner in wanted and (handle := tar.extractfile(member)) is not None:
+                    found[inner] = handle.read()
+        return found
 
-    def records(self, task: Any, skipped: Counter) -> Iterator[dict[str, Any]]:
-        index: dict[str, tuple[str, list[str], int]] | None = None
-        images: dict[str, bytes] = {}
-        for inner, data in self._files():
-            if inner == "emoji.json":
-                index = emoji_index(json.loads(data), self.vendor)
-            else:
-                images[inner.rpartition("/")[2]] = data
-        if index is None:
-            raise ValueError(f"--input {self.package}: no emoji.json in the package")
-        for file in sorted(images):
-            if file not in index:
-                skipped["not_in_emoji_json"] += 1
-                continue
-            key, captions, label = index[file]
-            record = image_record(
-                f"{self.vendor}/{key}", images[file], [CATEGORIES[label]], label, file, skipped, captions
-            )
+    def records(self, task: tuple[str, ...], skipped: Counter) -> Iterator[dict[str, Any]]:
+        for vendor in task:
+            yield from self._vendor_records(vendor, skipped)
+
+    def _vendor_records(self, vendor: str, skipped: Counter) -> Iterator[dict[str, Any]]:
+        from PIL import Image
+
+        files = self._files(vendor)
+        missing = sorted({"emoji.json", f"img/{vendor}/{SHEET}"} - set(files))
+        if missing:
+            raise ValueError(f"--input {self.package}: the {vendor} package lacks {', '.join(missing)}")
+        index = emoji_index(json.loads(files["emoji.json"]), vendor)
+        sheet = Image.open(io.BytesIO(files[f"img/{vendor}/{SHEET}"]))
+        sheet.load()
+        for file, (key, captions, label, x, y) in sorted(index.items()):
+            where = f"{vendor}:{file}"
+            image = cut(sheet, x, y)
+            record = image_record(f"{vendor}/{key}", image, [CATEGORIES[label]], label, where, skipped, captions)
             if record:
                 yield record

@@ -181,3 +181,30 @@ def test_clip_loader_yields_tokens(webdataset_text):
     assert batch["images"].shape == (8, 3, 16, 16)
     assert batch["tokens"].shape == (8, 12) and batch["tokens"].dtype == torch.int64
     assert bool((batch["tokens"][:, 0] == BOS_ID).all())
+
+
+def test_cli_builds_captions_and_trains_the_tokenizer(tmp_path, webdataset_text):
+    from maws_scale.cli import main
+
+    tar = next(webdataset_text.parent.glob("*.tar"))
+    out = tmp_path / "cli"
+    assert (
+        main(
+            [
+                "data",
+                "build",
+                "--source",
+                "webdataset",
+                "--input",
+                str(tar),
+                "--output",
+                str(out),
+                "--captions",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main(["data", "tokenizer", str(out), "--vocab-size", "280", "--context-length", "10"]) == 0
+    assert TextInfo.of(out).context_length == 10
+    assert main(["data", "tokenizer", str(out), "--vocab-size", "100"]) == 1  # below the byte alphabet: refused

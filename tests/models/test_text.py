@@ -65,3 +65,14 @@ def test_maws_clip_towers_have_xlmr_shapes():
 def test_unknown_text_model_suggests_a_name():
     with pytest.raises(KeyError, match=r"did you mean 'xlmr_b'"):
         get_text_spec("xlmr_bb")
+
+
+def test_models_command_lists_the_text_towers(capsys):
+    from maws_scale.cli import main
+
+    assert main(["models", "--text", "--json"]) == 0
+    import json
+
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["xlmr_b"]["vocab_size"] == 250002 and 270e6 < rows["xlmr_b"]["params"] < 285e6
+    assert rows["text_tiny"]["pool"] == "eot" and rows["xlmr_l"]["pool"] == "first"

@@ -164,3 +164,18 @@ def test_data_without_a_tokenizer_is_refused(tmp_path):
     build_dataset(FashionMNISTSource(limit=8, captions=True), tmp_path / "d", progress=False)
     with pytest.raises(ConfigError, match=r"data.path: .*no tokenizer"):
         load_config(None, ["stage=clip", f"data.path={tmp_path / 'd'}"])
+
+
+def test_clip_resumes_exactly(world, captioned, tmp_path):
+    """4 steps with a checkpoint at step 2; drop everything after it and resume: steps 3-4 give the same losses
+    (loader position, masks, RNG, optimizer and schedule restored)."""
+    import shutil
+
+    cfg = config(captioned, tmp_path, "stage=mae_clip", "train.steps=4", "checkpoint.every=2", "checkpoint.resume=auto")
+    straight = train_stage(cfg, world)
+    stage = tmp_path / "mae_clip"
+    shutil.rmtree(stage / "checkpoints" / "step_00000004")
+    (stage / "consolidated.pt").unlink()
+    resumed = train_stage(cfg, world)
+    assert resumed.steps == 4 and len(resumed.losses) == 2
+    assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-6, abs=1e-6)

@@ -11,7 +11,7 @@ EXTRAS = {
         "megatron-core>=0.16.1,<0.20; python_version >= '3.12'",
     ],
     "xformers": ["xformers>=0.0.30"],
-    "data": ["pillow>=10", "webdataset>=0.2.100"],
+    "data": ["pillow>=10", "webdataset>=0.2.100", "tokenizers>=0.20"],
     "jobs": ["submitit>=1.5"],
     "bench": ["scikit-image>=0.22", "scikit-learn>=1.4"],
     "triton": ["triton>=3.4,<4"],  # kernels/ read triton.knobs (new in 3.4)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from maws_scale.models.registry import MODELS, UnknownModelError, ViTSpec, get_spec
 
@@ -59,6 +59,33 @@ class WSPConfig(_Section):
     vocab: str | None = Field(None, description="vocab.json; default: <data.path>/vocab.json")
     init: Literal["mae", "random"] = "mae"
     init_from: str | None = Field(None, description="MAE checkpoint for init=mae (the pipeline fills it)")
+
+
+class ClipConfig(_Section):
+    """Stages clip, mae_clip and lit (see docs/clip.md)."""
+
+    text_model: str = Field("text_tiny", description="text tower (maws-scale models: text_tiny … xlmr_l)")
+    text_vocab: int | None = Field(None, gt=0, description="default: the tower's, else the tokenizer's vocab size")
+    context_length: int | None = Field(None, gt=2, description="position-table length; default: the tower's")
+    embed_dim: int | None = Field(None, gt=0, description="shared embedding size; default: the text width")
+    clip_weight: float = Field(1.0, ge=0.0)
+    mae_weight: float = Field(1.0, ge=0.0, description="mae_clip: weight of the MAE reconstruction loss")
+    mask_clip_input: bool = Field(True, description="mae_clip: embed the images from the same masked forward")
+    image_init_from: str | None = Field(None, description="lit: MAE, WSP or MAWS checkpoint (the pipeline fills it)")
+    templates: list[str] = Field(
+        default_factory=lambda: ["a photo of a {}.", "{}"],
+        min_length=1,
+        description="zero-shot prompts; each holds one '{}' for the class name",
+    )
+    class_names: list[str] | None = Field(None, description="zero-shot class names by label; default: eval tags")
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot_per_template(cls, templates: list[str]) -> list[str]:
+        bad = [t for t in templates if t.count("{}") != 1]
+        if bad:
+            raise ValueError(f"every template needs exactly one '{{}}' for the class name: {bad}")
+        return templates
 
 
 class DataConfig(_Section):
@@ -174,6 +201,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "model": ModelConfig,
     "mae": MAEConfig,
     "wsp": WSPConfig,
+    "clip": ClipConfig,
     "data": DataConfig,
     "optim": OptimConfig,
     "schedule": ScheduleConfig,
@@ -183,7 +211,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "checkpoint": CheckpointConfig,
     "eval": EvalConfig,
 }
-STAGES = ("mae", "wsp")
+STAGES = ("mae", "wsp", "clip", "mae_clip", "lit")
+StageName = Literal["mae", "wsp", "clip", "mae_clip", "lit"]
 
 
 class RunConfig(BaseModel):
@@ -191,12 +220,13 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    stage: Literal["mae", "wsp"] = "mae"
+    stage: StageName = "mae"
     seed: int = 0
     output_dir: str = "runs/default"
     model: ModelConfig = Field(default_factory=ModelConfig)
     mae: MAEConfig = Field(default_factory=MAEConfig)
     wsp: WSPConfig = Field(default_factory=WSPConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -205,7 +235,7 @@ class RunConfig(BaseModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    stages: dict[Literal["mae", "wsp"], dict[str, Any]] = Field(default_factory=dict)
+    stages: dict[StageName, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_shapes(self) -> RunConfig:
@@ -233,6 +263,13 @@ class RunConfig(BaseModel):
         decoder_width = self.mae.decoder_width or spec.decoder_width
         if decoder_width % decoder_heads:
             raise ValueError(f"mae.decoder_width={decoder_width} is not divisible by mae.decoder_heads={decoder_heads}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_clip(self) -> RunConfig:
+        from maws_scale.clip_checks import check_clip  # the image-text stages' checks (reads the data's tokenizer)
+
+        check_clip(self)
         return self
 
     # ----- derived values -------------------------------------------------------------------------------------
@@ -304,6 +341,10 @@ class RunConfig(BaseModel):
         """Checks for a single-stage run (``maws-scale train``); the pipeline fills ``wsp.init_from`` itself."""
         if self.stage == "wsp" and self.wsp.init == "mae" and not self.wsp.init_from:
             raise ConfigError("wsp.init_from: wsp.init=mae needs an MAE checkpoint here, or set wsp.init=random")
+        if self.stage == "lit" and not self.clip.image_init_from:
+            raise ConfigError(
+                "clip.image_init_from: stage lit locks a pretrained image tower; give an MAE, WSP or MAWS checkpoint"
+            )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -51,6 +51,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if not config.stages:
+        config.check_standalone()  # one stage run: its inputs (init checkpoints) must be given
     for stage in config.stages or {config.stage: {}}:
         resolved = config.for_stage(stage)
         dp, accum = resolved.batch_layout(args.world_size)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-SOURCES = ("folder", "jsonl", "webdataset", "fashion-mnist")
+SOURCES = ("folder", "jsonl", "webdataset", "fashion-mnist", "emoji")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     part.add_argument(
         "--dry-run", action="store_true", help="--slurm: print the job array's sbatch file, submit nothing"
     )
+    build.add_argument(
+        "--captions",
+        action="store_true",
+        help="image-text set: keep captions (folder: <stem>.txt/.json; jsonl: caption(s); webdataset: txt/json; "
+        "fashion-mnist: from the tags; emoji: always)",
+    )
+    build.add_argument("--vendor", help="emoji: artwork vendor(s), e.g. google or apple,google,twitter")
     build.set_defaults(func=_build)
 
     merge = actions.add_parser("merge", help="write one manifest over the parts of partitioned builds")
@@ -59,6 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--workers", type=int, default=1)
     verify.add_argument("--no-decode", action="store_true", help="skip decoding images (checksums and schema only)")
     verify.set_defaults(func=_verify)
+
+    tok = actions.add_parser("tokenizer", help="train a BPE tokenizer on the captions; store it with the data set")
+    tok.add_argument("dir", help="image-text dataset directory (built with --captions)")
+    tok.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default 4096)")
+    tok.add_argument("--context-length", type=int, default=32, help="tokens per caption incl. <bos>/<eos> (32)")
+    tok.set_defaults(func=_tokenizer)
 
     vocab = actions.add_parser("vocab", help="count tags and write vocab.json (min count and/or top K)")
     vocab.add_argument("dir", help="dataset directory")
@@ -82,12 +95,20 @@ def _source(args: argparse.Namespace):
     from maws_scale.data.fashion_mnist import FashionMNISTSource
 
     if args.source == "fashion-mnist":
-        return FashionMNISTSource(args.input, args.split, args.variant, args.noise, args.limit, args.seed)
+        return FashionMNISTSource(
+            args.input, args.split, args.variant, args.noise, args.limit, args.seed, captions=args.captions
+        )
+    if args.source == "emoji":
+        from maws_scale.data.emoji import EmojiSource
+
+        if not args.vendor:
+            raise ValueError("--vendor: the emoji source needs one of apple, google, twitter, facebook")
+        return EmojiSource(args.input, args.vendor)
     if args.source == "folder":
-        return sources.FolderSource(args.input, args.tags)
+        return sources.FolderSource(args.input, args.tags, captions=args.captions)
     if args.source == "jsonl":
-        return sources.JsonlSource(args.input)
-    return sources.WebDatasetSource(args.input)
+        return sources.JsonlSource(args.input, captions=args.captions)
+    return sources.WebDatasetSource(args.input, captions=args.captions)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -222,6 +243,24 @@ def _verify(args: argparse.Namespace) -> int:
         for example in report["examples"]:
             console.print(f"  bad: {example}", highlight=False)
     return 0 if report["ok"] else 1
+
+
+def _tokenizer(args: argparse.Namespace) -> int:
+    from maws_scale.data.shards import DatasetError
+    from maws_scale.data.text import train_tokenizer
+
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        text = train_tokenizer(args.dir, args.vocab_size, args.context_length)
+    except (ValueError, DatasetError) as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 1
+    err.print(
+        f"[green]tokenizer[/] {args.dir}/{text['tokenizer']}: vocab {text['vocab_size']}, context "
+        f"{text['context_length']}, trained on {text['captions']} captions",
+        highlight=False,
+    )
+    return 0
 
 
 def _vocab(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/models.md)")
     parser.add_argument("--num-classes", type=int, default=1000, help="WSP head size (default 1000)")
     parser.add_argument("--mask-ratio", type=float, default=0.75, help="MAE mask ratio (default 0.75)")
+    parser.add_argument("--text", action="store_true", help="only the text towers (clip, mae_clip, lit stages)")
     parser.set_defaults(func=_run)
 
 
@@ -90,7 +91,73 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+TEXT_COLUMNS = [
+    ("name", "text model"),
+    ("width", "width"),
+    ("depth", "depth"),
+    ("heads", "heads"),
+    ("context_length", "context"),
+    ("vocab_size", "vocab"),
+    ("pool", "pool"),
+    ("causal", "causal"),
+    ("params", "params M"),
+    ("fwd_flops", "fwd GF"),
+]
+EXAMPLE_VOCAB = 4096  # towers without a vocabulary of their own take the tokenizer's; counted at this size
+
+
+def text_rows() -> list[dict]:
+    """One row per text tower: shape and parameters (embedding tables included; meta device)."""
+    import torch
+
+    from maws_scale.models.flops import block_flops
+    from maws_scale.models.text import TextTransformer
+    from maws_scale.models.text_registry import TEXT_MODELS
+
+    rows = []
+    for name, spec in TEXT_MODELS.items():
+        vocab = spec.vocab_size or EXAMPLE_VOCAB
+        with torch.device("meta"):
+            params = sum(p.numel() for p in TextTransformer.from_spec(spec, vocab).parameters())
+        rows.append(
+            {
+                "name": name,
+                "width": spec.width,
+                "depth": spec.depth,
+                "heads": spec.heads,
+                "context_length": spec.context_length,
+                "vocab_size": spec.vocab_size or f"tokenizer ({EXAMPLE_VOCAB})",
+                "pool": spec.pool,
+                "causal": spec.causal,
+                "params": params,
+                "fwd_flops": spec.depth * block_flops(spec.context_length, spec.width, spec.mlp_hidden),
+            }
+        )
+    return rows
+
+
+def _text(args: argparse.Namespace, console: Console) -> None:
+    rows = text_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.markdown:
+        lines = ["| " + " | ".join(title for _, title in TEXT_COLUMNS) + " |"]
+        lines.append("|" + "|".join("---" if k == "name" else "---:" for k, _ in TEXT_COLUMNS) + "|")
+        lines += ["| " + " | ".join(_cell(k, r[k]) for k, _ in TEXT_COLUMNS) + " |" for r in rows]
+        print("\n".join(lines))
+    else:
+        table = Table(title=f"text towers (params with the embedding table; vocab-less towers at {EXAMPLE_VOCAB})")
+        for key, title in TEXT_COLUMNS:
+            table.add_column(title, justify="left" if key == "name" else "right")
+        for row in rows:
+            table.add_row(*(_cell(key, row[key]) for key, _ in TEXT_COLUMNS))
+        console.print(table)
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.text:
+        _text(args, Console(width=140))
+        return 0
     if not 0.0 <= args.mask_ratio < 1.0:
         raise SystemExit(f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
     if args.num_classes < 1:
@@ -114,4 +181,5 @@ def _run(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console.width = max(console.width, 140)
     console.print(table)
+    _text(args, console)
     return 0

@@ -101,6 +101,7 @@ class FashionMNISTSource:
     noise: float = 0.0
     limit: int | None = None
     seed: int = 0
+    captions: bool = False  # image-text data: a caption from the (noisy) tags, e.g. "a mosaic of bag, sneaker"
     name: str = "fashion-mnist"
 
     def __post_init__(self) -> None:
@@ -112,10 +113,14 @@ class FashionMNISTSource:
             raise ValueError(f"--noise must be in [0, 1], got {self.noise}")
 
     def describe(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("root", "split", "variant", "noise", "limit", "seed")} | {
-            "label": "class of the top-left tile" if self.variant == "mosaic" else "class of the image",
-            "classes": list(CLASSES),
-        }
+        return (
+            {k: getattr(self, k) for k in ("root", "split", "variant", "noise", "limit", "seed")}
+            | {
+                "label": "class of the top-left tile" if self.variant == "mosaic" else "class of the image",
+                "classes": list(CLASSES),
+            }
+            | ({"captions": "from the noisy tags"} if self.captions else {})
+        )
 
     def _count(self) -> int:
         images, _ = load_split(self.root, self.split)
@@ -154,7 +159,7 @@ class FashionMNISTSource:
             noisy = classes
             if draws["noisy"][i]:
                 noisy = corrupt(classes, int(draws["op"][i]), *map(float, draws["r"][i]))
-            yield {
+            record = {
                 "key": f"fmnist-{self.split}-{self.variant}-{i:06d}",
                 "image": _png(np.ascontiguousarray(grid)),
                 "tags": [CLASSES[c] for c in noisy],
@@ -163,3 +168,7 @@ class FashionMNISTSource:
                 "width": grid.shape[1],
                 "height": grid.shape[0],
             }
+            if self.captions:
+                names = " and ".join(CLASSES[c].lower() for c in noisy)
+                record["captions"] = [f"a mosaic of {names}" if self.variant == "mosaic" else f"a photo of a {names}"]
+            yield record

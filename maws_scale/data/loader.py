@@ -14,7 +14,7 @@ from maws_scale.data.order import GlobalOrder
 from maws_scale.data.shards import DatasetError, load_manifest, open_shard
 from maws_scale.data.stream import StreamLoader, StreamSpec
 
-STAGES = ("mae", "wsp", "eval")
+STAGES = ("mae", "wsp", "clip", "eval")
 
 
 def build_loader(
@@ -25,13 +25,16 @@ def build_loader(
     micro_batch: int | None = None,
     path: str | None = None,
     infinite: bool = True,
+    captions: bool = False,
 ) -> StreamLoader | SyntheticLoader:
     """A resumable loader of uint8 image batches for ``stage`` ("mae", "wsp" or "eval") on data-parallel ``rank``.
 
     ``path`` overrides ``cfg.data.path`` (``cfg.data.eval_path`` for "eval"). "wsp" adds soft multi-hot
     ``targets`` over the vocabulary (``cfg.wsp.vocab``, default ``<data path>/vocab.json``). "eval" does not
     shuffle or augment (centre crop) and, with ``infinite=False``, makes one ordered pass in which every sample
-    is seen once across the ranks. Raises ConfigError naming the key or file when the data cannot be used.
+    is seen once across the ranks. "clip" (and "eval" with ``captions``) adds ``tokens`` (B, context) from one
+    caption per record, tokenized with the tokenizer stored with the *training* set (``data.path``). Raises
+    ConfigError naming the key or file when the data cannot be used.
     """
     if stage not in STAGES:
         raise ConfigError(f"stage: unknown data stage '{stage}' (known: {', '.join(STAGES)})")
@@ -69,6 +72,7 @@ def build_loader(
         want_labels=has_labels,
         verify_checksums=cfg.data.verify_checksums,
         pad=stage != "eval",
+        text=_caption_encoder(cfg, root) if stage == "clip" or captions else None,
     )
     return StreamLoader(spec, num_workers=cfg.data.num_workers, infinite=infinite)
 
@@ -85,6 +89,18 @@ def _vocab(cfg: RunConfig, stage: str, root: str) -> Vocabulary | None:
     if stage == "eval" and vocab_path.is_file():
         return load_vocab(vocab_path)
     return None
+
+
+def _caption_encoder(cfg: RunConfig, root: str):
+    """The tokenizer of the training set (``data.path``; the eval set's own when that is unset)."""
+    from maws_scale.data.text import CaptionEncoder, TextInfo
+
+    train_root = cfg.data.path or root
+    try:
+        info = TextInfo.of(train_root)
+    except DatasetError as err:
+        raise ConfigError(f"data.path: {err}") from None
+    return CaptionEncoder(info.path, info.context_length)
 
 
 def _has_labels(root: str, manifest: Any) -> bool:
@@ -121,6 +137,11 @@ class SyntheticLoader(SyntheticLoaderState):
         self.img_size, self.micro_batch, self.stage = cfg.img_size, micro_batch, stage
         self.seed = cfg.seed * 1_000_003 + rank
         self.num_classes = (cfg.wsp.num_classes or 1000) if stage == "wsp" else None
+        self.text_shape = None
+        if stage == "clip":
+            from maws_scale.train.clip_stages import text_shape
+
+            self.text_shape = text_shape(cfg)  # (vocab, context): random ids between the special tokens and vocab
         self.epoch_size = 1 << 30
         self.consumed = 0
 
@@ -135,5 +156,8 @@ class SyntheticLoader(SyntheticLoaderState):
             if self.num_classes:
                 labels = torch.randint(0, self.num_classes, (b,), generator=gen)
                 batch["targets"] = torch.nn.functional.one_hot(labels, self.num_classes).float()
+            if self.text_shape is not None:
+                vocab, context = self.text_shape
+                batch["tokens"] = torch.randint(3, vocab, (b, context), generator=gen)
             self.consumed += b
             yield batch

@@ -39,6 +39,7 @@ SCHEMA = pa.schema(
         pa.field("clean_tags", pa.list_(pa.string())),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        pa.field("captions", pa.list_(pa.string())),  # image-text sets only (see data/text.py)
     ],
     metadata={"maws_scale.schema_version": str(SCHEMA_VERSION)},
 )
@@ -176,6 +177,7 @@ class Manifest:
     columns: list[str] = field(default_factory=lambda: list(SCHEMA.names))
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
+    text: dict[str, Any] = field(default_factory=dict)  # tokenizer file, vocab size, context length (data/text.py)
 
     @property
     def records(self) -> int:
@@ -208,6 +210,7 @@ class Manifest:
             "shard_table": SHARD_TABLE,
             "fingerprint": _fingerprint(s.sha256 for s in self.shards),
             "build": self.build,
+            **({"text": self.text} if self.text else {}),
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -312,4 +315,5 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
         columns=list(raw.get("columns", SCHEMA.names)),
         created=raw.get("created", ""),
         _fingerprint=fingerprint,
+        text=dict(raw.get("text", {})),
     )

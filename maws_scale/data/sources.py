@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from maws_scale.data.build import group_by_size
 from maws_scale.data.decode import open_image
+from maws_scale.data.text import captions_from_json, captions_from_text, clean_captions, decode_caption_bytes
 
 if TYPE_CHECKING:
     from maws_scale.data.partition import Partition
@@ -55,20 +56,59 @@ def metadata_problem(key: Any, tags: Any, label: Any) -> str | None:
     return None
 
 
-def image_record(key: str, data: bytes, tags: list[str], label: int | None, where: str, skipped: Counter):
+def image_record(
+    key: str,
+    data: bytes,
+    tags: list[str],
+    label: int | None,
+    where: str,
+    skipped: Counter,
+    captions: list[Any] | None = None,
+):
     """A record for encoded image bytes, or None (counted, logged) when the metadata cannot be stored
-    (``bad_record``) or the bytes are not a readable image."""
+    (``bad_record``), the bytes are not a readable image, or — when ``captions`` is given (an image-text source) —
+    none of its captions is usable (``no_caption``)."""
     if (problem := metadata_problem(key, tags, label)) is not None:
         skipped["bad_record"] += 1
         log.warning("skipping %s: %s", printable(where), problem)
         return None
+    if captions is not None:
+        captions = clean_captions(captions, where, skipped)
+        if not captions:
+            skipped["no_caption"] += 1
+            log.warning("skipping %s: no usable caption", printable(where))
+            return None
     try:
         width, height = open_image(data).size
     except Exception as err:  # PIL raises several types on non-images
         skipped["unreadable_image"] += 1
         log.warning("skipping %s: not a readable image (%s)", printable(where), err)
         return None
-    return {"key": key, "image": data, "tags": tags, "label": label, "width": width, "height": height}
+    record = {"key": key, "image": data, "tags": tags, "label": label, "width": width, "height": height}
+    if captions is not None:
+        record["captions"] = captions
+    return record
+
+
+def sidecar_captions(image: Path, skipped: Counter) -> list[Any]:
+    """Captions of an image file from ``<stem>.txt`` (one per line) or ``<stem>.json`` (caption/captions)."""
+    found: list[Any] = []
+    for suffix in (".txt", ".json"):
+        side = image.with_suffix(suffix)
+        if not side.is_file():
+            continue
+        text = decode_caption_bytes(side.read_bytes(), str(side), skipped)
+        if text is None:
+            continue
+        if suffix == ".txt":
+            found += captions_from_text(text)
+        else:
+            try:
+                found += captions_from_json(json.loads(text))
+            except ValueError as err:
+                skipped["bad_caption_json"] += 1
+                log.warning("%s: not valid JSON (%s)", side, err)
+    return found
 
 
 def _read(path: Path, skipped: Counter) -> bytes | None:
@@ -135,11 +175,12 @@ class FolderSource:
 
     root: str
     tags_file: str | None = None
+    captions: bool = False
     name: str = "folder"
     classes: tuple[str, ...] | None = None  # the global label map (partitioned builds); default: sorted class folders
 
     def describe(self) -> dict[str, Any]:
-        return {"root": self.root, "tags_file": self.tags_file}
+        return {"root": self.root, "tags_file": self.tags_file, **({"captions": True} if self.captions else {})}
 
     def class_names(self) -> list[str]:
         """The class folders in sorted order (label = position); ValueError when there are none."""
@@ -189,7 +230,8 @@ class FolderSource:
         for rel, tags, label in task:
             data = _read(root / rel, skipped)
             if data is not None:
-                record = image_record(_folder_key(rel), data, list(tags), label, str(root / rel), skipped)
+                caps = sidecar_captions(root / rel, skipped) if self.captions else None
+                record = image_record(_folder_key(rel), data, list(tags), label, str(root / rel), skipped, caps)
                 if record:
                     yield record
 
@@ -198,13 +240,15 @@ class FolderSource:
 class JsonlSource:
     """One JSON object per line: ``{"path": "...", "tags": [...], "label": 3?, "key": "..."?}``; relative paths
     are resolved against the JSONL file's folder. ``manifest`` may be a folder of ``*.jsonl`` files (read in name
-    order); a partitioned build then gives each part a slice of the files, so no task reads all of them."""
+    order); a partitioned build then gives each part a slice of the files, so no task reads all of them. With
+    ``captions``: ``"caption": "..."`` and/or ``"captions": [...]`` per line (image-text data)."""
 
     manifest: str
+    captions: bool = False
     name: str = "jsonl"
 
     def describe(self) -> dict[str, Any]:
-        return {"manifest": self.manifest}
+        return {"manifest": self.manifest, **({"captions": True} if self.captions else {})}
 
     def _base(self) -> Path:
         path = Path(self.manifest)
@@ -218,15 +262,15 @@ class JsonlSource:
             for item in self.iter_items(skipped, part if by_file else None)
             if part is None or by_file or part.owns(item[3])
         )
-        where = lambda it: f"{it[4]}:{it[5]}"  # noqa: E731
-        items = [it[:4] for it in _unique_keys(owned, lambda it: it[3], where, skipped)]
+        where = lambda it: f"{it[5]}:{it[6]}"  # noqa: E731
+        items = [it[:5] for it in _unique_keys(owned, lambda it: it[3], where, skipped)]
         return _file_tasks(items, self._base(), shard_size), skipped
 
     def iter_items(
         self, skipped: Counter, part: Partition | None = None
-    ) -> Iterator[tuple[str, tuple[str, ...], int | None, str, Path, int]]:
-        """(image path, tags, label, key, file, line number) per good line, streamed (one line held at a time);
-        with ``part``, only the lines of the JSONL files (of a folder) that the part owns."""
+    ) -> Iterator[tuple[str, tuple[str, ...], int | None, str, tuple[str, ...] | None, Path, int]]:
+        """(image path, tags, label, key, captions, file, line number) per good line, streamed (one line held at a
+        time); with ``part``, only the lines of the JSONL files (of a folder) that the part owns."""
         source = Path(self.manifest)
         if source.is_dir():
             files = sorted(source.glob("*.jsonl"))
@@ -242,7 +286,7 @@ class JsonlSource:
 
     def _file_items(
         self, path: Path, skipped: Counter
-    ) -> Iterator[tuple[str, tuple[str, ...], int | None, str, Path, int]]:
+    ) -> Iterator[tuple[str, tuple[str, ...], int | None, str, tuple[str, ...] | None, Path, int]]:
         for number, line in _lines(path):
             if line is not None and not line.strip():
                 continue
@@ -259,18 +303,20 @@ class JsonlSource:
                 key = obj.get("key") or str(Path(image).with_suffix(""))
                 if (problem := metadata_problem(key, tags, label)) is not None:
                     raise TypeError(problem)
+                caps = tuple(captions_from_json(obj)) if self.captions else None
             except (ValueError, KeyError, TypeError) as err:
                 skipped["bad_jsonl_line"] += 1
                 log.warning("%s:%d: skipped (%s: %s)", path, number, type(err).__name__, printable(str(err)))
                 continue
-            yield image, tuple(tags), label, key, path, number
+            yield image, tuple(tags), label, key, caps, path, number
 
     def records(self, task: list[tuple], skipped: Counter) -> Iterator[dict[str, Any]]:
         base = self._base()
-        for image, tags, label, key in task:
+        for image, tags, label, key, caps in task:
             data = _read(base / image, skipped)
             if data is not None:
-                record = image_record(key, data, list(tags), label, str(base / image), skipped)
+                caps = list(caps) if caps is not None else None
+                record = image_record(key, data, list(tags), label, str(base / image), skipped, caps)
                 if record:
                     yield record
 
@@ -279,13 +325,15 @@ class JsonlSource:
 class WebDatasetSource:
     """webdataset tar shards (a .tar file or a folder of them): samples grouped by key; the image from
     jpg/jpeg/png/webp, tags from ``json`` ({"tags": [...], "label": n}) or ``txt`` (comma separated), label
-    from ``cls``."""
+    from ``cls``. With ``captions`` (image-text data, img2dataset's convention): ``txt`` is the caption (one per
+    line) and ``json`` may add ``caption`` / ``captions``; tags then come from ``json`` only."""
 
     path: str
+    captions: bool = False
     name: str = "webdataset"
 
     def describe(self) -> dict[str, Any]:
-        return {"path": self.path}
+        return {"path": self.path, **({"captions": True} if self.captions else {})}
 
     def plan(self, shard_size: int, part: Partition | None = None) -> tuple[list[Any], Counter]:
         root = Path(self.path)
@@ -323,7 +371,7 @@ class WebDatasetSource:
             key = f"{folder}/{stem}" if folder else stem
             if key != current:
                 if current is not None:
-                    record = self._record(current, parts, tar_path, skipped)
+                    record = self._record(current, parts, tar_path, skipped, self.captions)
                     if record:
                         yield record
                 current, parts = key, {}
@@ -331,12 +379,14 @@ class WebDatasetSource:
             if handle is not None and dot:
                 parts[ext.lower()] = handle.read()
         if current is not None:
-            record = self._record(current, parts, tar_path, skipped)
+            record = self._record(current, parts, tar_path, skipped, self.captions)
             if record:
                 yield record
 
     @staticmethod
-    def _record(key: str, parts: dict[str, bytes], tar_path: str, skipped: Counter) -> dict[str, Any] | None:
+    def _record(
+        key: str, parts: dict[str, bytes], tar_path: str, skipped: Counter, want_captions: bool = False
+    ) -> dict[str, Any] | None:
         image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
         if image is None:
             skipped["no_image"] += 1
@@ -344,6 +394,11 @@ class WebDatasetSource:
             return None
         tags: Any = []
         label: Any = None
+        caps: list[Any] | None = [] if want_captions else None
+        where = f"{tar_path}:{key}"
+        if caps is not None and "txt" in parts:
+            text = decode_caption_bytes(parts["txt"], where, skipped)
+            caps += captions_from_text(text) if text is not None else []
         try:
             if "json" in parts:
                 meta = json.loads(parts["json"])
@@ -352,7 +407,9 @@ class WebDatasetSource:
                 tags, label = meta.get("tags", []), meta.get("label")
                 if not isinstance(tags, list):  # a string would be split into letters, a dict give its keys
                     raise ValueError(f"'tags' must be a list, got {type(tags).__name__}")
-            elif "txt" in parts:
+                if caps is not None:
+                    caps += captions_from_json(meta)
+            elif "txt" in parts and caps is None:
                 tags = [t.strip() for t in parts["txt"].decode().split(",") if t.strip()]
             if "cls" in parts:
                 label = int(parts["cls"].decode().strip())
@@ -360,4 +417,4 @@ class WebDatasetSource:
             skipped["bad_metadata"] += 1
             log.warning("%s: sample %s has unreadable metadata (%s), skipped", tar_path, printable(key), err)
             return None
-        return image_record(key, image, tags, label, f"{tar_path}:{key}", skipped)
+        return image_record(key, image, tags, label, where, skipped, caps)

@@ -35,6 +35,7 @@ from maws_scale.data.decode import decode_batch
 from maws_scale.data.labels import Vocabulary
 from maws_scale.data.order import GlobalOrder
 from maws_scale.data.shards import BinaryColumn, DatasetError, Manifest, check_schema, open_shard, sha256_file
+from maws_scale.data.text import CaptionEncoder, pick_captions
 
 log = logging.getLogger("maws_scale.data")
 STATE_VERSION = 1
@@ -72,6 +73,7 @@ class StreamSpec:
     want_labels: bool = False
     verify_checksums: bool = False
     pad: bool = True
+    text: CaptionEncoder | None = None  # image-text stages: one caption per record → ``tokens`` (B, context)
 
 
 class _Shards:
@@ -168,7 +170,7 @@ class ShardStream(IterableDataset):
         spec = self.spec
         positions = self.positions(batch)
         errors: Counter = Counter()
-        rows = _gather(spec, shards, positions)
+        rows = _gather(spec, shards, positions, want_captions=spec.text is not None)
         n = len(positions)
         keys = rows["key"]
         # in a worker process, decode straight into shared memory: the DataLoader then sends it without a copy
@@ -203,6 +205,14 @@ class ShardStream(IterableDataset):
                 log.log(level, "%d records without a tag of the vocabulary skipped for WSP (no_known_tag)", untagged)
             ok &= known
             out["targets"] = targets
+        if spec.text is not None:
+            picked = pick_captions(rows["captions"], positions, spec.order.seed, spec.train)
+            has = np.array([c is not None for c in picked], dtype=bool)
+            if (uncaptioned := int((ok & ~has).sum())) > 0:
+                errors["no_caption"] += uncaptioned
+                log.debug("%d records without a caption skipped", uncaptioned)
+            ok &= has
+            out["tokens"] = spec.text([c or "" for c in picked])
         if spec.want_labels:
             out["labels"] = rows["label"]
         if rows.get("clean_tags") is not None and spec.vocab is not None:
@@ -232,7 +242,7 @@ def _keep_index(ok: np.ndarray, n: int, pad: bool) -> np.ndarray:
     return np.concatenate([valid, valid[np.arange(n - valid.size) % valid.size]])
 
 
-def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray) -> dict[str, Any]:
+def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray, want_captions: bool = False) -> dict[str, Any]:
     """Fetch the records at ``positions`` (one ``take`` per shard, image bytes by offset); mark what cannot be used."""
     n = len(positions)
     shard_ids, row_ids = spec.order.locate(positions)
@@ -248,6 +258,7 @@ def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray) -> dict[st
     tag_type = pa.list_(pa.string())
     tag_parts: list[tuple[np.ndarray, pa.Array]] = []
     clean_parts: list[tuple[np.ndarray, pa.Array]] = []
+    caption_parts: list[tuple[np.ndarray, pa.Array]] = []
     for shard in np.unique(shard_ids):
         where = np.flatnonzero(shard_ids == shard)
         opened = shards.get(int(shard))
@@ -281,8 +292,12 @@ def _gather(spec: StreamSpec, shards: _Shards, positions: np.ndarray) -> dict[st
         tag_parts.append((where, taken["tags"].combine_chunks()))
         if "clean_tags" in taken.column_names:
             clean_parts.append((where, taken["clean_tags"].combine_chunks()))
+        if want_captions and "captions" in taken.column_names:
+            caption_parts.append((where, taken["captions"].combine_chunks()))
     out["tags"] = _reassemble(tag_parts, n, tag_type)
     out["clean_tags"] = _reassemble(clean_parts, n, tag_type) if clean_parts else None
+    if want_captions:
+        out["captions"] = _reassemble(caption_parts, n, tag_type).to_pylist()
     return out
 
 

@@ -84,17 +84,30 @@ def evaluate_checkpoint(
     tracker: MetricSink | Any | None = None,
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
-    """Evaluate the encoder in ``checkpoint_path`` (MAE or WSP state dict) with ``cfg.model.pool`` on
+    """Evaluate the encoder in ``checkpoint_path`` (MAE, WSP or two-tower state dict; the latter adds zero-shot
+    classification and retrieval, see ``eval/zero_shot.py``) with ``cfg.model.pool`` on
     ``cfg.data.eval_path``; log the metrics to ``tracker`` (at step ``train.steps``) when given; return them.
     ``checkpoint_path="random"`` evaluates an untrained encoder (seed ``cfg.seed``): the floor of the probes.
     Features are extracted on ``device`` (default CPU; the pipeline passes the training device), in bf16 on CUDA."""
     from maws_scale.models.attention import pin_attention_backends
 
-    encoder = random_encoder(cfg) if str(checkpoint_path) == RANDOM else load_encoder(cfg, checkpoint_path)
     device = torch.device(device or "cpu")
-    encoder = encoder.to(device)
-    pin_attention_backends(encoder, device)
-    metrics = evaluate_encoder(encoder, cfg)
+    clip = None
+    if str(checkpoint_path) != RANDOM:
+        from maws_scale.eval.zero_shot import is_clip_state, load_clip
+        from maws_scale.models.state import load_state_dict_file
+
+        if is_clip_state(load_state_dict_file(checkpoint_path)):  # clip / mae_clip / lit: probes + zero-shot
+            clip = load_clip(cfg, checkpoint_path)
+    if clip is not None:
+        from maws_scale.eval.zero_shot import zero_shot_metrics
+
+        metrics = {**evaluate_encoder(clip.visual, cfg), **zero_shot_metrics(clip, cfg)}
+    else:
+        encoder = random_encoder(cfg) if str(checkpoint_path) == RANDOM else load_encoder(cfg, checkpoint_path)
+        encoder = encoder.to(device)
+        pin_attention_backends(encoder, device)
+        metrics = evaluate_encoder(encoder, cfg)
     if tracker is not None:
         tracker.log_metrics(metrics, step=cfg.train.steps or 0)
     return metrics

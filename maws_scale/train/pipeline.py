@@ -51,16 +51,30 @@ def stage_configs(cfg: RunConfig) -> tuple[RunConfig, RunConfig]:
     return mae, wsp
 
 
+def lit_config(cfg: RunConfig, wsp: RunConfig) -> RunConfig | None:
+    """The LiT stage of a pipeline whose config has a ``stages.lit`` section: its image tower, locked, is the WSP
+    stage's consolidated encoder unless ``clip.image_init_from`` names another checkpoint. None without one."""
+    if "lit" not in cfg.stages:
+        return None
+    lit = cfg.for_stage("lit")
+    lit.checkpoint.resume = cfg.checkpoint.resume or "auto"
+    if not lit.clip.image_init_from:
+        lit.clip.image_init_from = str(stage_dir(wsp) / CONSOLIDATED)
+    return lit
+
+
 def run_pipeline(cfg: RunConfig, info: DistInfo | None = None) -> PipelineResult:
-    """Run (or finish) the MAE → WSP pipeline of ``cfg``, then evaluate the WSP encoder. In MLflow: one parent run
+    """Run (or finish) the MAE → WSP (→ LiT, with a ``stages.lit`` section) pipeline of ``cfg``, then evaluate the
+    WSP encoder (and the LiT model zero-shot). In MLflow: one parent run
     (``<run_name>``, re-used by a re-run) with the MAE, WSP and eval runs nested under it; a failure marks it FAILED."""
     info = info or init_distributed(cfg.parallel.backend)
     mae, wsp = stage_configs(cfg)
+    lit = lit_config(cfg, wsp)
     parent = make_tracker(wsp, cfg.output_dir, info.is_main, stage="pipeline")
     status = "FAILED"
     try:
         with parent_run(parent.start()):
-            result = _run_stages(mae, wsp, info)
+            result = _run_stages(mae, wsp, lit, info)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
@@ -72,12 +86,11 @@ def run_pipeline(cfg: RunConfig, info: DistInfo | None = None) -> PipelineResult
     return result
 
 
-def _run_stages(mae: RunConfig, wsp: RunConfig, info: DistInfo) -> PipelineResult:
+def _run_stages(mae: RunConfig, wsp: RunConfig, lit: RunConfig | None, info: DistInfo) -> PipelineResult:
     result = PipelineResult()
     stages = (mae, wsp) if wsp.wsp.init == "mae" else (wsp,)  # the WSP-from-scratch baseline needs no MAE stage
-    preflight(
-        stages, info.world_size, evaluate=wsp, device=info.device
-    )  # every stage's inputs, before the first step of any
+    stages = (*stages, lit) if lit is not None else stages
+    preflight(stages, info.world_size, evaluate=wsp, device=info.device)  # every stage's inputs, before any step
     if len(stages) == 1 and info.is_main:
         console.print("wsp.init=random: the MAE stage is not run (WSP from random initialisation)")
     for stage_cfg in stages:
@@ -91,7 +104,34 @@ def _run_stages(mae: RunConfig, wsp: RunConfig, info: DistInfo) -> PipelineResul
             result.ran[stage_cfg.stage] = train_stage(stage_cfg, info)
         result.weights[stage_cfg.stage] = done
     result.eval = _evaluate(wsp, result.weights["wsp"], info)
+    if lit is not None:
+        zero_shot = _evaluate_zero_shot(lit, result.weights["lit"], info)
+        if zero_shot is not None:
+            result.eval = {**(result.eval or {}), **zero_shot}
     return result
+
+
+def _evaluate_zero_shot(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float] | None:
+    """Zero-shot classification and retrieval of the LiT model on rank 0 (``eval/zero_shot.py``)."""
+    if not (cfg.eval.enabled and cfg.data.eval_path):
+        return None
+    from maws_scale.eval.zero_shot import load_clip, zero_shot_metrics
+
+    metrics = None
+    if info.is_main:
+        tracker = make_tracker(cfg, Path(cfg.output_dir) / "eval-lit", is_main=True, stage="eval-lit")
+        tracker.log_tags({"checkpoint": str(weights)})
+        status = "FAILED"
+        try:
+            metrics = zero_shot_metrics(load_clip(cfg, weights), cfg)
+            tracker.log_metrics(metrics, step=cfg.train.steps or 0)
+            status = "FINISHED"
+        finally:
+            tracker.finish(status)
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(metrics.items()))
+        console.print(f"{escape('[lit eval]')} {shown}")
+    wait_for_rank0(cfg.parallel.wait_minutes)  # gloo, long timeout: evaluation can outlast the NCCL watchdog
+    return metrics
 
 
 def _evaluate(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float] | None:

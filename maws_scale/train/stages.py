@@ -263,6 +263,10 @@ def make_stage(cfg: RunConfig, num_classes: int | None = None, criterion: Callab
     """The Stage object for ``cfg.stage``."""
     if cfg.stage == "mae":
         return MAEStage(cfg)
+    if cfg.stage in ("clip", "mae_clip", "lit"):
+        from maws_scale.train.clip_stages import CLIP_STAGE_TYPES
+
+        return CLIP_STAGE_TYPES[cfg.stage](cfg)
     if num_classes is None:
         raise ConfigError("wsp.num_classes: unknown; the WSP data set needs a vocabulary (wsp.vocab)")
     return WSPStage(cfg, num_classes, criterion)

@@ -1,0 +1,139 @@
+"""Zero-shot evaluation of a two-tower (clip / mae_clip / lit) checkpoint.
+
+Zero-shot classification: each class name (``clip.class_names``, else the most common tag of each label in the
+eval set) is put into every prompt template of ``clip.templates`` (``{}`` = the name); the normalised mean of the
+template embeddings is the class embedding, an image is assigned the class of highest cosine similarity.
+Retrieval: on the eval set's captions (its first caption per image), image→text and text→image recall@1/5 — the
+share of queries whose own pair is among the k nearest. Metric names ``eval/zero_shot_top1`` (percent),
+``eval/i2t_r1``, ``eval/i2t_r5``, ``eval/t2i_r1``, ``eval/t2i_r5`` (percent).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from maws_scale.config import ConfigError
+from maws_scale.data import build_loader, normalize_on_device
+from maws_scale.data.shards import load_manifest, open_shard
+
+if TYPE_CHECKING:
+    from maws_scale.config import RunConfig
+    from maws_scale.models.clip import CLIP
+
+EVAL_BATCH = 256
+
+
+def is_clip_state(state: dict[str, torch.Tensor]) -> bool:
+    """True for a two-tower checkpoint (it has a text projection)."""
+    return "text_proj.weight" in state
+
+
+def load_clip(cfg: RunConfig, checkpoint_path: str | os.PathLike) -> CLIP:
+    """Build the two-tower model of ``cfg`` (image tower without MAE decoder) and load the checkpoint strictly."""
+    from maws_scale.eval.checkpoint import CheckpointError
+    from maws_scale.models.mae import is_decoder_key
+    from maws_scale.models.state import load_state_dict_file
+    from maws_scale.train.clip_stages import build_clip_model
+
+    state = load_state_dict_file(checkpoint_path)
+    state = {k: v for k, v in state.items() if not (k.startswith("visual.") and is_decoder_key(k[7:]))}
+    eval_cfg = cfg.model_copy(update={"stage": "clip"})
+    model = build_clip_model(eval_cfg)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{checkpoint_path}: does not match the two-tower model (model.*, clip.*): missing "
+            f"{result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}"
+        )
+    return model.eval()
+
+
+def class_names(cfg: RunConfig, path: str) -> list[str]:
+    """``clip.class_names``, else for each label of the eval set its most common tag."""
+    if cfg.clip.class_names:
+        return list(cfg.clip.class_names)
+    votes: dict[int, Counter] = defaultdict(Counter)
+    for shard in load_manifest(path).shards:
+        table = open_shard(Path(path) / shard.file)
+        if "label" not in table.column_names:
+            break
+        for label, tags in zip(table["label"].to_pylist(), table["tags"].to_pylist()):
+            if label is not None and tags:
+                votes[int(label)][tags[0]] += 1
+    if not votes:
+        raise ConfigError(f"clip.class_names: not set and {path} has no labels with tags to name the classes")
+    top = max(votes)
+    missing = [k for k in range(top + 1) if k not in votes]
+    if missing:
+        raise ConfigError(f"clip.class_names: labels {missing[:6]} of {path} have no tag; set clip.class_names")
+    return [votes[k].most_common(1)[0][0] for k in range(top + 1)]
+
+
+def _has_captions(path: str) -> bool:
+    for shard in load_manifest(path).shards:
+        table = open_shard(Path(path) / shard.file)
+        return "captions" in table.column_names and table["captions"].null_count < table.num_rows
+    return False
+
+
+@torch.no_grad()
+def class_embeddings(model: CLIP, cfg: RunConfig, names: list[str]) -> torch.Tensor:
+    """(K, E) normalised prompt-ensemble embeddings of the class names."""
+    from maws_scale.data.loader import _caption_encoder
+
+    encode = _caption_encoder(cfg, cfg.data.eval_path)
+    rows = []
+    for name in names:
+        prompts = [t.replace("{}", name) for t in cfg.clip.templates]
+        emb = model.encode_text(torch.from_numpy(encode(prompts))).mean(dim=0)
+        rows.append(torch.nn.functional.normalize(emb, dim=0))
+    return torch.stack(rows)
+
+
+def recall_at(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+    """Recall@k in percent for queries along dim 0 whose true match is the same index along dim 1."""
+    ranks = similarity.argsort(dim=1, descending=True)
+    hits = ranks == torch.arange(similarity.shape[0])[:, None]
+    return {k: 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+@torch.no_grad()
+def zero_shot_metrics(model: CLIP, cfg: RunConfig) -> dict[str, float]:
+    """Zero-shot top-1 on the labeled eval set and, when it has captions, retrieval recall@1/5."""
+    path = cfg.data.eval_path
+    if not path:
+        raise ConfigError("data.eval_path: not set; zero-shot evaluation needs a labeled set")
+    captions = _has_captions(path)
+    loader = build_loader(
+        cfg, stage="eval", rank=0, world_size=1, micro_batch=EVAL_BATCH, path=path, infinite=False, captions=captions
+    )
+    images, texts, labels = [], [], []
+    for batch in loader:
+        images.append(model.encode_image(normalize_on_device(batch["images"])))
+        if captions:
+            texts.append(model.encode_text(torch.as_tensor(batch["tokens"])))
+        if batch.get("labels") is not None:
+            labels.append(torch.as_tensor(batch["labels"]).long())
+    if not images:
+        raise ConfigError(f"data.eval_path: {path} yielded no samples")
+    image = torch.cat(images)
+    metrics: dict[str, float] = {"num_zero_shot": float(len(image))}
+    label = torch.cat(labels) if labels else None
+    if label is not None and bool((label >= 0).any()):
+        names = class_names(cfg, path)
+        known = label >= 0
+        logits = image[known] @ class_embeddings(model, cfg, names).t()
+        metrics["zero_shot_top1"] = 100.0 * (logits.argmax(dim=1) == label[known]).float().mean().item()
+        metrics["zero_shot_classes"] = float(len(names))
+    if captions:
+        similarity = image @ torch.cat(texts).t()
+        for k, v in recall_at(similarity).items():
+            metrics[f"i2t_r{k}"] = v
+        for k, v in recall_at(similarity.t()).items():
+            metrics[f"t2i_r{k}"] = v
+    return {f"eval/{k}": v for k, v in metrics.items()}

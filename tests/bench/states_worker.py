@@ -31,9 +31,10 @@ def main() -> None:
     out, runs = sys.argv[1], sys.argv[2:]
     info = init_distributed("gloo")
     results = []
-    for run in runs:
+    for index, run in enumerate(runs):
         opts = BenchOptions(steps=1, warmup=0)
-        cfg = bench_config(load_config(None, run.split(",")), opts)
+        # each run its own folder: a run folder holding another config's run is refused (train/rundir.py)
+        cfg = bench_config(load_config(None, [*run.split(","), f"output_dir=runs/{index}"]), opts)
         hold: list = []
         before = live_storages(hold)
         trainer = Trainer(cfg, info, loader_factory=loader_factory(opts, info.device))

@@ -8,10 +8,11 @@ checkpoint, so re-running the same command after a crash continues where it stop
 
 from __future__ import annotations
 
-import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -117,45 +118,47 @@ def _evaluate_zero_shot(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[s
         return None
     from maws_scale.eval.zero_shot import load_clip, zero_shot_metrics
 
-    metrics = None
-    if info.is_main:
-        tracker = make_tracker(cfg, Path(cfg.output_dir) / "eval-lit", is_main=True, stage="eval-lit")
-        tracker.log_tags({"checkpoint": str(weights)})
-        status = "FAILED"
-        try:
-            metrics = zero_shot_metrics(load_clip(cfg, weights), cfg)
-            tracker.log_metrics(metrics, step=cfg.train.steps or 0)
-            status = "FINISHED"
-        finally:
-            tracker.finish(status)
-        shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(metrics.items()))
-        console.print(f"{escape('[lit eval]')} {shown}")
-    wait_for_rank0(cfg.parallel.wait_minutes)  # gloo, long timeout: evaluation can outlast the NCCL watchdog
-    return metrics
+    def compute(tracker) -> dict[str, float]:
+        metrics = zero_shot_metrics(load_clip(cfg, weights), cfg)
+        tracker.log_metrics(metrics, step=cfg.train.steps or 0)
+        return metrics
+
+    return _on_rank0(cfg, weights, info, "eval-lit", compute)
 
 
 def _evaluate(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float] | None:
-    """``maws_scale.eval.evaluate_checkpoint`` on rank 0 (on its training device, bf16 on CUDA) when eval is on, eval
-    data is set and the module exists; the other ranks wait in a long gloo barrier (``parallel.wait_minutes``)."""
+    """``maws_scale.eval.evaluate_checkpoint`` on rank 0 (on its training device, bf16 on CUDA) when eval is on and
+    eval data is set; the other ranks wait in a long gloo barrier (``parallel.wait_minutes``)."""
     if not (cfg.eval.enabled and cfg.data.eval_path):
-        return None
-    if importlib.util.find_spec("maws_scale.eval.evaluate") is None:
-        if info.is_main:
-            console.print("[yellow]evaluation skipped: maws_scale.eval is not installed in this version")
         return None
     from maws_scale.eval import evaluate_checkpoint
 
+    return _on_rank0(
+        cfg,
+        weights,
+        info,
+        "eval",
+        lambda tracker: evaluate_checkpoint(cfg, weights, tracker=tracker, device=info.device),
+    )
+
+
+def _on_rank0(
+    cfg: RunConfig, weights: Path, info: DistInfo, name: str, compute: Callable[[Any], dict[str, float]]
+) -> dict[str, float] | None:
+    """Run ``compute(tracker)`` on rank 0 in its own MLflow run ``name`` (nested under the pipeline's run, closed
+    FAILED if it raises) and print the metrics; every rank then waits in a gloo group with a long timeout
+    (evaluation can outlast the NCCL watchdog). Returns the metrics on rank 0, None elsewhere."""
     metrics = None
     if info.is_main:
-        tracker = make_tracker(cfg, Path(cfg.output_dir) / "eval", is_main=True, stage="eval")
+        tracker = make_tracker(cfg, Path(cfg.output_dir) / name, is_main=True, stage=name)
         tracker.log_tags({"checkpoint": str(weights)})
         status = "FAILED"
         try:
-            metrics = evaluate_checkpoint(cfg, weights, tracker=tracker, device=info.device)
+            metrics = compute(tracker)
             status = "FINISHED"
         finally:
             tracker.finish(status)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
-        console.print(f"{escape('[eval]')} {shown}")
-    wait_for_rank0(cfg.parallel.wait_minutes)  # gloo, long timeout: evaluation can outlast the NCCL watchdog
+        console.print(f"{escape(f'[{name}]')} {shown}")
+    wait_for_rank0(cfg.parallel.wait_minutes)
     return metrics

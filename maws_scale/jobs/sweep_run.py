@@ -62,8 +62,11 @@ def close_parent_run(sweep: Sweep, run_id: str | None, status: str) -> None:
         from mlflow.tracking import MlflowClient
 
         MlflowClient(tracking_uri=sweep.tracking_uri).set_terminated(run_id, status=status)
-    except Exception:
-        pass
+    except Exception as err:  # a dead tracking server must not fail the sweep, but the user should know
+        Console(stderr=True).print(
+            f"[yellow]MLflow: could not mark the sweep run {run_id} {status} ({type(err).__name__}: {err})",
+            highlight=False,
+        )
 
 
 def select(sweep: Sweep, only: list[str] | None = None, force: bool = False) -> list[Point]:

@@ -20,13 +20,31 @@ class Features:
     x: torch.Tensor
     y: torch.Tensor
     keys: list[str]
+    ids: torch.Tensor | None = None  # global sample ids (the loader's), to merge the shards of several ranks
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, index: torch.Tensor | list[int]) -> Features:
         index = torch.as_tensor(index, dtype=torch.long)
-        return Features(self.x[index], self.y[index], [self.keys[i] for i in index.tolist()])
+        ids = self.ids[index] if self.ids is not None else None
+        return Features(self.x[index], self.y[index], [self.keys[i] for i in index.tolist()], ids)
+
+
+def merge_shards(shards: list[Features], limit: int | None = None) -> Features:
+    """The features of every rank's shard in global sample order (as one rank would have read them), each sample
+    once, the first ``limit`` kept."""
+    merged = Features(
+        torch.cat([f.x for f in shards]),
+        torch.cat([f.y for f in shards]),
+        [k for f in shards for k in f.keys],
+        torch.cat([f.ids for f in shards]),
+    )
+    order = torch.argsort(merged.ids, stable=True)
+    keep = torch.ones(len(order), dtype=torch.bool)
+    keep[1:] = merged.ids[order][1:] != merged.ids[order][:-1]  # a sample padded onto two ranks counts once
+    order = order[keep][:limit]
+    return merged.subset(order)
 
 
 @torch.no_grad()
@@ -46,6 +64,7 @@ def extract_features(
     device = next(encoder.parameters()).device
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
+    ids: list[torch.Tensor] = []
     keys: list[str] = []
     seen = 0
     limit = min(x for x in (max_samples, total) if x is not None) if (max_samples or total) else None
@@ -63,6 +82,8 @@ def extract_features(
                 take = len(labels) if max_samples is None else min(len(labels), max_samples - seen)
                 xs.append(pooled[:take])
                 ys.append(labels[:take])
+                if "sample_ids" in batch:
+                    ids.append(torch.as_tensor(batch["sample_ids"]).long().cpu()[:take])
                 keys.extend(list(batch.get("keys", [f"#{seen + i}" for i in range(take)]))[:take])
                 seen += take
                 bar.update(task, advance=take)
@@ -72,7 +93,7 @@ def extract_features(
         encoder.train(was_training)
     if not xs:
         raise ValueError("evaluation data yielded no samples")
-    return Features(torch.cat(xs), torch.cat(ys), keys)
+    return Features(torch.cat(xs), torch.cat(ys), keys, torch.cat(ids) if len(ids) == len(xs) else None)
 
 
 def split_by_key(features: Features, test_every: int = 5) -> tuple[Features, Features]:

@@ -97,6 +97,9 @@ def shutdown_distributed() -> None:
     parallel_state = sys.modules.get("megatron.core.parallel_state")
     if parallel_state is not None and parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    from maws_scale.parallel.waits import forget_groups
+
+    forget_groups()  # the long-timeout gloo groups die with the world
     dist.destroy_process_group()
 
 

@@ -24,6 +24,11 @@ def wait_group(minutes: float = DEFAULT_WAIT_MINUTES) -> Any:
     return _GROUPS[minutes]
 
 
+def forget_groups() -> None:
+    """Drop the cached groups (before the world is destroyed; a new world makes new ones)."""
+    _GROUPS.clear()
+
+
 def wait_for_rank0(minutes: float = DEFAULT_WAIT_MINUTES) -> None:
     """Barrier for all ranks with a ``minutes`` timeout, in gloo (no-op without a multi-rank world)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -127,27 +127,31 @@ def _evaluate_zero_shot(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[s
 
 
 def _evaluate(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float] | None:
-    """``maws_scale.eval.evaluate_checkpoint`` on rank 0 (on its training device, bf16 on CUDA) when eval is on and
-    eval data is set; the other ranks wait in a long gloo barrier (``parallel.wait_minutes``)."""
+    """``maws_scale.eval.evaluate_checkpoint`` when eval is on and eval data is set: every rank extracts its slice of
+    the features on its training device (bf16 on CUDA), rank 0 gathers them and fits the probes."""
     if not (cfg.eval.enabled and cfg.data.eval_path):
         return None
     from maws_scale.eval import evaluate_checkpoint
 
-    return _on_rank0(
-        cfg,
-        weights,
-        info,
-        "eval",
-        lambda tracker: evaluate_checkpoint(cfg, weights, tracker=tracker, device=info.device),
-    )
+    def compute(tracker) -> dict[str, float] | None:
+        shard = (info.rank, info.world_size)
+        return evaluate_checkpoint(cfg, weights, tracker=tracker, device=info.device, shard=shard)
+
+    return _on_rank0(cfg, weights, info, "eval", compute, collective=True)
 
 
 def _on_rank0(
-    cfg: RunConfig, weights: Path, info: DistInfo, name: str, compute: Callable[[Any], dict[str, float]]
+    cfg: RunConfig,
+    weights: Path,
+    info: DistInfo,
+    name: str,
+    compute: Callable[[Any], dict[str, float] | None],
+    collective: bool = False,
 ) -> dict[str, float] | None:
     """Run ``compute(tracker)`` on rank 0 in its own MLflow run ``name`` (nested under the pipeline's run, closed
-    FAILED if it raises) and print the metrics; every rank then waits in a gloo group with a long timeout
-    (evaluation can outlast the NCCL watchdog). Returns the metrics on rank 0, None elsewhere."""
+    FAILED if it raises) and print the metrics; with ``collective`` every rank runs it (its tracker None on the
+    others). Every rank then waits in a gloo group with a long timeout (rank-0 work can outlast the NCCL watchdog).
+    Returns the metrics on rank 0, None elsewhere."""
     metrics = None
     if info.is_main:
         tracker = make_tracker(cfg, Path(cfg.output_dir) / name, is_main=True, stage=name)
@@ -158,7 +162,9 @@ def _on_rank0(
             status = "FINISHED"
         finally:
             tracker.finish(status)
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted((metrics or {}).items()))
         console.print(f"{escape(f'[{name}]')} {shown}")
+    elif collective:
+        compute(None)
     wait_for_rank0(cfg.parallel.wait_minutes)
     return metrics

@@ -159,3 +159,33 @@ def test_features_are_extracted_under_autocast_to_the_given_dtype() -> None:
     assert seen == [(True, torch.bfloat16)] and features.x.dtype == torch.float32
     extract_features(encoder, batches, progress=False)
     assert seen[-1][0] is False  # no dtype: no autocast
+
+
+@pytest.mark.dist
+def test_two_ranks_extract_their_slices_and_equal_one_rank(tmp_path, mae_checkpoint):
+    """Collective evaluation (issue: features of a big model must not be extracted on rank 0 alone): 2 ranks each
+    extract a strided slice of 301 images; rank 0's gathered features are one rank's, in the same order."""
+    import importlib.util
+
+    from dist_support import run_torchrun
+
+    from maws_scale.eval.evaluate import _features
+
+    spec = importlib.util.spec_from_file_location("eval_worker", Path(__file__).with_name("eval_worker.py"))
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    MAX_TRAIN, eval_config = worker.MAX_TRAIN, worker.eval_config
+
+    data = tmp_path / "odd"
+    build_dataset(FashionMNISTSource(split="test", variant="single", limit=301), data, progress=False)
+    out = tmp_path / "two.json"
+    run_torchrun(Path(__file__).with_name("eval_worker.py"), 2, [str(data), str(mae_checkpoint), str(out)])
+    two = json.loads(out.read_text())
+    cfg = eval_config(str(data))
+    one = _features(load_encoder(cfg, mae_checkpoint), cfg, str(data), MAX_TRAIN, "features", False, (0, 1))
+    assert two["keys"] == one.keys and len(one.keys) == MAX_TRAIN
+    torch.testing.assert_close(torch.tensor(two["x"]), one.x, atol=1e-5, rtol=1e-5)
+    reference = evaluate_checkpoint(cfg, mae_checkpoint)
+    assert set(two["metrics"]) == set(reference)
+    assert two["metrics"]["eval/num_probe_train"] == reference["eval/num_probe_train"] == MAX_TRAIN
+    assert two["metrics"]["eval/linear_top1"] == pytest.approx(reference["eval/linear_top1"], abs=1.0)

@@ -222,8 +222,9 @@ def test_evaluation_runs_on_the_training_device(monkeypatch, tmp_path):
     from maws_scale.train import pipeline
 
     calls = []
-    monkeypatch.setattr(eval_module, "evaluate_checkpoint", lambda cfg, w, tracker, device: calls.append(device) or {})
+    fake = lambda cfg, w, tracker, device, shard: calls.append((device, shard)) or {}  # noqa: E731
+    monkeypatch.setattr(eval_module, "evaluate_checkpoint", fake)
     cfg = load_config(None, ["tracking.enabled=false", f"output_dir={tmp_path}", f"data.eval_path={tmp_path}"])
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     assert pipeline._evaluate(cfg, tmp_path / "w.pt", info) == {}
-    assert calls == [info.device]
+    assert calls == [(info.device, (0, 1))]

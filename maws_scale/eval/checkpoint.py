@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from maws_scale.models import build_encoder
+from maws_scale.models.build import vit_options
 from maws_scale.models.state import adapt_state_dict, load_state_dict_file, to_timm
 
 if TYPE_CHECKING:
@@ -29,18 +30,7 @@ def encoder_state(state: dict[str, torch.Tensor], pool: str) -> dict[str, torch.
 
 def build_eval_encoder(cfg: RunConfig) -> VisionTransformer:
     """The encoder of ``cfg.model`` (its pooling included), freshly initialised."""
-    m = cfg.model
-    return build_encoder(
-        cfg.spec,
-        img_size=cfg.img_size,
-        in_chans=m.in_chans,
-        pool=m.pool,
-        qkv_bias=m.qkv_bias,
-        qk_norm=m.qk_norm,
-        norm_bias=m.norm_bias,
-        parallel_block=m.parallel_block,
-        attention=m.attention,
-    )
+    return build_encoder(cfg.spec, **vit_options(cfg))
 
 
 def random_encoder(cfg: RunConfig) -> VisionTransformer:

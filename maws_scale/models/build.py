@@ -105,16 +105,10 @@ def build_mae(
     return _finish(model, dtype)
 
 
-def build_model(
-    cfg: RunConfig,
-    num_classes: int | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> torch.nn.Module:
-    """The model for ``cfg.stage`` from every relevant config field (``model.*``, ``mae.*``, ``wsp.num_classes``,
-    ``parallel.activation_checkpointing``). ``num_classes`` overrides ``wsp.num_classes`` (e.g. the vocab size)."""
+def vit_options(cfg: RunConfig) -> dict[str, Any]:
+    """The ViT builder options a config sets (``model.*`` beyond the shape, which is ``cfg.spec``)."""
     m = cfg.model
-    common = dict(
+    return dict(
         img_size=cfg.img_size,
         in_chans=m.in_chans,
         pool=m.pool,
@@ -125,6 +119,18 @@ def build_model(
         drop_path=m.drop_path,
         attention=m.attention,
     )
+
+
+def build_model(
+    cfg: RunConfig,
+    num_classes: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.nn.Module:
+    """The model for ``cfg.stage`` from every relevant config field (``model.*``, ``mae.*``, ``wsp.num_classes``,
+    ``parallel.activation_checkpointing``). ``num_classes`` overrides ``wsp.num_classes`` (e.g. the vocab size)."""
+    m = cfg.model
+    common = vit_options(cfg)
     if cfg.stage == "mae":
         model: VisionTransformer = build_mae(
             cfg.spec,

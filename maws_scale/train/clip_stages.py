@@ -38,25 +38,15 @@ def build_clip_model(cfg: RunConfig, device: str | torch.device | None = None) -
     """The two-tower model of ``cfg.stage``: MAE image tower for mae_clip, locked ViT for lit, plain ViT for clip."""
     from contextlib import nullcontext
 
-    from maws_scale.models.build import build_encoder, build_mae
+    from maws_scale.models.build import build_encoder, build_mae, vit_options
     from maws_scale.models.clip import CLIP
     from maws_scale.models.text import TextTransformer
 
     m = cfg.model
-    common = dict(
-        img_size=cfg.img_size,
-        in_chans=m.in_chans,
-        pool=m.pool,
-        qkv_bias=m.qkv_bias,
-        qk_norm=m.qk_norm,
-        norm_bias=m.norm_bias,
-        parallel_block=m.parallel_block,
-        drop_path=m.drop_path,
-        attention=m.attention,
-    )
+    common = vit_options(cfg)  # the image tower's shape is cfg.spec, as for MAE/WSP
     if cfg.stage == "mae_clip":
         visual = build_mae(
-            m.name,
+            cfg.spec,
             mask_ratio=cfg.mae.mask_ratio,
             device=device,
             decoder_width=cfg.mae.decoder_width,
@@ -67,7 +57,7 @@ def build_clip_model(cfg: RunConfig, device: str | torch.device | None = None) -
             **common,
         )
     else:
-        visual = build_encoder(m.name, device=device, **common)
+        visual = build_encoder(cfg.spec, device=device, **common)
     vocab, context = text_shape(cfg)
     spec = text_spec(cfg)
     with torch.device(device) if device is not None else nullcontext():
@@ -109,7 +99,7 @@ class CLIPStage(Stage):
         from maws_scale.models.flops import forward_flops
 
         cfg = self.cfg
-        return forward_flops(cfg.model.name, "wsp", img_size=cfg.img_size, num_classes=0, pool=cfg.model.pool)
+        return forward_flops(cfg.spec, "wsp", img_size=cfg.img_size, num_classes=0, pool=cfg.model.pool)
 
     def flops_per_sample(self) -> int:
         return 3 * (self.image_flops() + text_flops(self.cfg))
@@ -139,7 +129,7 @@ class MAECLIPStage(CLIPStage):
         from maws_scale.models.flops import step_flops
 
         cfg = self.cfg
-        flops = step_flops(cfg.model.name, "mae", img_size=cfg.img_size, mask_ratio=cfg.mae.mask_ratio)
+        flops = step_flops(cfg.spec, "mae", img_size=cfg.img_size, mask_ratio=cfg.mae.mask_ratio)
         if not cfg.clip.mask_clip_input:
             flops += 3 * self.image_flops()
         return flops + 3 * text_flops(cfg)

@@ -179,3 +179,13 @@ def test_clip_resumes_exactly(world, captioned, tmp_path):
     resumed = train_stage(cfg, world)
     assert resumed.steps == 4 and len(resumed.losses) == 2
     assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("stage", ["clip", "mae_clip"])
+def test_the_image_tower_follows_the_configured_shape(captioned, tmp_path, stage):
+    """model.width/depth/heads override the preset for the image tower too, as for MAE and WSP."""
+    from maws_scale.train.clip_stages import build_clip_model
+
+    cfg = config(captioned, tmp_path, f"stage={stage}", "model.width=48", "model.depth=3", "model.heads=2")
+    visual = build_clip_model(cfg, device="meta").visual
+    assert visual.embed_dim == 48 and len(visual.blocks) == 3

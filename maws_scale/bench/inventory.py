@@ -6,7 +6,7 @@ vocab-parallel under TP. So the inventory lists every parameter (name, per-rank 
 AdamW group from :func:`maws_scale.parallel.engine.param_groups`), split over TP ranks by the layout
 :mod:`maws_scale.parallel.tp_layout` defines (qkv / fc1 column-split, proj / fc2 weights row-split, the head's classes
 padded to a multiple of tp and split, everything else replicated; the MAE decoder is sharded the same way whenever
-tp divides its heads and MLP width, as ``parallelize_vit(shard_decoder="auto")`` does).
+tp divides its heads and MLP width: ``tp_layout.decoder_shardable``, the rule ``parallelize_vit`` applies).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from maws_scale.config import RunConfig
 from maws_scale.parallel.engine import BlockInfo, param_groups
-from maws_scale.parallel.tp_layout import padded_size, shard_kind
+from maws_scale.parallel.plan import engine_block_info
+from maws_scale.parallel.tp_layout import decoder_shardable, padded_size, shard_kind
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Inventory:
     full_params: int
     num_classes: int | None
     decoder_sharded: bool = False
+    engine_blocks: BlockInfo | None = (
+        None  # the ZeRO bucket sizing the trainer derives (parallel.plan.engine_block_info)
+    )
 
     @property
     def numel(self) -> int:
@@ -66,18 +70,6 @@ class Inventory:
                 out[entry.group].append(entry.numel)
         return [g for g in out if g]
 
-    def block(self) -> BlockInfo:
-        """The engine's bucket sizing input (:class:`BlockInfo`) for this rank: the first encoder block."""
-        block = [e for e in self.entries if e.name.startswith("blocks.0.")]
-        vectors = [e.numel for e in block if e.ndim <= 1]
-        matrices = [e.numel for e in block if e.ndim >= 2]
-        return BlockInfo(
-            block_numel=sum(e.numel for e in block),
-            max_vector_numel=max(vectors, default=0),
-            min_matrix_numel=min(matrices, default=0),
-            block_class="maws_scale.models.layers.Block",
-        )
-
     def head_numel(self) -> int:
         """WSP head parameters on this rank (K/tp classes, padded, × (D + 1)); 0 for MAE."""
         return sum(e.numel for e in self.entries if e.name.startswith("head."))
@@ -92,15 +84,6 @@ def _local_numel(shape: tuple[int, ...], kind: str | None, tp: int) -> int:
     return numel // tp
 
 
-def decoder_sharded(model, tp: int) -> bool:
-    """Whether tensor parallelism shards the MAE decoder: tp divides every decoder block's heads and MLP width (the
-    rule of ``maws_scale.parallel.tensor_parallel.decoder_shardable``, kept free of megatron here)."""
-    blocks = getattr(model, "decoder_blocks", None) or []
-    return (
-        tp > 1 and bool(blocks) and all(b.attn.num_heads % tp == 0 and b.mlp.fc1.out_features % tp == 0 for b in blocks)
-    )
-
-
 def build_inventory(cfg: RunConfig, num_classes: int | None = None, tp: int | None = None) -> Inventory:
     """Inventory of ``cfg``'s model for its stage at tensor-parallel size ``tp`` (default ``parallel.tp``).
 
@@ -111,7 +94,7 @@ def build_inventory(cfg: RunConfig, num_classes: int | None = None, tp: int | No
     model = build_model(cfg, num_classes=num_classes, device="meta")
     groups = param_groups(model, cfg.optim.weight_decay)
     group_of = {name: i for i, g in enumerate(groups) for name in g["names"]}
-    shard_decoder = decoder_sharded(model, tp)
+    shard_decoder = decoder_shardable(model, tp)
     entries = []
     full = 0
     for name, param in model.named_parameters():
@@ -129,5 +112,10 @@ def build_inventory(cfg: RunConfig, num_classes: int | None = None, tp: int | No
         )
     classes = getattr(model, "num_classes", 0) or None
     return Inventory(
-        entries=tuple(entries), tp=tp, full_params=full, num_classes=classes, decoder_sharded=shard_decoder
+        entries=tuple(entries),
+        tp=tp,
+        full_params=full,
+        num_classes=classes,
+        decoder_sharded=shard_decoder,
+        engine_blocks=engine_block_info(model, tp),
     )

@@ -39,7 +39,7 @@ from maws_scale.bench.activations import ActivationEstimate, estimate
 from maws_scale.bench.inventory import Inventory, build_inventory
 from maws_scale.bench.zero_memory import StateBytes, ZeroSettings, model_state_bytes
 from maws_scale.config import ConfigError, RunConfig
-from maws_scale.parallel.engine import BlockInfo, build_ds_config
+from maws_scale.parallel.engine import build_ds_config, uses_zero_init
 
 GiB = 1 << 30
 _UNITS = {
@@ -242,15 +242,6 @@ def layout_config(cfg: RunConfig, layout: Layout) -> RunConfig:
         raise ConfigError(f"layout {layout.label()}: {where + ': ' if where else ''}{message}") from None
 
 
-def engine_block_info(plain: Inventory, tp: int) -> BlockInfo:
-    """The bucket-sizing :class:`BlockInfo` the trainer hands the engine: measured on the plain model, its block and
-    smallest matrix divided by tp (``train/loop.py``)."""
-    b = plain.block()
-    if tp == 1:
-        return b
-    return BlockInfo(b.block_numel // tp, b.max_vector_numel, b.min_matrix_numel // tp, b.block_class)
-
-
 @lru_cache(maxsize=64)
 def _inventory_cached(cfg_json: str, num_classes: int | None, tp: int) -> Inventory:
     return build_inventory(RunConfig.model_validate_json(cfg_json), num_classes, tp)
@@ -262,12 +253,12 @@ def inventory_for(cfg: RunConfig, num_classes: int | None, tp: int) -> Inventory
     return _inventory_cached(base.model_dump_json(), num_classes, tp)
 
 
-def zero_settings(cfg: RunConfig, dp: int, plain: Inventory) -> ZeroSettings:
+def zero_settings(cfg: RunConfig, dp: int, inv: Inventory) -> ZeroSettings:
     """The DeepSpeed settings the engine would use for ``cfg`` on ``dp`` data-parallel ranks."""
     per_step = cfg.train.micro_batch * dp
     accum = max(1, cfg.train.global_batch // per_step)
-    ds = build_ds_config(cfg, dp, accum, engine_block_info(plain, cfg.parallel.tp))
-    return ZeroSettings.from_ds_config(ds, zero_init=cfg.parallel.tp == 1)  # parallel.engine.model_init_context
+    ds = build_ds_config(cfg, dp, accum, inv.engine_blocks)
+    return ZeroSettings.from_ds_config(ds, zero_init=uses_zero_init(cfg))
 
 
 def resolve_classes(cfg: RunConfig, num_classes: int | None) -> int | None:
@@ -284,9 +275,8 @@ def predict_states(cfg: RunConfig, gpus: int, num_classes: int | None = None, ra
     classes = resolve_classes(cfg, num_classes)
     tp = cfg.parallel.tp
     dp = gpus // tp
-    plain = inventory_for(cfg, classes, 1)
-    inv = plain if tp == 1 else inventory_for(cfg, classes, tp)
-    return model_state_bytes(inv.groups(), inv.frozen, dp, zero_settings(cfg, dp, plain), rank)
+    inv = inventory_for(cfg, classes, tp)
+    return model_state_bytes(inv.groups(), inv.frozen, dp, zero_settings(cfg, dp, inv), rank)
 
 
 # ----- plan -------------------------------------------------------------------------------------------------------
@@ -294,7 +284,8 @@ def plan_layout(
     cfg: RunConfig, hw: Hardware, layout: Layout | None = None, num_classes: int | None = None, fused_kernels=True
 ) -> Plan:
     """Memory and speed of ``layout`` (default: the config's own) for ``cfg`` on ``hw``."""
-    from maws_scale.models.flops import flops_breakdown, step_flops
+    from maws_scale.models.flops import flops_breakdown
+    from maws_scale.train.stages import make_stage
 
     layout = layout or Layout.from_config(cfg)
     lcfg = layout_config(cfg, layout)
@@ -309,17 +300,16 @@ def plan_layout(
         notes.append(
             f"train.global_batch={lcfg.train.global_batch} is not a multiple of micro {layout.micro_batch} × dp {dp}"
         )
-    plain = inventory_for(lcfg, classes, 1)
-    inv = plain if tp == 1 else inventory_for(lcfg, classes, tp)
-    zs = zero_settings(lcfg, dp, plain)
+    inv = inventory_for(lcfg, classes, tp)
+    zs = zero_settings(lcfg, dp, inv)
     states = model_state_bytes(inv.groups(), inv.frozen, dp, zs)
     act = estimate(lcfg, classes, tp=tp, fused_kernels=fused_kernels)
 
-    kwargs = dict(img_size=lcfg.img_size, num_classes=classes, pool=lcfg.model.pool)
-    if lcfg.stage == "mae":
-        kwargs = dict(img_size=lcfg.img_size, mask_ratio=lcfg.mae.mask_ratio)
-    per_sample = step_flops(lcfg.spec, lcfg.stage, **kwargs)
-    parts = flops_breakdown(lcfg.spec, lcfg.stage, **kwargs)
+    # the trainer's own Stage and its meta-built model: the configured decoder, pooling and head are what count
+    stage = make_stage(lcfg, classes)
+    per_sample = stage.flops_per_sample()
+    mask = lcfg.mae.mask_ratio if lcfg.stage == "mae" else None
+    parts = flops_breakdown(stage.build_model(device="meta"), lcfg.stage, mask_ratio=mask)
     plan = Plan(
         model=lcfg.model.name,
         stage=lcfg.stage,

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from maws_scale.config import RunConfig
 from maws_scale.data.loader import SyntheticLoaderState
 from maws_scale.parallel.distributed import DistInfo, init_distributed
+from maws_scale.train.hooks import StepHooks
 
 
 @dataclass
@@ -46,14 +47,13 @@ class BenchOptions:
     out: str | None = None
 
 
-class PhaseTimer:
-    """Times calls of wrapped methods per phase: CUDA events on GPU, ``perf_counter`` on CPU."""
+class PhaseTimer(StepHooks):
+    """Trainer hooks that time each phase of the step: CUDA events on GPU, ``perf_counter`` on CPU."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.device = device
         self.records: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
-        self._restore: list[tuple[Any, str]] = []
 
     def mark(self) -> Any:
         if self.cuda:
@@ -62,24 +62,12 @@ class PhaseTimer:
             return event
         return time.perf_counter()
 
-    def wrap(self, obj: Any, attr: str, phase: str) -> None:
-        original = getattr(obj, attr)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = self.mark()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.records[phase].append((start, self.mark()))
-
-        object.__setattr__(obj, attr, timed)
-        self._restore.append((obj, attr))
-
-    def unwrap(self) -> None:
-        for obj, attr in self._restore:
-            if attr in vars(obj):
-                object.__delattr__(obj, attr)
-        self._restore.clear()
+    def run(self, phase: str, fn: Any, *args: Any) -> Any:
+        start = self.mark()
+        try:
+            return fn(*args)
+        finally:
+            self.records[phase].append((start, self.mark()))
 
     def elapsed(self, start: Any, end: Any) -> float:
         if self.cuda:
@@ -196,8 +184,7 @@ def memory_step(trainer: Any, batches, cpu: bool, baseline: dict[int, int] | Non
     engine's (a snapshot taken before it was built, :func:`~maws_scale.bench.storage.live_storages`)."""
     from maws_scale.bench.storage import SavedTensors, engine_state_bytes, live_storages
 
-    stage, engine = trainer.stage, trainer.engine
-    loss, step = stage.loss, engine.step
+    engine = trainer.engine
     seen: dict[str, Any] = {"peak": 0, "states": None}
     inputs: dict[int, int] = dict(baseline or {})  # neither are the cached synthetic batches
     for batch in getattr(trainer.loader, "batches", []):
@@ -205,27 +192,26 @@ def memory_step(trainer: Any, batches, cpu: bool, baseline: dict[int, int] | Non
             if isinstance(value, torch.Tensor):
                 inputs[value.untyped_storage().data_ptr()] = value.untyped_storage().nbytes()
 
-    def observed_loss(model, batch, device, dtype):
-        with SavedTensors(engine.module.parameters()) as saved:
-            out = loss(model, batch, device, dtype)
-        if cpu:
-            seen["peak"] = max(seen["peak"], sum({**live_storages(), **saved._seen}.values()))
-        return out
+    class Observer(StepHooks):
+        def run(self, phase: str, fn: Any, *args: Any) -> Any:
+            if phase == "forward":
+                with SavedTensors(engine.module.parameters()) as saved:
+                    out = fn(*args)
+                if cpu:
+                    seen["peak"] = max(seen["peak"], sum({**live_storages(), **saved._seen}.values()))
+                return out
+            if phase == "optimizer":
+                if cpu:
+                    seen["peak"] = max(seen["peak"], sum(live_storages().values()))
+                if engine.is_gradient_accumulation_boundary():
+                    seen["states"] = engine_state_bytes(engine, baseline=inputs)
+            return fn(*args)
 
-    def observed_step(*args, **kwargs):
-        if cpu:
-            seen["peak"] = max(seen["peak"], sum(live_storages().values()))
-        if engine.is_gradient_accumulation_boundary():
-            seen["states"] = engine_state_bytes(engine, baseline=inputs)
-        return step(*args, **kwargs)
-
-    object.__setattr__(stage, "loss", observed_loss)
-    object.__setattr__(engine, "step", observed_step)
+    previous, trainer.hooks = trainer.hooks, Observer()
     try:
         trainer.train_step(batches)
     finally:
-        object.__delattr__(stage, "loss")
-        object.__delattr__(engine, "step")
+        trainer.hooks = previous
     return (seen["peak"] if cpu else None), seen["states"]
 
 
@@ -260,9 +246,7 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
     device = info.device
     batches = iter(trainer.loader)
     timer = PhaseTimer(device)
-    timer.wrap(trainer.stage, "loss", "forward")
-    timer.wrap(trainer.engine, "backward", "backward")
-    timer.wrap(trainer.engine, "step", "optimizer")
+    trainer.hooks = timer
     try:
         for _ in range(opts.warmup):
             trainer.train_step(batches)
@@ -272,7 +256,7 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
         step_s, cpu_s, phases = _timed_steps(trainer, batches, timer, opts.steps)
         gpu_peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     finally:
-        timer.unwrap()
+        trainer.hooks = StepHooks()
     comm = _comm_seconds(trainer, batches, device, opts.profile_dir, info.rank)
     cpu_peak, states = memory_step(trainer, batches, cpu=gpu_peak is None)
     peak = gpu_peak if gpu_peak is not None else cpu_peak
@@ -317,8 +301,8 @@ def _release_engine(trainer: Any, device: torch.device) -> None:
     if engine is not None and hasattr(engine, "destroy"):
         engine.destroy()
     trainer.engine = trainer.plan = trainer.loader = trainer.guard = None
-    if hasattr(getattr(trainer, "stage", None), "criterion"):
-        trainer.stage.criterion = None  # the TP plan's WSP loss, bound to the released model's groups
+    if getattr(trainer, "stage", None) is not None:
+        trainer.stage.bind(None)  # the TP plan's WSP loss is bound to the released model's groups
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

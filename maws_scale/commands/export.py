@@ -18,7 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "gets a .json sidecar).\n\nexample: maws-scale export runs/demo/wsp/consolidated.pt --out vit.safetensors "
         "--model vit_tiny_p4",
     )
-    parser.add_argument("checkpoint", help="state dict file")
+    parser.add_argument(
+        "checkpoint",
+        help="state dict file, or a training checkpoint directory (step_*: any step, any ZeRO stage or TP size; "
+        "consolidated offline first)",
+    )
     parser.add_argument("--out", required=True, help="output file")
     parser.add_argument("--format", choices=["pt", "safetensors"], help="default: from --out's suffix, else pt")
     parser.add_argument("--encoder-only", action="store_true", help="drop the classification head")
@@ -44,6 +48,29 @@ def _sidecar(source: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def _export_step(args: argparse.Namespace, step_dir: Path, console: Console) -> int:
+    """A ``step_*`` checkpoint: consolidate it offline (TP shards merged by the layout saved with it) into a
+    temporary state dict with the run's model description, then export that."""
+    import tempfile
+
+    from maws_scale.config import ConfigError, load_config
+    from maws_scale.parallel.plan import consolidate_checkpoint
+    from maws_scale.train.checkpoint import read_checkpoint
+    from maws_scale.train.loop import weights_meta
+
+    try:
+        info = read_checkpoint(step_dir)
+    except ConfigError as err:
+        console.print(f"[red]export: {str(err).removeprefix('checkpoint.resume: ')}[/]")
+        return 1
+    run_config = step_dir.parent.parent / "config.yaml"  # <output_dir>/<stage>/checkpoints/step_*
+    meta = weights_meta(load_config(run_config)) if run_config.is_file() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        consolidated = consolidate_checkpoint(info, Path(tmp) / "consolidated.pt", meta)
+        console.print(f"export: consolidated {step_dir} (step {info.step}) offline")
+        return _run(argparse.Namespace(**{**vars(args), "checkpoint": str(consolidated)}))
+
+
 def _run(args: argparse.Namespace) -> int:
     import json
     import math
@@ -56,6 +83,8 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     source = Path(args.checkpoint)
+    if source.is_dir():
+        return _export_step(args, source, console)
     if not source.is_file():
         console.print(f"[red]export: checkpoint not found: {source}[/]")
         return 1

@@ -132,7 +132,8 @@ def build_model(
     m = cfg.model
     common = vit_options(cfg)
     if cfg.stage == "mae":
-        model: VisionTransformer = build_mae(
+        common.pop("pool")  # the MAE stage does not pool: no attn_pool parameters that would never train
+        model: VisionTransformer | MaskedAutoencoder = build_mae(
             cfg.spec,
             mask_ratio=cfg.mae.mask_ratio,
             device=device,

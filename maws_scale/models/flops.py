@@ -89,8 +89,8 @@ def flop_shape(model_or_name: nn.Module | str, img_size: int | None = None, **ov
             decoder_width=dec_width,
             decoder_depth=getattr(model, "decoder_depth", 0),
             decoder_mlp_hidden=int(dec_width * model.mlp_ratio),
-            pool=model.global_pool,
-            num_classes=model.num_classes,
+            pool=getattr(model, "global_pool", "cls"),
+            num_classes=getattr(model, "num_classes", 0),
             mask_ratio=getattr(model, "mask_ratio", 0.75),
         )
     overrides = {k: v for k, v in overrides.items() if v is not None}

@@ -1,4 +1,8 @@
-"""Masked autoencoder (He et al. 2022) around the ViT encoder, with facebookresearch/mae ``models_mae.py`` naming.
+"""Masked autoencoder (He et al. 2022): the token encoder plus a light decoder, in facebookresearch/mae naming.
+
+Composed from the shared parts (``models/encoder.py``, ``models/layers.py``); no classification head. Pooling exists
+only when asked for (``pool=...``: the MAE image tower of the ``mae_clip`` stage pools its latent); the MAE stage
+builds it without.
 
 Keys: the encoder's at top level in timm naming (``cls_token``, ``pos_embed``, ``patch_embed.*``, ``blocks.N.*``,
 ``norm.*``), then ``mask_token``, ``decoder_embed``, ``decoder_pos_embed``, ``decoder_blocks.N.*``, ``decoder_norm``,
@@ -8,13 +12,17 @@ Keys: the encoder's at top level in timm naming (``cls_token``, ``pos_embed``, `
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from maws_scale import kernels
 from maws_scale.kernels.masking import masking_ids_from_noise
+from maws_scale.models.encoder import TokenEncoder
+from maws_scale.models.heads import Pool
+from maws_scale.models.init import init_named_modules, init_tensor_, normal, tensor_generator
 from maws_scale.models.layers import layer_norm, make_blocks, sincos_pos_embed_2d
-from maws_scale.models.vit import VisionTransformer, init_module
 
 
 def random_masking(
@@ -45,7 +53,7 @@ def random_masking(
     return masking_ids_from_noise(noise, keep)
 
 
-class MaskedAutoencoder(VisionTransformer):
+class MaskedAutoencoder(TokenEncoder):
     """MAE: the ViT encoder sees the visible patches (+ class token); a light decoder reconstructs all patches.
 
     ``forward(imgs, mask_ratio=None, generator=None) -> (loss, pred, mask)``: loss is the (norm-pix) MSE over masked
@@ -68,9 +76,9 @@ class MaskedAutoencoder(VisionTransformer):
         norm_pix_loss: bool = True,
         norm_pix_eps: float = 1e-6,
         kernels_impl: str = "auto",
-        **encoder_kwargs,
+        pool: Pool | None = None,
+        **encoder_kwargs: Any,
     ) -> None:
-        encoder_kwargs.pop("num_classes", None)
         super().__init__(
             img_size=img_size,
             patch_size=patch_size,
@@ -79,7 +87,7 @@ class MaskedAutoencoder(VisionTransformer):
             depth=depth,
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
-            num_classes=0,
+            pool=pool,
             **encoder_kwargs,
         )
         if not 0.0 <= mask_ratio < 1.0:
@@ -93,8 +101,7 @@ class MaskedAutoencoder(VisionTransformer):
         self.decoder_num_heads = decoder_num_heads
         self.pos_embed.requires_grad_(False)  # fixed sin-cos, as in MAE
 
-        block_args = {k: encoder_kwargs[k] for k in ("qkv_bias", "qk_norm", "norm_bias") if k in encoder_kwargs}
-        norm_bias = encoder_kwargs.get("norm_bias", True)
+        norm_bias = self.block_args["norm_bias"]
         num_patches = self.patch_embed.num_patches
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
@@ -104,25 +111,31 @@ class MaskedAutoencoder(VisionTransformer):
             decoder_embed_dim,
             decoder_num_heads,
             mlp_ratio,
-            parallel=encoder_kwargs.get("parallel_block", False),
-            backend=encoder_kwargs.get("attention", "auto"),
-            **block_args,
+            parallel=self.parallel_block,
+            **self.block_args,
         )
         self.decoder_norm = layer_norm(decoder_embed_dim, norm_bias)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
         self.init_weights()
 
     def init_weights(self) -> None:
-        """MAE init: sin-cos position tables, xavier-uniform linears, normal(0.02) class and mask tokens."""
-        if not hasattr(self, "decoder_pred"):  # called by the encoder's constructor; run once everything exists
-            return
-        grid = self.patch_embed.grid_size
-        with torch.no_grad():
-            self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dim, grid).unsqueeze(0))
-            self.decoder_pos_embed.copy_(sincos_pos_embed_2d(self.decoder_embed_dim, grid).unsqueeze(0))
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(_init_mae_module)
+        """MAE init: sin-cos position tables, xavier-uniform linears, normal(0.02) class and mask tokens; each tensor
+        from its own generator keyed by ``init_seed`` and its name (:mod:`maws_scale.models.init`)."""
+
+        def own() -> None:
+            grid = self.patch_embed.grid_size
+            with torch.no_grad():
+                self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dim, grid).unsqueeze(0))
+                self.decoder_pos_embed.copy_(sincos_pos_embed_2d(self.decoder_embed_dim, grid).unsqueeze(0))
+            init_tensor_(self.cls_token, normal(0.02), tensor_generator(self.init_seed, "cls_token"))
+            init_tensor_(self.mask_token, normal(0.02), tensor_generator(self.init_seed, "mask_token"))
+
+        init_named_modules(self, self.init_seed, self.linear_init, own)
+
+    @staticmethod
+    def linear_init(weight: torch.Tensor, generator: torch.Generator) -> None:
+        """MAE's Linear weight init: xavier-uniform."""
+        nn.init.xavier_uniform_(weight, generator=generator)
 
     # ----- forward ----------------------------------------------------------------------------------------------
     def forward_encoder(
@@ -198,12 +211,3 @@ DECODER_PREFIXES = ("decoder_", "mask_token")
 def is_decoder_key(key: str) -> bool:
     """True for MAE-decoder keys (``decoder_*``, ``mask_token``)."""
     return key.startswith(DECODER_PREFIXES)
-
-
-def _init_mae_module(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    else:
-        init_module(module)

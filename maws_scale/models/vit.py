@@ -8,96 +8,51 @@ attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``, ``head`` (+ ``attn_pool.*`` for
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from maws_scale.models.attention import Backend
-from maws_scale.models.heads import AttentionPool, Pool, check_pool, pool_tokens
-from maws_scale.models.layers import LN_EPS, PatchEmbed, layer_norm, make_blocks
+from maws_scale.models.encoder import TokenEncoder
+from maws_scale.models.heads import AttentionPool, Pool
+from maws_scale.models.init import (
+    init_module_tensors,
+    init_named_modules,
+    init_tensor_,
+    normal,
+    tensor_generator,
+    trunc_normal,
+)
+from maws_scale.models.layers import LN_EPS
 
 
-class VisionTransformer(nn.Module):
-    """Pre-norm ViT: patch embed + class token + learned position embedding → blocks → final norm → pool → head."""
+class VisionTransformer(TokenEncoder):
+    """Pre-norm ViT: the token encoder (``models/encoder.py``) → pool → ``head`` (Identity without classes)."""
 
-    num_prefix_tokens = 1
-
-    def __init__(
-        self,
-        img_size: int = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        num_classes: int = 0,
-        pool: Pool = "cls",
-        qkv_bias: bool = True,
-        qk_norm: bool = False,
-        norm_bias: bool = True,
-        parallel_block: bool = False,
-        drop_path: float = 0.0,
-        attention: Backend = "auto",
-    ) -> None:
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.depth = depth
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.patch_size = patch_size
-        self.img_size = img_size
-        self.in_chans = in_chans
+    def __init__(self, *args: Any, num_classes: int = 0, pool: Pool = "cls", **kwargs: Any) -> None:
+        super().__init__(*args, pool=pool, **kwargs)
         self.num_classes = num_classes
-        self.global_pool = check_pool(pool)
-        self.grad_checkpointing = False
-
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, embed_dim))
-        block_args = dict(qkv_bias=qkv_bias, qk_norm=qk_norm, norm_bias=norm_bias, backend=attention)
-        self.blocks = make_blocks(
-            depth, embed_dim, num_heads, mlp_ratio, drop_path=drop_path, parallel=parallel_block, **block_args
-        )
-        self.norm = layer_norm(embed_dim, norm_bias)
-        self.attn_pool = AttentionPool(embed_dim, num_heads, mlp_ratio, **block_args) if pool == "map" else None
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
     # ----- init -------------------------------------------------------------------------------------------------
     def init_weights(self) -> None:
-        """timm/MAE init of every parameter: trunc-normal(0.02) linears and pos-embed, xavier patch projection, unit
-        LayerNorms. Call again after materialising a meta-device model (``to_empty``)."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
-        self.apply(init_module)
+        """timm init of every parameter: trunc-normal(0.02) linears and pos-embed, xavier patch projection, unit
+        LayerNorms, each tensor from its own generator keyed by ``init_seed`` and its name (:mod:`models.init`).
+        Call again after materialising a meta-device model (``to_empty``)."""
+
+        def own() -> None:
+            init_tensor_(self.pos_embed, trunc_normal(0.02), tensor_generator(self.init_seed, "pos_embed"))
+            init_tensor_(self.cls_token, normal(1e-6), tensor_generator(self.init_seed, "cls_token"))
+
+        init_named_modules(self, self.init_seed, self.linear_init, own)
+
+    @staticmethod
+    def linear_init(weight: torch.Tensor, generator: torch.Generator) -> None:
+        """The encoder's Linear weight init (timm): truncated normal, std 0.02."""
+        nn.init.trunc_normal_(weight, std=0.02, generator=generator)
 
     # ----- forward ----------------------------------------------------------------------------------------------
-    def run_blocks(self, x: torch.Tensor, blocks: nn.ModuleList | None = None) -> torch.Tensor:
-        """Apply ``blocks`` (default: the encoder's), each checkpointed when gradient checkpointing is on."""
-        for block in self.blocks if blocks is None else blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images → (B, 1+L, D) tokens after the final norm."""
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(
-                f"input is {tuple(x.shape[-2:])} px but the model was built for model.img_size={self.img_size}; "
-                "rebuild at the new size and load with adapt_state_dict (resamples pos_embed)"
-            )
-        x = self.patch_embed(x)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed
-        return self.norm(self.run_blocks(x))
-
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, 1+L, D) → (B, D) by ``global_pool`` (cls | gap | map | max)."""
-        return pool_tokens(tokens, self.global_pool, self.num_prefix_tokens, self.attn_pool)
-
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pool then ``head`` (Identity when ``num_classes == 0``)."""
         return self.head(self.pool(tokens))
@@ -107,34 +62,17 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     # ----- training helpers -------------------------------------------------------------------------------------
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Per-block activation checkpointing (``torch.utils.checkpoint``, non-reentrant)."""
-        self.grad_checkpointing = bool(enable)
-
-    def set_attention_backend(self, backend: Backend) -> None:
-        """Switch every attention op in the model (``auto | xformers | sdpa | math``)."""
-        for module in self.modules():
-            if hasattr(module, "backend"):
-                module.backend = backend
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names excluded from weight decay besides 1-D params (norms, biases): embeddings and tokens."""
-        names = {"pos_embed", "cls_token"}
-        if self.attn_pool is not None:
-            names.add("attn_pool.latent")
-        return names
-
     def reset_head(self, num_classes: int) -> None:
         """Replace ``head`` by a fresh Linear(D, num_classes) (Identity for 0)."""
         device = self.norm.weight.device
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
-            init_module(self.head)
+            init_module_tensors(self.head, "head.", self.init_seed, self.linear_init)
 
 
 def init_module(module: nn.Module) -> None:
-    """Init one module the timm/MAE way (used with ``Module.apply``)."""
+    """Init one module the timm way from the global RNG (used with ``Module.apply``; the text tower's init)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

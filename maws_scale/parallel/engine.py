@@ -390,10 +390,16 @@ def precision_dtype(precision: str) -> torch.dtype:
 
 
 # ----- engine -----------------------------------------------------------------------------------------------------
+def uses_zero_init(cfg: RunConfig) -> bool:
+    """Whether the model is built under ``deepspeed.zero.Init``: ZeRO-3 without TP (a TP rank builds on meta and
+    materialises only its shard, which the engine then partitions). The planner counts memory by the same rule."""
+    return cfg.parallel.zero_stage == 3 and cfg.parallel.tp == 1
+
+
 @contextlib.contextmanager
 def model_init_context(cfg: RunConfig, ds_config: dict[str, Any], mpu: Any = None) -> Iterator[None]:
     """Build the model under ``deepspeed.zero.Init`` for ZeRO-3 (partitioned as it is built, issue #5443)."""
-    if cfg.parallel.zero_stage != 3 or cfg.parallel.tp > 1:
+    if not uses_zero_init(cfg):
         yield
         return
     import deepspeed

@@ -9,9 +9,8 @@ Weights are sharded from the plain model, or initialised directly sharded when i
 Parameter names stay timm's, so a rank's state dict is the plain one with sharded tensors
 (see :mod:`maws_scale.parallel.tp_layout`).
 
-:func:`apply_tensor_parallel` is the engine's entry point: megatron ``parallel_state`` from ``RunConfig``, the model
-parallelized and moved to the device, the DeepSpeed ``mpu`` and the vocab-parallel WSP criterion in a
-:class:`TensorParallelPlan`.
+:class:`maws_scale.parallel.plan.TensorParallelPlan` is the trainer's entry point: megatron groups, the model built
+on meta and parallelized here, the DeepSpeed ``mpu`` and the vocab-parallel WSP criterion.
 
 The MAE decoder is sharded like the encoder whenever tp divides its heads and MLP width (``shard_decoder="auto"``)
 and replicated otherwise, so no TP size is refused because of the decoder. Replicating it would leave the decoder's
@@ -22,8 +21,9 @@ benchmarks/bench_tp_decoder.py). ``shard_decoder=False`` keeps it replicated.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import ctypes
+import ctypes.util
+import math
 
 import torch
 import torch.distributed as dist
@@ -36,24 +36,28 @@ from megatron.core.tensor_parallel.layers import (
 )
 from torch import nn
 
+from maws_scale.models.init import full_linear
 from maws_scale.parallel import megatron_compat
-from maws_scale.parallel.mpu import ModelParallelUnit, init_model_parallel
 from maws_scale.parallel.tp_checkpoint import (
     consolidate_deepspeed_checkpoint,
     gather_tensor_parallel_state_dict,
     load_plain_state_dict,
     local_shards,
 )
-from maws_scale.parallel.tp_layout import PARTITION_DIM, Kind, TPLayout, padded_size, shard_state_dict, shard_tensor
-from maws_scale.parallel.tp_loss import VocabParallelSoftTargetCE
-from maws_scale.parallel.tp_params import TPParamCounts, tp_param_counts
+from maws_scale.parallel.tp_layout import (
+    PARTITION_DIM,
+    SHARDED_LAYERS,
+    Kind,
+    TPLayout,
+    copy_shard_,
+    decoder_shardable,
+    padded_size,
+    shard_state_dict,
+)
 
 __all__ = [
     "ColumnLinear",
     "RowLinear",
-    "TPParamCounts",
-    "TensorParallelPlan",
-    "apply_tensor_parallel",
     "check_divisible",
     "consolidate_deepspeed_checkpoint",
     "decoder_shardable",
@@ -62,7 +66,6 @@ __all__ = [
     "local_shards",
     "parallelize_vit",
     "shard_state_dict",
-    "tp_param_counts",
 ]
 
 
@@ -80,23 +83,6 @@ class RowLinear(RowParallelLinear):
         return super().forward(x)[0]
 
 
-@dataclass
-class TensorParallelPlan:
-    """What :func:`apply_tensor_parallel` hands the engine. Pass ``mpu`` to ``deepspeed.initialize``; train WSP with
-    ``wsp_criterion(local_logits, full_targets)``; seed data order and replicated-region randomness (drop-path) by
-    ``dp_rank`` so the ranks of one TP group see the same batch and draw the same masks."""
-
-    model: nn.Module
-    mpu: ModelParallelUnit
-    dp_rank: int
-    dp_size: int
-    tp_rank: int
-    tp_size: int
-    wsp_criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
-    layout: TPLayout
-    num_classes: int | None = None
-
-
 # ----- building ------------------------------------------------------------------------------------------------------
 def _megatron_config(tp_size: int, dtype: torch.dtype) -> ModelParallelConfig:
     return ModelParallelConfig(
@@ -106,18 +92,6 @@ def _megatron_config(tp_size: int, dtype: torch.dtype) -> ModelParallelConfig:
         gradient_accumulation_fusion=False,
         params_dtype=dtype,
     )
-
-
-def _full_tensors(linear: nn.Linear, init: Callable[[torch.Tensor, torch.Generator], None], seed: int):
-    """(weight, bias) of a plain Linear on CPU: its own values, or for a meta Linear a fresh init from ``seed``."""
-    if linear.weight.device.type != "meta":
-        bias = linear.bias.detach() if linear.bias is not None else None
-        return linear.weight.detach(), bias
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.empty(linear.weight.shape, dtype=linear.weight.dtype)
-    init(weight, generator)
-    bias = torch.zeros(linear.bias.shape, dtype=linear.bias.dtype) if linear.bias is not None else None
-    return weight, bias
 
 
 def _sharded_linear(
@@ -153,42 +127,53 @@ def _sharded_linear(
     # megatron's param_is_not_tensor_parallel_duplicate read these attributes.
     set_tensor_model_parallel_attributes(layer.weight, True, PARTITION_DIM[kind], 1)
     with torch.no_grad():
-        layer.weight.copy_(shard_tensor(weight, kind, tp_rank, tp_size))
+        copy_shard_(layer.weight, weight, kind, tp_rank, tp_size)
         if has_bias:
-            layer.bias.copy_(bias if kind == "row" else shard_tensor(bias, kind, tp_rank, tp_size))
+            if kind == "row":
+                layer.bias.copy_(bias)
+            else:
+                copy_shard_(layer.bias, bias, kind, tp_rank, tp_size)
     layer.weight.requires_grad_(linear.weight.requires_grad)
     return layer
 
 
-def _linear_init(model: nn.Module) -> Callable[[torch.Tensor, torch.Generator], None]:
-    """The plain model's Linear init, for initialising a meta model's sharded layers: MAE xavier, ViT trunc-normal."""
-    from maws_scale.models.mae import MaskedAutoencoder
+def trim_host_heap() -> bool:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; False where there is none). Building layer after
+    layer leaves freed temporaries between the kept shards, which glibc keeps resident: +0.4-0.9 GiB per rank for
+    vit_2b14 at TP=2 without this (benchmarks/bench_model_build.py)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if not _MALLOC_TRIM:
+        return False
+    _MALLOC_TRIM(0)
+    return True
 
-    if isinstance(model, MaskedAutoencoder):
-        return lambda w, g: nn.init.xavier_uniform_(w, generator=g)
-    return lambda w, g: nn.init.trunc_normal_(w, std=0.02, generator=g)
+
+_MALLOC_TRIM = None
 
 
-def _materialize_replicated(model: nn.Module, seed: int) -> None:
-    """Give a meta model's remaining (replicated) tensors CPU storage and the model's own init, identically on all
-    ranks (the same seed everywhere: DeepSpeed broadcasts over the data-parallel group only)."""
+def _scratch(model: nn.Module, layout: TPLayout) -> torch.Tensor | None:
+    """A CPU buffer as large as the largest sharded weight of a meta model (None when the model has values)."""
+    if not any(p.device.type == "meta" for p in model.parameters()):
+        return None
+    largest = max((math.prod(shape) for _, shape in layout.shards.values()), default=0)
+    return torch.empty(largest, dtype=next(model.parameters()).dtype)
+
+
+def _materialize_replicated(model: nn.Module) -> None:
+    """Give a meta model's remaining (replicated) tensors CPU storage and the model's own init: the values of the
+    unsharded model, identical on every rank (each tensor from its name-keyed generator, ``models/init.py``)."""
     if not any(t.device.type == "meta" for t in (*model.parameters(), *model.buffers())):
         return
     for module in model.modules():
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         if any(t.device.type == "meta" for t in own):
             module.to_empty(device="cpu", recurse=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model.init_weights()  # every replicated tensor; the megatron layers are not nn.Linear and are left alone
-
-
-def decoder_shardable(model: nn.Module, tp_size: int) -> bool:
-    """Whether ``tp_size`` divides the heads and MLP width of every MAE decoder block (False without a decoder)."""
-    blocks = getattr(model, "decoder_blocks", None) or []
-    return bool(blocks) and all(
-        b.attn.num_heads % tp_size == 0 and b.mlp.fc1.out_features % tp_size == 0 for b in blocks
-    )
+    model.init_weights()  # every replicated tensor; the megatron layers are not nn.Linear and are left alone
 
 
 def check_divisible(model: nn.Module, tp_size: int, shard_decoder: bool = False) -> None:
@@ -213,14 +198,15 @@ def parallelize_vit(
     tp_group: dist.ProcessGroup | None = None,
     *,
     shard_decoder: bool | str = "auto",
-    seed: int = 0,
+    device: torch.device | str | None = None,
 ) -> nn.Module:
     """Make ``model`` (ViT encoder, MAE or WSP classifier) tensor-parallel over ``tp_group``, in place; return it.
 
     ``tp_group`` defaults to megatron's tensor-parallel group. A model on the meta device is initialised directly
-    sharded: each sharded Linear's full weight is drawn from a per-layer generator (seed ``seed`` + layer index, so
-    all TP ranks agree) and only this rank's shard is kept; replicated tensors get the model's own init under
-    ``seed``. ``shard_decoder``: "auto" (shard the MAE decoder when tp divides its heads and MLP width), True (refuse
+    sharded, exactly as the unsharded model would be: each sharded Linear's full weight is drawn (on the CPU, one
+    layer at a time) from the generator the plain model uses for it (``models/init.py``) and only this rank's shard
+    is kept; replicated tensors get the model's own init. ``device``: where the result goes (default: stays on the
+    CPU). ``shard_decoder``: "auto" (shard the MAE decoder when tp divides its heads and MLP width), True (refuse
     when it does not) or False (replicate it). ``model.tp_layout`` records the layout for checkpoints. Raises
     ValueError naming the config key when the TP size does not divide the heads or MLP width of a sharded stack.
     """
@@ -231,53 +217,26 @@ def parallelize_vit(
     check_divisible(model, tp_size, shard_decoder)
     megatron_compat.install()
     layout = TPLayout.for_state_dict(model.state_dict(), tp_size, shard_decoder)
-    init = _linear_init(model)
-    layer_seed = seed
     stacks = ["blocks", "decoder_blocks"] if shard_decoder else ["blocks"]
+    # one scratch buffer for the full weight of each meta layer in turn: drawing them into fresh tensors leaves the
+    # allocator's heap fragmented (measured: +1.5 GiB per rank building vit_2b14 at TP=2)
+    scratch = _scratch(model, layout)
     for attr in stacks:
-        for block in getattr(model, attr, None) or []:
-            attn, mlp = block.attn, block.mlp
-            for owner, name, kind in (
-                (attn, "qkv", "qkv"),
-                (attn, "proj", "row"),
-                (mlp, "fc1", "column"),
-                (mlp, "fc2", "row"),
-            ):
+        for index, block in enumerate(getattr(model, attr, None) or []):
+            for path, kind in SHARDED_LAYERS.items():
+                owner_name, name = path.split(".")
+                owner = getattr(block, owner_name)
                 linear = getattr(owner, name)
-                layer_seed += 1
-                setattr(owner, name, _sharded_linear(linear, kind, group, _full_tensors(linear, init, layer_seed)))
-            attn.num_heads //= tp_size
+                full = full_linear(model, f"{attr}.{index}.{path}", linear, out=scratch)
+                setattr(owner, name, _sharded_linear(linear, kind, group, full))
+            block.attn.num_heads //= tp_size
+            if scratch is not None:
+                trim_host_heap()
     if "head.weight" in layout.shards:
-        layer_seed += 1
-        model.head = _sharded_linear(model.head, "vocab", group, _full_tensors(model.head, init, layer_seed))
-    _materialize_replicated(model, seed)
+        full = full_linear(model, "head", model.head, out=scratch)
+        model.head = _sharded_linear(model.head, "vocab", group, full)
+    _materialize_replicated(model)
+    if device is not None:
+        model.to(device)
     model.tp_layout = layout
     return model
-
-
-def apply_tensor_parallel(model: nn.Module, cfg, info) -> TensorParallelPlan:
-    """The engine's TP step: megatron groups from ``cfg.parallel.tp``, ``model`` parallelized on ``info.device``.
-
-    ``cfg`` is a RunConfig, ``info`` the DistInfo of :func:`maws_scale.parallel.distributed.init_distributed`.
-    """
-    tp = cfg.parallel.tp
-    cfg.batch_layout(info.world_size)  # refuses a world size tp does not divide, naming parallel.tp
-    mpu = init_model_parallel(tp)
-    parallelize_vit(model, ps.get_tensor_model_parallel_group(), seed=cfg.seed)
-    model.to(info.device)
-    num_classes = None
-    criterion = None
-    if "head.weight" in model.tp_layout.shards:
-        num_classes = model.tp_layout.shards["head.weight"][1][0]
-        criterion = VocabParallelSoftTargetCE(num_classes, ps.get_tensor_model_parallel_group())
-    return TensorParallelPlan(
-        model=model,
-        mpu=mpu,
-        dp_rank=mpu.get_data_parallel_rank(),
-        dp_size=mpu.get_data_parallel_world_size(),
-        tp_rank=mpu.get_tensor_model_parallel_rank(),
-        tp_size=tp,
-        wsp_criterion=criterion,
-        layout=model.tp_layout,
-        num_classes=num_classes,
-    )

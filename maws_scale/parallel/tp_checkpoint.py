@@ -110,7 +110,6 @@ def consolidate_deepspeed_checkpoint(
     ``checkpoint_dir`` is what was passed to ``engine.save_checkpoint`` (``tag`` defaults to its ``latest``).
     ``layout`` defaults to ``tp_layout.json`` in the tag directory or in ``checkpoint_dir``.
     """
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     root = Path(checkpoint_dir)
     tag = _read_tag(root, tag)
@@ -124,10 +123,27 @@ def consolidate_deepspeed_checkpoint(
         mine = [p for p in files if pattern.search(p.name)]
         if not mine:
             raise FileNotFoundError(f"{tag_dir}: no files of tensor-parallel rank {tp_rank} (mp_rank_{tp_rank:02d})")
-        with tempfile.TemporaryDirectory() as tmp:
-            view = Path(tmp) / tag
-            view.mkdir()
-            for path in mine:
-                (view / path.name).symlink_to(path.resolve())
-            ranks.append(get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag))
+        ranks.append(_rank_state(tag, mine))
     return merge_state_dicts(ranks, layout)
+
+
+def _rank_state(tag: str, files: list[Path]) -> dict[str, torch.Tensor]:
+    """One TP rank's full (data-parallel-merged) fp32 state: DeepSpeed's ``zero_to_fp32`` over that rank's optimizer
+    shards (ZeRO 1-3), plus the tensors without a master copy (frozen ones, e.g. MAE's fixed position tables) from its
+    module state; ZeRO-0 keeps the weights in the module state itself."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    model_files = [p for p in files if p.name.endswith("model_states.pt")]
+    module = torch.load(model_files[0], map_location="cpu", weights_only=False).get("module") or {}
+    if not any(p.name.endswith("optim_states.pt") for p in files):  # ZeRO-0: the module holds the weights
+        return {k: v for k, v in module.items() if torch.is_tensor(v) and not k.endswith("_extra_state")}
+    with tempfile.TemporaryDirectory() as tmp:
+        view = Path(tmp) / tag
+        view.mkdir()
+        for path in files:
+            (view / path.name).symlink_to(path.resolve())
+        state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
+    for key, value in module.items():
+        if key not in state and torch.is_tensor(value) and value.numel() > 0 and not key.endswith("_extra_state"):
+            state[key] = value
+    return state

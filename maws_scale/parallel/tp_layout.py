@@ -28,18 +28,22 @@ import torch
 
 Kind = Literal["qkv", "column", "row", "vocab"]
 PARTITION_DIM: dict[str, int] = {"qkv": 0, "column": 0, "row": 1, "vocab": 0}
-_BLOCK_PARAM = re.compile(
-    r"^(?P<stack>blocks|decoder_blocks)\.\d+\.(?P<layer>attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\."
-)
-_LAYER_KIND: dict[tuple[str, str], Kind] = {
-    ("attn.qkv", "weight"): "qkv",
-    ("attn.qkv", "bias"): "qkv",
-    ("attn.proj", "weight"): "row",
-    ("mlp.fc1", "weight"): "column",
-    ("mlp.fc1", "bias"): "column",
-    ("mlp.fc2", "weight"): "row",
-}
 LAYOUT_FILE = "tp_layout.json"
+# the Linear layers of a transformer block that TP splits, and how (``parallelize_vit`` replaces exactly these)
+SHARDED_LAYERS: dict[str, Kind] = {"attn.qkv": "qkv", "attn.proj": "row", "mlp.fc1": "column", "mlp.fc2": "row"}
+_LAYERS = "|".join(map(re.escape, SHARDED_LAYERS))
+_BLOCK_PARAM = re.compile(rf"^(?P<stack>blocks|decoder_blocks)\.\d+\.(?P<layer>{_LAYERS})\.")
+
+
+def decoder_shardable(model, tp_size: int) -> bool:
+    """Whether TP shards the MAE decoder: ``tp_size`` > 1 divides the heads and MLP width of every decoder block
+    (False without a decoder). ``parallelize_vit(shard_decoder="auto")`` and the planner both decide by this."""
+    blocks = getattr(model, "decoder_blocks", None) or []
+    return (
+        tp_size > 1
+        and bool(blocks)
+        and all(b.attn.num_heads % tp_size == 0 and b.mlp.fc1.out_features % tp_size == 0 for b in blocks)
+    )
 
 
 def shard_kind(name: str, shard_decoder: bool = False, vocab_head: bool = True) -> Kind | None:
@@ -49,7 +53,10 @@ def shard_kind(name: str, shard_decoder: bool = False, vocab_head: bool = True) 
     match = _BLOCK_PARAM.match(name)
     if match is None or (match["stack"] == "decoder_blocks" and not shard_decoder):
         return None
-    return _LAYER_KIND.get((match["layer"], name.rsplit(".", 1)[1]))
+    kind = SHARDED_LAYERS[match["layer"]]
+    if name.endswith(".bias") and kind == "row":
+        return None  # a row-parallel layer adds its whole bias after the all-reduce: replicated
+    return kind
 
 
 @dataclass
@@ -124,6 +131,17 @@ def shard_tensor(full: torch.Tensor, kind: Kind, tp_rank: int, tp_size: int) -> 
             f"dimension {dim} of size {full.shape[dim]} is not divisible by tensor-parallel size {tp_size}"
         )
     return full.chunk(tp_size, dim=dim)[tp_rank].contiguous()
+
+
+def copy_shard_(dst: torch.Tensor, full: torch.Tensor, kind: Kind, tp_rank: int, tp_size: int) -> torch.Tensor:
+    """Write this rank's shard of ``full`` into ``dst`` straight from a view (no temporary copy of the shard, except
+    for a padded vocab); the same values as :func:`shard_tensor`."""
+    if kind == "vocab":
+        return dst.copy_(shard_tensor(full, kind, tp_rank, tp_size))
+    if kind == "qkv":
+        rest = full.shape[1:]
+        return dst.view(3, -1, *rest).copy_(full.view(3, -1, *rest).chunk(tp_size, dim=1)[tp_rank])
+    return dst.copy_(full.chunk(tp_size, dim=PARTITION_DIM[kind])[tp_rank])
 
 
 def merge_shards(shards: list[torch.Tensor], kind: Kind, full_shape: tuple[int, ...]) -> torch.Tensor:

@@ -196,9 +196,11 @@ class CheckpointManager:
         trainer_state: dict[str, Any],
         rank_state: dict[str, Any],
         meta: dict[str, Any],
+        files: dict[str, str] | None = None,
     ) -> Path:
         """Collective: every rank calls it. ``trainer_state`` (step, schedule, loader, counters; rank 0's) goes into
-        DeepSpeed's client_state and ``trainer_state.pt``; ``rank_state`` and the RNG states into ``rank_NNNNN.pt``.
+        DeepSpeed's client_state and ``trainer_state.pt``; ``rank_state`` and the RNG states into ``rank_NNNNN.pt``;
+        ``files`` (name → text, e.g. the parallel layout) beside them, listed in the marker like the rest.
         Returns the final checkpoint directory."""
         tag = tag_for(step)
         tmp_parent = self.root / f"{TMP_PREFIX}{tag}"
@@ -220,6 +222,8 @@ class CheckpointManager:
         if rank == 0:
             try:
                 _save(trainer_state, tmp_parent / tag / TRAINER_STATE)
+                for name, text in (files or {}).items():
+                    (tmp_parent / tag / name).write_text(text)
                 files = {p.name: p.stat().st_size for p in sorted((tmp_parent / tag).iterdir()) if p.is_file()}
                 marker = {**meta, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files}
                 _write_atomic(tmp_parent / tag / MARKER, json.dumps(marker, indent=2))
@@ -337,10 +341,10 @@ def consolidate(info: CheckpointInfo, out: str | Path, extra_meta: dict[str, Any
     for bf16 ZeRO-1 with fp32 accumulation: :mod:`maws_scale.train.bf16_checkpoint`). ZeRO 0: the module state saved
     by DeepSpeed (fp32 runs keep fp32 weights there). Runs on one process; the file appears atomically.
     """
-    if int(info.meta.get("tp_size", 1)) > 1:
+    if any(info.path.glob("*mp_rank_01_*")):
         raise ConfigError(
-            f"{info.path}: consolidating a tensor-parallel checkpoint (tp={info.meta['tp_size']}) needs the shards "
-            "merged by the TP plan; rerun consolidation with parallel.tp=1 weights"
+            f"{info.path}: the checkpoint holds the shards of several model-parallel ranks; consolidate it with "
+            "`maws-scale export` (maws_scale.parallel.plan.consolidate_checkpoint), which merges them by its layout"
         )
     if info.zero_stage >= 1 and bf16_optimizer_shards(info.path):  # ZeRO-1, bf16, fp32 accumulation
         module = torch.load(info.path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]

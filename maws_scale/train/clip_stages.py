@@ -10,15 +10,19 @@ checkpoint (``clip.image_init_from``) and locked; the text tower, both projectio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from maws_scale.clip_checks import text_spec, tokenizer_shape, tower_vocab
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.kernels.masking import mask_noise
 from maws_scale.train.contrastive import clip_loss
-from maws_scale.train.stages import Stage, mask_noise
+from maws_scale.train.stages import Stage
+
+if TYPE_CHECKING:
+    from maws_scale.parallel.plan import ParallelPlan
 
 SYNTHETIC_VOCAB = 4096
 
@@ -143,7 +147,7 @@ class LiTStage(CLIPStage):
     def flops_per_sample(self) -> int:
         return self.image_flops() + 3 * text_flops(self.cfg)
 
-    def initialize_weights(self, model: nn.Module, rank: int) -> None:
+    def initialize_weights(self, model: nn.Module, plan: ParallelPlan) -> None:
         """Load the image tower from an MAE / WSP / MAWS (or CLIP) checkpoint; it stays frozen."""
         path = self.cfg.clip.image_init_from
         if not path:
@@ -169,7 +173,7 @@ class LiTStage(CLIPStage):
                 f"clip.image_init_from: {path} does not fit image tower {self.cfg.model.name} (model.*): missing "
                 f"{missing[:6]}, unexpected {unexpected[:6]}, wrong shape {bad[:6]}{hint}"
             )
-        copy_into(model.visual, weights, rank)
+        plan.load_state(model.visual, lambda: weights)
         model.visual.requires_grad_(False)
         self.init_report = {"init": "lit", "from": str(path), "loaded": sorted(weights), "locked": "visual.*"}
 
@@ -188,25 +192,6 @@ def image_tower_state(path: str, pool: str) -> dict[str, torch.Tensor]:
     if any(k.startswith("visual.") for k in state):
         state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
     return encoder_state(state, pool)
-
-
-def copy_into(module: nn.Module, state: dict[str, torch.Tensor], rank: int) -> None:
-    """Copy ``state`` into ``module`` (every rank holds ``state``); ZeRO-3 parameters one gathered at a time."""
-    params = dict(module.named_parameters())
-    partitioned = any(hasattr(p, "ds_id") for p in params.values())
-    with torch.no_grad():
-        if not partitioned:
-            own = module.state_dict(keep_vars=True)
-            for key, value in state.items():
-                own[key].copy_(value.to(own[key].dtype))
-            return
-        import deepspeed
-
-        for name in sorted(state):
-            param = params[name]
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
-                if rank == 0:
-                    param.copy_(state[name].to(param.dtype))
 
 
 CLIP_STAGE_TYPES: dict[str, type[CLIPStage]] = {"clip": CLIPStage, "mae_clip": MAECLIPStage, "lit": LiTStage}

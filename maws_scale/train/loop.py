@@ -32,17 +32,15 @@ from maws_scale.kernels.dispatch import check_kernels
 from maws_scale.models.attention import pin_attention_backends
 from maws_scale.parallel.distributed import DistInfo, init_distributed
 from maws_scale.parallel.engine import (
-    BlockInfo,
     build_ds_config,
     global_grad_norm,
     initialize_engine,
-    model_init_context,
     optimizer_impl,
     repair_optimizer_after_load,
     set_lr,
     write_ds_config,
 )
-from maws_scale.parallel.parallelize import parallelize
+from maws_scale.parallel.plan import full_numel, make_plan
 from maws_scale.parallel.waits import wait_for_rank0
 from maws_scale.track.mlflow import make_tracker, mlflow_metric_names, save_loss_curve
 from maws_scale.track.throughput import (
@@ -57,11 +55,11 @@ from maws_scale.train.checkpoint import (
     CONSOLIDATED,
     CheckpointInfo,
     CheckpointManager,
-    consolidate,
     load_rank_state,
     load_trainer_state,
     set_rng_state,
 )
+from maws_scale.train.hooks import StepHooks
 from maws_scale.train.preflight import preflight
 from maws_scale.train.rundir import check_stage_dir, trim_metrics
 from maws_scale.train.schedule import Schedule
@@ -127,6 +125,7 @@ class Trainer:
         self.loader_factory = loader_factory or _default_loader
         self._stage = stage
         self.counters = _Counters()
+        self.hooks = StepHooks()  # the step's phases, observable (bench/profile.py) without patching anything
         self.losses: list[float] = []
         self.history: list[tuple[int, float]] = []
         self._unconfirmed: Path | None = None  # the last checkpoint saved or loaded, until a finite step follows it
@@ -140,7 +139,6 @@ class Trainer:
         preflight([cfg], info.world_size, data=self.loader_factory is _default_loader, device=info.device)
         self.dtype = DTYPES[cfg.parallel.precision]
         self.resume = self.manager.resolve(self._resume_setting())
-        self._check_resume()
         if self._stage is None:
             num_classes = None
             if cfg.stage == "wsp":
@@ -148,33 +146,27 @@ class Trainer:
             self._stage = make_stage(cfg, num_classes)
         self.stage = self._stage
 
-        meta_model = self.stage.build_model(device="meta")
-        blocks = BlockInfo.from_model(meta_model) if hasattr(meta_model, "blocks") else None
-        del meta_model
-        if blocks is not None and cfg.parallel.tp > 1:
-            blocks = BlockInfo(
-                blocks.block_numel // cfg.parallel.tp,
-                blocks.max_vector_numel,
-                blocks.min_matrix_numel // cfg.parallel.tp,
-                blocks.block_class,
-            )
-        self.ds_config = build_ds_config(cfg, self.dp_size, self.accum, blocks, client_optimizer=optimizer_impl(cfg))
+        self.plan = make_plan(cfg, info)  # the one parallel seam: TP groups, build, criterion, load, consolidate
+        self.ds_config = build_ds_config(
+            cfg,
+            self.dp_size,
+            self.accum,
+            self.plan.bucket_blocks(self.stage.build_model(device="meta")),
+            client_optimizer=optimizer_impl(cfg),
+        )
         self.elastic = self.resume is not None and self._needs_universal(self.resume)
         if self.elastic:
             self.ds_config["checkpoint"] = {"load_universal": True}
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        with model_init_context(cfg, self.ds_config):
-            model = self.stage.build_model()
-        self.plan = parallelize(model, cfg, info)
-        pin_attention_backends(self.plan.model, info.device)  # decided here, never inside a (checkpointed) forward
-        if getattr(self.plan.model, "kernels_impl", None) == "auto":
+        model = self.plan.build(self.stage.build_model, self.ds_config)
+        pin_attention_backends(model, info.device)  # decided here, never inside a (checkpointed) forward
+        if getattr(model, "kernels_impl", None) == "auto":
             check_kernels(info.device, self.dtype)  # a kernel that fails to compile: torch references, one warning
-        if hasattr(self.stage, "criterion"):
-            self.stage.criterion = self.plan.wsp_criterion
+        self.stage.bind(self.plan)
         if self.resume is None:
-            self.stage.initialize_weights(self.plan.model, info.rank)
-        self.engine, self.guard = initialize_engine(self.plan.model, cfg, self.ds_config, self.plan.mpu)
+            self.stage.initialize_weights(model, self.plan)
+        self.engine, self.guard = initialize_engine(model, cfg, self.ds_config, self.plan.mpu)
         # One stream per data-parallel rank: the TP ranks of a group hold the same activations and must drop the same
         # samples (drop-path), exactly as the TP=1 run would.
         torch.manual_seed(cfg.seed + 1 + self.plan.dp_rank)
@@ -184,6 +176,7 @@ class Trainer:
         self.schedule = Schedule.from_config(cfg, self.total_steps)
         self.step = 0
         if self.resume is not None:
+            self._check_resume()
             self._load(self.resume)
         self.tracker = make_tracker(cfg, self.dir, info.is_main)
         self._start_tracking()
@@ -200,14 +193,7 @@ class Trainer:
         return self.cfg.checkpoint.resume
 
     def _check_resume(self) -> None:
-        if self.resume is None:
-            return
-        saved_tp = int(self.resume.meta.get("tp_size", 1))
-        if saved_tp != self.cfg.parallel.tp:
-            raise ConfigError(
-                f"checkpoint.resume: {self.resume.path} was written with parallel.tp={saved_tp}; resume with the same "
-                "tp (consolidate and restart with wsp.init_from to change it)"
-            )
+        self.plan.check_resume(self.resume.path, self.resume.meta)
         if self.resume.meta.get("stage", self.cfg.stage) != self.cfg.stage:
             raise ConfigError(
                 f"checkpoint.resume: {self.resume.path} belongs to stage '{self.resume.meta['stage']}', "
@@ -258,7 +244,7 @@ class Trainer:
                 "derived": {
                     "world_size": info.world_size,
                     "dp_size": self.dp_size,
-                    "tp_size": self.plan.tp_size,
+                    "layout": self.plan.describe(),
                     "grad_accum": self.accum,
                     "peak_lr": cfg.peak_lr(),
                     "total_steps": self.total_steps,
@@ -300,13 +286,20 @@ class Trainer:
             "stage": self.cfg.stage,
             "world_size": self.info.world_size,
             "dp_size": self.dp_size,
-            "tp_size": self.plan.tp_size,
+            **self.plan.checkpoint_meta(),
             "zero_stage": self.cfg.parallel.zero_stage,
             "precision": self.cfg.parallel.precision,
             "model": self.cfg.model.name,
         }
         state = self._trainer_state()
-        path = self.manager.save(self.engine, self.step, state, rank_state={"loader": state["loader"]}, meta=meta)
+        path = self.manager.save(
+            self.engine,
+            self.step,
+            state,
+            rank_state={"loader": state["loader"]},
+            meta=meta,
+            files=self.plan.checkpoint_files(),
+        )
         self._unconfirmed = path
         return path
 
@@ -364,20 +357,21 @@ class Trainer:
 
         Losses and non-finite flags stay on the device; they are summed over ranks and read once, at the last
         micro-batch, for the skip decision (:meth:`StepGuard.resolve`): the step's only host sync."""
-        engine, device = self.engine, self.info.device
+        engine, device, hooks = self.engine, self.info.device, self.hooks
         set_lr(engine, self.schedule.lr(self.step))
         window = torch.zeros(2, dtype=torch.float64, device=device)
         for micro in range(self.accum):
             waited = time.perf_counter()
             batch = next(batches)
             self.data_wait += time.perf_counter() - waited
-            loss, _ = self.stage.loss(engine, batch, device, self.dtype)
+            loss, _ = hooks.run("forward", self.stage.loss, engine, batch, device, self.dtype)
             finite = torch.isfinite(loss.detach())
             window += torch.stack([torch.where(finite, loss.detach(), 0.0).double(), (~finite).double()])
-            engine.backward(torch.nan_to_num(loss, 0.0, 0.0, 0.0))  # = loss when finite; a bad window is skipped
+            # = loss when finite; a bad window is skipped
+            hooks.run("backward", engine.backward, torch.nan_to_num(loss, 0.0, 0.0, 0.0))
             if micro == self.accum - 1:
                 loss_sum, bad = self.guard.resolve(_all_reduce(window))
-            engine.step()
+            hooks.run("optimizer", engine.step)
         window_bad = bad > 0
         skipped = window_bad or self.guard.skipped_by_grads or not engine.was_step_applied()
         world = dist.get_world_size() if dist.is_initialized() else 1
@@ -440,14 +434,14 @@ class Trainer:
         if not self.info.is_main:
             return
         cfg = self.cfg
-        params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
-        per = " per TP rank" if self.plan.tp_size > 1 else ""
+        params = full_numel(self.engine.module)
+        per = self.plan.count_label()
         store = cfg.tracking.uri or f"sqlite:///{Path(cfg.output_dir).resolve() / 'mlflow.db'}"
         tracking = f"MLflow {store} (experiment {cfg.tracking.experiment})" if cfg.tracking.enabled else "MLflow off"
         start = f" from step {self.step}" if self.step else ""
         console.print(
             f"{self._tag} {cfg.model_label}: {params / 1e6:,.3f} M parameters{per} | world {self.info.world_size} = "
-            f"dp {self.dp_size} × tp {self.plan.tp_size}, global batch {cfg.train.global_batch} = micro "
+            f"{self.plan.describe()}, global batch {cfg.train.global_batch} = micro "
             f"{cfg.train.micro_batch} × accum {self.accum} × dp {self.dp_size} | {self.total_steps} steps{start} | "
             f"zero {cfg.parallel.zero_stage}, {cfg.parallel.precision} | out {self.dir} | {tracking}"
         )
@@ -463,15 +457,14 @@ class Trainer:
         return {"data_wait_pct": wait, "eta_s": eta}
 
     def _periodic_metrics(self) -> dict[str, float]:
-        self._bad_reasons = self.loader.error_counts() if hasattr(self.loader, "error_counts") else {}
-        errors = sum(self._bad_reasons.values())
-        bad = _all_reduce(torch.tensor([float(errors)], dtype=torch.float64, device=self.info.device))
+        self._bad_reasons = self.loader.error_counts()
+        bad = self.plan.data_parallel_sum(sum(self._bad_reasons.values()))  # each data stream counted once
         rate = self.meter.rate()
         return {
             **rate.as_metrics(),
             "peak_mem_gib": peak_memory_gib(self.info.device),
             "skipped_steps": float(self.counters.skipped_steps),
-            "bad_records": float(bad.item()) / self.plan.tp_size,
+            "bad_records": bad,
             "rollbacks": float(self.counters.rollbacks),
             **self._timing(),
         }
@@ -529,10 +522,7 @@ class Trainer:
     def _finish(self) -> StageResult:
         out = self.dir / CONSOLIDATED
         final = self.manager.latest()
-        if self.plan.tp_size > 1:
-            self._consolidate_tensor_parallel(out, final)
-        elif self.info.is_main:
-            consolidate(final, out, extra_meta=weights_meta(self.cfg))
+        self.plan.consolidate(self.engine, final, out, weights_meta(self.cfg))
         wait_for_rank0(self.cfg.parallel.wait_minutes)  # gloo, long timeout: rank 0 may consolidate for long
         status = "FINISHED"
         if self.info.is_main:
@@ -549,8 +539,7 @@ class Trainer:
         self._closed = True
         if self.info.is_main and self.tracker.link():
             console.print(f"{self._tag} MLflow: {self.tracker.link()}")
-        if hasattr(self.engine, "destroy"):
-            self.engine.destroy()
+        self.engine.destroy()
         finite = [x for x in self.losses if math.isfinite(x)]
         return StageResult(
             stage=self.cfg.stage,
@@ -562,24 +551,6 @@ class Trainer:
             rollbacks=self.counters.rollbacks,
             losses=self.losses,
         )
-
-    def _consolidate_tensor_parallel(self, out: Path, final: CheckpointInfo) -> None:
-        """TP shards are merged live (collective over the TP group, ZeRO-3 partitions gathered) by the TP plan."""
-        from maws_scale.parallel.tensor_parallel import gather_tensor_parallel_state_dict
-        from maws_scale.train.checkpoint import write_state_dict
-
-        state = gather_tensor_parallel_state_dict(self.engine.module, dst=0)
-        if self.info.is_main:
-            write_state_dict(
-                state,
-                out,
-                {
-                    **weights_meta(self.cfg),
-                    "source": str(final.path),
-                    "step": final.step,
-                    "from": "live TP gather",
-                },
-            )
 
 
 def weights_meta(cfg: RunConfig) -> dict[str, Any]:

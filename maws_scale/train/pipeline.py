@@ -8,7 +8,9 @@ checkpoint, so re-running the same command after a crash continues where it stop
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,9 +151,9 @@ def _on_rank0(
     collective: bool = False,
 ) -> dict[str, float] | None:
     """Run ``compute(tracker)`` on rank 0 in its own MLflow run ``name`` (nested under the pipeline's run, closed
-    FAILED if it raises) and print the metrics; with ``collective`` every rank runs it (its tracker None on the
-    others). Every rank then waits in a gloo group with a long timeout (rank-0 work can outlast the NCCL watchdog).
-    Returns the metrics on rank 0, None elsewhere."""
+    FAILED if it raises), print the metrics and write them to ``<output_dir>/<name>/metrics.json``; with
+    ``collective`` every rank runs it (its tracker None on the others). Every rank then waits in a gloo group with a
+    long timeout (rank-0 work can outlast the NCCL watchdog). Returns the metrics on rank 0, None elsewhere."""
     metrics = None
     if info.is_main:
         tracker = make_tracker(cfg, Path(cfg.output_dir) / name, is_main=True, stage=name)
@@ -162,6 +164,12 @@ def _on_rank0(
             status = "FINISHED"
         finally:
             tracker.finish(status)
+        if metrics is not None:  # beside the MLflow run: what `jobs/demo_figures.py` and scripts read
+            out = Path(cfg.output_dir) / name / "metrics.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(".metrics.json.tmp")
+            tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, out)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted((metrics or {}).items()))
         console.print(f"{escape(f'[{name}]')} {shown}")
     elif collective:

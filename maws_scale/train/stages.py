@@ -2,73 +2,30 @@
 
 A Stage supplies its model, its loss on a batch, the data stage name, and the FLOPs/tokens per sample that the
 throughput meter needs. ``MAEStage``: masked autoencoder with norm-pix loss, masks from per-sample noise hashed
-from (seed, global sample index, patch) so a sample's mask is the same whatever the data-parallel layout.
-``WSPStage``: encoder + classifier head + softmax cross-entropy against soft multi-hot targets.
+from (seed, global sample index, patch) so a sample's mask is the same whatever the data-parallel layout
+(``kernels/masking.py::mask_noise``). ``WSPStage``: encoder + classifier head + softmax cross-entropy against soft
+multi-hot targets. Stages never ask how the model is split: the parallel plan (``parallel/plan.py``) they are bound
+to gives the WSP criterion and loads initial weights into whatever the model became.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.kernels.masking import mask_noise
+
+if TYPE_CHECKING:
+    from maws_scale.parallel.plan import ParallelPlan
 
 log = logging.getLogger("maws_scale.train")
-
-_M32 = 0xFFFFFFFF
-
-
-# ----- DP-invariant masking noise ---------------------------------------------------------------------------------
-def _mulmod32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x · c) mod 2³² for int64 tensors holding uint32 values, without int64 overflow (16-bit halves)."""
-    lo, hi = x & 0xFFFF, x >> 16
-    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _M32
-
-
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash with full avalanche (Wellons' 'lowbias32'), elementwise on int64 tensors."""
-    x = x & _M32
-    x = x ^ (x >> 16)
-    x = _mulmod32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mulmod32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _mix32_int(x: int) -> int:
-    """:func:`mix32` of one Python integer."""
-    x &= _M32
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & _M32
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & _M32
-    return x ^ (x >> 16)
-
-
-def mask_noise(seed: int, sample_ids: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """Uniform noise in [0, 1) of shape (B, L) that depends only on (seed, sample id, patch index).
-
-    Values are distinct within a row (the low bits hold the patch index), so ``argsort`` has no ties and the
-    mask is bit-identical on any device or data-parallel layout. Computed on ``sample_ids``' device.
-    """
-    ids = sample_ids.to(torch.int64)
-    seed_key = _mix32_int((seed & _M32) ^ 0x9E3779B9)  # a Python int: no host-to-device copy per batch
-    key = mix32((ids & _M32) ^ mix32(((ids >> 32) & _M32) ^ seed_key))
-    patches = torch.arange(num_patches, dtype=torch.int64, device=ids.device)
-    h = mix32(key[:, None] ^ mix32(patches + 0x632BE5AB)[None, :])
-    index_bits = max(1, math.ceil(math.log2(num_patches)))
-    random_bits = 24 - index_bits  # numerator < 2^24: exact in float32
-    if random_bits < 4:
-        raise ValueError(f"too many patches ({num_patches}) for float32 masking noise")
-    value = (h >> (32 - random_bits)) * num_patches + patches[None, :]
-    return value.to(torch.float32) / float((1 << random_bits) * num_patches)
 
 
 # ----- stages -----------------------------------------------------------------------------------------------------
@@ -81,13 +38,19 @@ class Stage(ABC):
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.init_report: dict[str, Any] | None = None
+        self.plan: ParallelPlan | None = None
+
+    def bind(self, plan: ParallelPlan | None) -> None:
+        """Attach the parallel plan the model was built with (None detaches it, e.g. after the engine is gone)."""
+        self.plan = plan
 
     @abstractmethod
     def build_model(self, device: str | torch.device | None = None) -> nn.Module:
         """A freshly initialised model (``device="meta"`` for shapes only)."""
 
-    def initialize_weights(self, model: nn.Module, rank: int) -> None:  # noqa: B027  (optional hook)
-        """Load initial weights from elsewhere (e.g. the MAE encoder) into the built, possibly partitioned model."""
+    def initialize_weights(self, model: nn.Module, plan: ParallelPlan) -> None:  # noqa: B027  (optional hook)
+        """Load initial weights from elsewhere (e.g. the MAE encoder) into the built model through
+        ``plan.load_state`` (which knows whether it is sharded or partitioned)."""
 
     @abstractmethod
     def loss(self, model: Callable, batch: dict[str, Any], device: torch.device, dtype: torch.dtype):
@@ -151,12 +114,17 @@ class WSPStage(Stage):
         self.num_classes = num_classes
         self.criterion = criterion
 
+    def bind(self, plan: ParallelPlan | None) -> None:
+        """The plan's classification loss (vocab-parallel under TP) becomes this stage's criterion."""
+        super().bind(plan)
+        self.criterion = plan.classification_loss() if plan is not None else None
+
     def build_model(self, device: str | torch.device | None = None) -> nn.Module:
         from maws_scale.models import build_model
 
         return build_model(self.cfg, num_classes=self.num_classes, device=device)
 
-    def initialize_weights(self, model: nn.Module, rank: int) -> None:
+    def initialize_weights(self, model: nn.Module, plan: ParallelPlan) -> None:
         """``wsp.init=mae``: copy the MAE encoder (decoder dropped, head fresh) into ``model``."""
         cfg = self.cfg
         if cfg.wsp.init != "mae":
@@ -167,26 +135,9 @@ class WSPStage(Stage):
         path = Path(cfg.wsp.init_from)
         if not path.is_file():
             raise ConfigError(f"wsp.init_from: {path} does not exist")
-        partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
-        state: dict[str, torch.Tensor] | None = None
-        report = None
-        if rank == 0 or not partitioned:
-            state, report = self._handoff_state(path)
-        if hasattr(model, "tp_layout"):  # tensor-parallel: each rank keeps its shard of every sharded tensor
-            from maws_scale.parallel.tensor_parallel import load_plain_state_dict
 
-            load_plain_state_dict(model, state, strict=False)
-            model.pos_embed.requires_grad_(True)
-        elif partitioned:
-            _load_partitioned(model, state, rank)
-        else:
-            own = model.state_dict(keep_vars=True)
-            with torch.no_grad():
-                for key, value in state.items():
-                    own[key].copy_(value)
-                    if isinstance(own[key], nn.Parameter):
-                        own[key].requires_grad_(True)  # MAE's fixed pos_embed becomes trainable for WSP
-        if report is not None:
+        def read() -> dict[str, torch.Tensor]:  # on the ranks that read the file (ZeRO-3: rank 0 alone)
+            state, report = self._handoff_state(path)
             self.init_report = {
                 "init": "mae",
                 "from": str(path),
@@ -196,6 +147,9 @@ class WSPStage(Stage):
                 "dropped": report.dropped,
                 "resampled": report.resampled,
             }
+            return state
+
+        plan.load_state(model, read)
 
     def _handoff_state(self, path: Path) -> tuple[dict[str, torch.Tensor], Any]:
         """The MAE encoder tensors for this WSP model, checked and named by the models' handoff, without building a
@@ -240,23 +194,6 @@ class WSPStage(Stage):
         from maws_scale.models.flops import step_flops
 
         return step_flops(self.build_model(device="meta"), "wsp")  # as built: the configured pooling and head count
-
-
-def _load_partitioned(model: nn.Module, state: dict[str, torch.Tensor] | None, rank: int) -> None:
-    """Copy rank 0's ``state`` into ZeRO-3 partitioned parameters, one parameter gathered at a time."""
-    import deepspeed
-    import torch.distributed as dist
-
-    names = sorted(state) if rank == 0 else None
-    box = [names]
-    dist.broadcast_object_list(box, src=0)
-    own = dict(model.named_parameters())
-    for name in box[0]:
-        param = own[name]
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
-            if rank == 0:
-                param.copy_(state[name].to(param.dtype))
-        param.requires_grad_(True)
 
 
 def make_stage(cfg: RunConfig, num_classes: int | None = None, criterion: Callable | None = None) -> Stage:

@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maws_scale.models import build_mae, build_wsp, get_spec
-from maws_scale.parallel.tensor_parallel import check_divisible, decoder_shardable
+from maws_scale.models import build_mae, build_wsp
+from maws_scale.parallel.tensor_parallel import check_divisible
 from maws_scale.parallel.tp_layout import (
     TPLayout,
+    decoder_shardable,
     merge_shards,
     merge_state_dicts,
     shard_kind,
@@ -17,7 +18,6 @@ from maws_scale.parallel.tp_layout import (
     shard_tensor,
     vocab_range,
 )
-from maws_scale.parallel.tp_params import tp_param_counts
 
 
 def test_shard_kinds_follow_timm_names():
@@ -103,6 +103,13 @@ def test_divisibility_refused_with_the_config_key():
         check_divisible(mae, 4, shard_decoder=True)
 
 
+def _inventory(name: str, stage: str, tp: int, *extra: str):
+    from maws_scale.bench.inventory import build_inventory
+    from maws_scale.config import load_config
+
+    return build_inventory(load_config(None, [f"model.name={name}", f"stage={stage}", *extra]), tp=tp)
+
+
 @pytest.mark.parametrize(
     "name,kwargs,stage",
     [
@@ -111,31 +118,38 @@ def test_divisibility_refused_with_the_config_key():
         ("vit_tiny_p4", {}, "mae"),
     ],
 )
-def test_param_counts_at_tp1_equal_the_model(name, kwargs, stage):
+def test_inventory_at_tp1_equals_the_model(name, kwargs, stage):
     if stage == "mae":
         model = build_mae(name)
+        inv = _inventory(name, stage, 1)
     else:
         model = build_wsp(name, kwargs["num_classes"], pool=kwargs.get("pool", "cls"))
-    counts = tp_param_counts(get_spec(name), 1, stage=stage, **kwargs)
-    assert counts.full == counts.per_rank == sum(p.numel() for p in model.parameters())
+        inv = _inventory(
+            name, stage, 1, f"wsp.num_classes={kwargs['num_classes']}", f"model.pool={kwargs.get('pool', 'cls')}"
+        )
+    assert inv.full_params == inv.numel == sum(p.numel() for p in model.parameters())
 
 
-def test_param_counts_split_at_tp4():
-    spec = get_spec("vit_6.5b14")
-    one, four = tp_param_counts(spec, 1, 30000), tp_param_counts(spec, 4, 30000)
-    assert four.full == one.full
-    assert four.sharded * 4 == one.sharded  # 30000 classes divide by 4: no padding
-    assert four.replicated == one.replicated
-    assert 0.25 < four.per_rank / one.full < 0.26  # norms, embeddings and row biases are < 1 % at 6.5B
-    padded = tp_param_counts(get_spec("vit_tiny_p4"), 4, 11)
-    assert padded.sharded * 4 - tp_param_counts(get_spec("vit_tiny_p4"), 1, 11).sharded == 97  # one padding row
-    replicated_decoder = tp_param_counts(spec, 4, stage="mae", shard_decoder=False)
-    assert replicated_decoder.replicated - one.replicated > 25_000_000  # the 8 × 512 decoder on every rank
-    auto = tp_param_counts(spec, 4, stage="mae")  # 16 decoder heads: "auto" shards the decoder at tp=4
+def test_inventory_split_at_tp4():
+    one = _inventory("vit_6.5b14", "wsp", 1, "wsp.num_classes=30000")
+    four = _inventory("vit_6.5b14", "wsp", 4, "wsp.num_classes=30000")
+
+    def parts(inv):
+        return sum(e.numel for e in inv.entries if e.sharded), sum(e.numel for e in inv.entries if not e.sharded)
+
+    assert four.full_params == one.full_params
+    sharded_one = sum(e.numel for e in one.entries if e.name in {f.name for f in four.entries if f.sharded})
+    assert parts(four)[0] * 4 == sharded_one  # 30000 classes divide by 4: no padding
+    assert parts(four)[1] == one.numel - sharded_one
+    assert 0.25 < four.numel / one.full_params < 0.26  # norms, embeddings and row biases are < 1 % at 6.5B
+    tiny4 = _inventory("vit_tiny_p4", "wsp", 4, "wsp.num_classes=11")
+    head4 = sum(e.numel for e in tiny4.entries if e.name.startswith("head."))
+    assert head4 * 4 - 11 * 97 == 97  # K = 11 padded to 12: one padding row of weight (96) + bias (1)
+    auto = _inventory("vit_6.5b14", "mae", 4)  # 16 decoder heads: the decoder is sharded at tp=4
+    plain = _inventory("vit_6.5b14", "mae", 1)
     split_per_block = 12 * 512 * 512 + 3 * 512 + 2048  # qkv, proj, fc1, fc2 weights; qkv and fc1 biases
-    assert replicated_decoder.per_rank - auto.per_rank == 8 * split_per_block * 3 // 4
-    with pytest.raises(ValueError, match=r"parallel\.tp=3"):
-        tp_param_counts(spec, 3)
+    decoder = lambda inv: sum(e.numel for e in inv.entries if e.name.startswith("decoder_blocks."))  # noqa: E731
+    assert auto.decoder_sharded and decoder(plain) - decoder(auto) == 8 * split_per_block * 3 // 4
 
 
 def test_local_shards_of_a_plain_model_is_the_state_dict():

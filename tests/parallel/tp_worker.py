@@ -23,13 +23,14 @@ warnings.filterwarnings("ignore")
 
 from dist_support import prepare_worker  # noqa: E402
 
+from maws_scale.bench.inventory import build_inventory  # noqa: E402
 from maws_scale.config import load_config  # noqa: E402
 from maws_scale.models import build_mae, build_wsp, soft_target_cross_entropy  # noqa: E402
 from maws_scale.models.registry import get_spec  # noqa: E402
 from maws_scale.parallel.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from maws_scale.parallel.mpu import destroy_model_parallel, init_model_parallel  # noqa: E402
+from maws_scale.parallel.plan import make_plan  # noqa: E402
 from maws_scale.parallel.tensor_parallel import (  # noqa: E402
-    apply_tensor_parallel,
     consolidate_deepspeed_checkpoint,
     gather_tensor_parallel_state_dict,
     load_plain_state_dict,
@@ -37,7 +38,6 @@ from maws_scale.parallel.tensor_parallel import (  # noqa: E402
 )
 from maws_scale.parallel.tp_layout import TPLayout, merge_state_dicts, shard_state_dict  # noqa: E402
 from maws_scale.parallel.tp_loss import VocabParallelSoftTargetCE, gather_logits  # noqa: E402
-from maws_scale.parallel.tp_params import tp_param_counts  # noqa: E402
 
 ATOL = 1e-5
 MODEL = "vit_tiny_p4"
@@ -160,12 +160,16 @@ def zero3(args) -> None:
         ]
     )
     ref = build(args.stage, args.classes)
-    plan = apply_tensor_parallel(copy.deepcopy(ref), cfg, init_distributed("gloo"))
-    tp, mpu, criterion = plan.model, plan.mpu, plan.wsp_criterion
+    # the trainer's seam: megatron groups, then the model built on meta and materialised directly sharded; it must
+    # start from exactly the reference's weights (checked after the first step through the losses and gradients)
+    plan = make_plan(cfg, init_distributed("gloo"))
+    tp = plan.build(lambda device=None: build(args.stage, args.classes, device=device), {})
+    mpu = plan.mpu
+    criterion = plan.classification_loss() if args.stage == "wsp" else None
+    if args.stage == "wsp" and not isinstance(criterion, VocabParallelSoftTargetCE):
+        raise AssertionError(f"wsp: the TP plan's criterion is {criterion}, not the vocab-parallel one")
     check_mpu(mpu, args.tp)
     group, tp_rank, dp_rank, dp_size = mpu.get_tensor_model_parallel_group(), plan.tp_rank, plan.dp_rank, plan.dp_size
-    if (criterion is None) != (args.stage == "mae"):
-        raise AssertionError(f"{args.stage}: wsp_criterion is {criterion}")
     ds_config = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": 1,
@@ -212,7 +216,7 @@ def zero3(args) -> None:
     # DeepSpeed's own TP-sharded checkpoint (mp_rank_XX files, ZeRO-partitioned), consolidated offline
     engine.save_checkpoint(args.dir, tag="final")
     if dist.get_rank() == 0:
-        plan.layout.save(Path(args.dir) / "final")
+        tp.tp_layout.save(Path(args.dir) / "final")
     dist.barrier()
     if dist.get_rank() == 0:
         offline = consolidate_deepspeed_checkpoint(args.dir)
@@ -354,9 +358,8 @@ def meta_init(args) -> None:
     identical on every TP rank, the sharded weights distributed as the plain init, per-rank counts as planned."""
     mpu = init_model_parallel(dist.get_world_size())
     group, tp = mpu.get_tensor_model_parallel_group(), mpu.get_tensor_model_parallel_world_size()
-    spec = get_spec(MODEL)
     for stage in ("wsp", "mae"):
-        model = parallelize_vit(build(stage, args.classes, device="meta"), group, seed=3)
+        model = parallelize_vit(build(stage, args.classes, device="meta"), group)
         left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
         if left:
             raise AssertionError(f"{stage}: still on meta after parallelize_vit: {left}")
@@ -367,23 +370,24 @@ def meta_init(args) -> None:
             dist.all_gather(parts, value.contiguous(), group=group)
             for other in parts:
                 check(f"{stage} replicated {name} across TP ranks", other, value, atol=0)
+        # exactly the weights of the same model built whole from the same seed (name-keyed init, models/init.py)
         full = gather_tensor_parallel_state_dict(model, group, dst=None)
-        qkv = full["blocks.0.attn.qkv.weight"]
-        if stage == "wsp":
-            expected_std = 0.02
-        else:
-            expected_std = (2.0 / (qkv.shape[0] + qkv.shape[1])) ** 0.5  # xavier-uniform
-        if abs(qkv.std().item() - expected_std) > 0.1 * expected_std:
-            raise AssertionError(f"{stage}: qkv std {qkv.std().item():.4f}, expected {expected_std:.4f}")
+        plain = build(stage, args.classes).state_dict()
+        if set(full) != set(plain):
+            raise AssertionError(f"{stage}: keys differ from the plain model: {sorted(set(full) ^ set(plain))}")
+        for name, value in plain.items():
+            if not torch.equal(full[name], value):
+                raise AssertionError(f"{stage}: {name} differs from the unsharded model's init")
         dense = torch.stack(
             [full["blocks.0.attn.qkv.weight"][:8].flatten(), full["blocks.1.attn.qkv.weight"][:8].flatten()]
         )
         if torch.equal(dense[0], dense[1]):
             raise AssertionError(f"{stage}: two layers got the same init")
-        counts = tp_param_counts(spec, tp, args.classes if stage == "wsp" else 0, stage=stage)
+        cfg = load_config(overrides=[f"stage={stage}", f"model.name={MODEL}", f"wsp.num_classes={args.classes}"])
+        planned = build_inventory(cfg, tp=tp).numel
         local = sum(p.numel() for p in model.parameters())
-        if local != counts.per_rank:
-            raise AssertionError(f"{stage}: rank holds {local} parameters, tp_param_counts says {counts.per_rank}")
+        if local != planned:
+            raise AssertionError(f"{stage}: rank holds {local} parameters, the planner's inventory says {planned}")
         imgs, targets = batch(0, 2, args.classes)
         criterion = VocabParallelSoftTargetCE(args.classes, group) if stage == "wsp" else None
         loss = loss_of(model, stage, imgs, targets, 0, criterion)

@@ -39,9 +39,19 @@ class RecordingStage(MAEStage):
 
 
 class KillingTrainer(Trainer):
-    """Dies like a crashed job (SIGKILL, no clean-up) right after step ``kill_after``."""
+    """Dies like a crashed job (SIGKILL, no clean-up) right after step ``kill_after``. With ``record_live``, every
+    checkpoint save is followed by the plan's live consolidation into ``<stage dir>/live/<step tag>.pt``: what the
+    offline export of that step must reproduce."""
 
     kill_after: int | None = None
+    record_live = False
+
+    def save(self):
+        path = super().save()
+        if self.record_live:
+            out = self.dir / "live" / f"{path.name}.pt"
+            self.plan.consolidate(self.engine, self.manager.latest(), out, {})
+        return path
 
     def _record(self, metrics):
         super()._record(metrics)
@@ -66,6 +76,7 @@ def main() -> None:
         stage = RecordingStage(cfg) if cfg.stage == "mae" else None  # WSP: the trainer builds its own stage
         trainer = KillingTrainer(cfg, info, stage=stage)
         trainer.kill_after = args.kill_after
+        trainer.record_live = cfg.parallel.tp > 1
         result = trainer.run()
         per_step = _gather_ids(stage.seen if stage else [[] for _ in range(result.steps)], trainer.accum)
         blocks = getattr(trainer.plan.model, "blocks", [])

@@ -160,3 +160,33 @@ def test_tensor_parallel_mae_then_wsp_match_one_rank(one_rank_runs, two_ranks):
     assert len(wsp["losses"]) == 4
     handoff = json.loads((out / "wsp" / "handoff.json").read_text())
     assert "blocks.0.attn.qkv.weight" in handoff["loaded"]
+
+
+def test_offline_export_of_any_tensor_parallel_step_equals_the_live_consolidation(two_ranks, tmp_path):
+    # every step_* checkpoint of the tp=2 run carries its layout; consolidated offline in one process it is bit for bit
+    # what the live TP gather gave at that step (dist_worker.py records it), and `maws-scale export` exports it
+    import torch
+
+    from maws_scale.cli import main as cli
+    from maws_scale.parallel.plan import consolidate_checkpoint
+    from maws_scale.train.checkpoint import read_checkpoint
+
+    stage_dir = two_ranks["tp_dir"] / "mae"
+    steps = sorted((stage_dir / "checkpoints").glob("step_*"))
+    assert [p.name for p in steps] == ["step_00000002", "step_00000004", "step_00000006"]
+    for step in steps:
+        assert (step / "tp_layout.json").is_file()
+        live = torch.load(stage_dir / "live" / f"{step.name}.pt")
+        offline = torch.load(consolidate_checkpoint(read_checkpoint(step), tmp_path / f"{step.name}.pt"))
+        assert set(offline) == set(live) and "decoder_blocks.0.attn.qkv.weight" in offline
+        for name, value in live.items():
+            assert torch.equal(offline[name], value), f"{step.name}: {name}"
+    exported = tmp_path / "step4.pt"
+    assert cli(["export", str(steps[1]), "--out", str(exported)]) == 0
+    encoder = torch.load(exported)
+    live = torch.load(stage_dir / "live" / "step_00000004.pt")
+    assert "blocks.0.attn.qkv.weight" in encoder and not any(k.startswith("decoder") for k in encoder)
+    assert all(torch.equal(value, live[name]) for name, value in encoder.items())
+    final = torch.load(stage_dir / "consolidated.pt")  # the run's own final consolidation: the last step's live one
+    last = torch.load(stage_dir / "live" / f"{steps[-1].name}.pt")
+    assert set(final) == set(last) and all(torch.equal(value, final[name]) for name, value in last.items())

@@ -2,49 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from maws_scale.config import ConfigError, load_config
 from maws_scale.models import build_model
-from maws_scale.train.stages import MAEStage, WSPStage, mask_noise, mix32
-
-
-def lowbias32(x: int) -> int:
-    """Reference: Wellons' lowbias32 in plain Python integers."""
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
-def test_mix32_matches_the_reference_without_int64_overflow():
-    values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 123456789, 0xDEADBEEF]
-    values += np.random.default_rng(0).integers(0, 2**32, 100).tolist()
-    got = mix32(torch.tensor(values, dtype=torch.int64)).tolist()
-    assert got == [lowbias32(v) for v in values]
-
-
-def test_noise_is_a_function_of_seed_id_and_patch_only():
-    ids = torch.tensor([0, 5, 2**33 + 7, 12345678901])
-    full = mask_noise(3, ids, 49)
-    assert full.shape == (4, 49) and full.dtype == torch.float32
-    assert float(full.min()) >= 0.0 and float(full.max()) < 1.0
-    # any sub-batch (another data-parallel split) gets the same rows
-    assert torch.equal(mask_noise(3, ids[2:], 49), full[2:])
-    assert torch.equal(mask_noise(3, ids[[3, 0]], 49), full[[3, 0]])
-    # rows have no ties, so argsort (the mask) is unambiguous on any device
-    assert all(len(set(row.tolist())) == 49 for row in full)
-    assert not torch.equal(mask_noise(4, ids, 49), full)
-    assert not torch.equal(full[0], full[1])
-
-
-def test_noise_is_roughly_uniform():
-    noise = mask_noise(0, torch.arange(2000), 64)
-    hist = torch.histc(noise, bins=10, min=0.0, max=1.0) / noise.numel()
-    assert torch.allclose(hist, torch.full((10,), 0.1), atol=0.01)
+from maws_scale.parallel.distributed import DistInfo
+from maws_scale.parallel.plan import ParallelPlan
+from maws_scale.train.stages import MAEStage, WSPStage
 
 
 def tiny(*overrides: str):
@@ -100,6 +65,10 @@ def test_wsp_loss_and_the_vocabulary_check():
         WSPStage(tiny("stage=wsp", "wsp.num_classes=7"), num_classes=10)
 
 
+def one_process_plan(cfg) -> ParallelPlan:
+    return ParallelPlan(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+
+
 def test_wsp_initialised_from_an_mae_encoder(tmp_path):
     mae_cfg = tiny()
     mae = build_model(mae_cfg)
@@ -107,7 +76,7 @@ def test_wsp_initialised_from_an_mae_encoder(tmp_path):
     torch.save(mae.state_dict(), path)
     stage = WSPStage(tiny("stage=wsp", f"wsp.init_from={path}"), num_classes=10)
     model = stage.build_model()
-    stage.initialize_weights(model, rank=0)
+    stage.initialize_weights(model, one_process_plan(stage.cfg))
     assert torch.equal(model.blocks[0].attn.qkv.weight, mae.blocks[0].attn.qkv.weight)
     assert torch.equal(model.pos_embed, mae.pos_embed) and model.pos_embed.requires_grad
     report = stage.init_report
@@ -117,10 +86,10 @@ def test_wsp_initialised_from_an_mae_encoder(tmp_path):
     torch.save(build_model(tiny("model.name=vit_tiny_p4")).state_dict(), other)
     wrong = WSPStage(tiny("stage=wsp", f"wsp.init_from={other}"), num_classes=10)
     with pytest.raises(ConfigError, match=r"wsp.init_from: .*does not fit vit_micro_p4"):
-        wrong.initialize_weights(wrong.build_model(), rank=0)
+        wrong.initialize_weights(wrong.build_model(), one_process_plan(wrong.cfg))
     missing = WSPStage(tiny("stage=wsp", f"wsp.init_from={tmp_path / 'nope.pt'}"), num_classes=10)
     with pytest.raises(ConfigError, match=r"wsp.init_from"):
-        missing.initialize_weights(missing.build_model(), rank=0)
+        missing.initialize_weights(missing.build_model(), one_process_plan(missing.cfg))
 
 
 def _counted_step_flops(model, stage: str) -> float:

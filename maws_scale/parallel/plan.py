@@ -1,0 +1,278 @@
+"""The one parallel seam: how a run's model is built, split, given its first weights, checkpointed and consolidated.
+
+:func:`make_plan` returns a :class:`ParallelPlan` (data parallel over the whole world, DeepSpeed ZeRO 0-3) or a
+:class:`TensorParallelPlan` (megatron-core TP inside DeepSpeed's data-parallel groups). The training loop and the
+stages talk to the plan only through the methods below and never ask which one they hold; every TP or ZeRO branch of
+the trainer lives here. Order of use (``train/loop.py``)::
+
+    plan = make_plan(cfg, info)                 # process groups (TP: megatron's)
+    blocks = plan.bucket_blocks(meta_model)     # ZeRO bucket sizes, per TP rank
+    model = plan.build(stage.build_model, ds)   # meta → local shard (TP), zero.Init (ZeRO-3), or plain
+    stage.bind(plan); stage.initialize_weights(model, plan)   # criterion; MAE → WSP hand-off via plan.load_state
+    engine = initialize_engine(model, cfg, ds, plan.mpu)
+    ... plan.checkpoint_meta(), plan.checkpoint_files(), plan.consolidate(...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from maws_scale.config import ConfigError, RunConfig
+from maws_scale.parallel.distributed import DistInfo
+from maws_scale.parallel.engine import BlockInfo, model_init_context
+
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StateFn = Callable[[], dict[str, torch.Tensor]]
+
+
+def engine_block_info(model: nn.Module, tp_size: int) -> BlockInfo | None:
+    """The ZeRO bucket-sizing input for a plain (e.g. meta) ``model`` split over ``tp_size`` ranks: its first block,
+    the block and its smallest matrix divided by tp (norm vectors stay whole). None for a model without ``blocks``.
+    The trainer and the planner (``bench/planner.py``) both call this."""
+    if not getattr(model, "blocks", None):
+        return None
+    info = BlockInfo.from_model(model)
+    if tp_size == 1:
+        return info
+    return BlockInfo(
+        info.block_numel // tp_size, info.max_vector_numel, info.min_matrix_numel // tp_size, info.block_class
+    )
+
+
+def is_partitioned(module: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 has partitioned ``module``'s parameters (built under ``zero.Init``)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+def full_numel(module: nn.Module) -> int:
+    """Parameters of ``module`` as this rank holds them, counting ZeRO-3 partitions at full size."""
+    return sum(int(getattr(p, "ds_numel", p.numel())) for p in module.parameters())
+
+
+class ParallelPlan:
+    """Data parallelism over every rank (ZeRO 0-3 inside the DeepSpeed engine); the base of the TP plan."""
+
+    tp_rank = 0
+    tp_size = 1
+    mpu: Any = None
+
+    def __init__(self, cfg: RunConfig, info: DistInfo) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.dp_rank, self.dp_size = info.rank, info.world_size
+        self.model: nn.Module | None = None
+
+    # ----- describing ---------------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        """The layout for the start-up line, e.g. ``dp 4 × tp 2``."""
+        return f"dp {self.dp_size} × tp {self.tp_size}"
+
+    def count_label(self) -> str:
+        """What a parameter count of this rank's model means."""
+        return ""
+
+    def bucket_blocks(self, meta_model: nn.Module) -> BlockInfo | None:
+        """ZeRO bucket sizes from the model built on the meta device (:func:`engine_block_info`)."""
+        return engine_block_info(meta_model, self.tp_size)
+
+    # ----- building -----------------------------------------------------------------------------------------------
+    def build(self, build_model: Callable[..., nn.Module], ds_config: dict[str, Any]) -> nn.Module:
+        """Build the model for this rank: under ``deepspeed.zero.Init`` for ZeRO-3 (partitioned as it is built), plain
+        otherwise; then per-block activation checkpointing. ``build_model(device=None)`` builds the whole model."""
+        with model_init_context(self.cfg, ds_config):
+            model = build_model()
+        return self._finish_build(model)
+
+    def _finish_build(self, model: nn.Module) -> nn.Module:
+        setter = getattr(model, "set_grad_checkpointing", None)
+        if setter is not None:
+            setter(self.cfg.parallel.activation_checkpointing)
+        elif self.cfg.parallel.activation_checkpointing:
+            raise ConfigError(f"parallel.activation_checkpointing: {type(model).__name__} cannot checkpoint per block")
+        self.model = model
+        return model
+
+    def classification_loss(self) -> Criterion:
+        """Soft-target cross-entropy for the WSP head as this plan holds it."""
+        from maws_scale.models.heads import soft_target_cross_entropy
+
+        return soft_target_cross_entropy
+
+    # ----- initial weights ----------------------------------------------------------------------------------------
+    def load_state(self, module: nn.Module, state_fn: StateFn) -> None:
+        """Copy a plain (timm-named) state dict into the built ``module`` (before the engine wraps it).
+
+        ``state_fn`` reads the tensors; for a ZeRO-3 partitioned module it runs on rank 0 only and every parameter is
+        gathered, filled from rank 0 and re-partitioned one at a time. Keys not in ``state`` are left as built."""
+        if is_partitioned(module):
+            _load_partitioned(module, state_fn() if self.info.rank == 0 else None, self.info.rank)
+            return
+        _copy_plain(module, state_fn())
+
+    # ----- resume, checkpoints and consolidation ------------------------------------------------------------------
+    def check_resume(self, path: Path, meta: dict[str, Any]) -> None:
+        """Refuse a checkpoint written at another tensor-parallel size (its shards do not fit this layout)."""
+        saved = int(meta.get("tp_size", 1))
+        if saved != self.tp_size:
+            raise ConfigError(
+                f"checkpoint.resume: {path} was written with parallel.tp={saved}; resume with the same tp "
+                "(consolidate and restart with wsp.init_from to change it)"
+            )
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What every ``step_*`` checkpoint records about the layout (in its ``checkpoint.json``)."""
+        return {"tp_size": self.tp_size}
+
+    def checkpoint_files(self) -> dict[str, str]:
+        """Extra files (name → text) written into every ``step_*`` checkpoint directory by rank 0."""
+        return {}
+
+    def consolidate(self, engine: Any, final: Any, out: Path, meta: dict[str, Any]) -> None:
+        """Write the final weights as one plain fp32 state dict ``out`` (collective: every rank calls it)."""
+        if self.info.is_main:
+            from maws_scale.train.checkpoint import consolidate
+
+            consolidate(final, out, extra_meta=meta)
+
+    def data_parallel_sum(self, value: float) -> float:
+        """``value`` summed over the data-parallel ranks (each data stream counted once)."""
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.info.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(tensor, group=self._data_parallel_group())
+        return float(tensor.item())
+
+    def _data_parallel_group(self) -> Any:
+        return None
+
+
+class TensorParallelPlan(ParallelPlan):
+    """megatron-core tensor parallelism (``parallel.tp`` ranks per group) inside DeepSpeed's data parallelism.
+
+    The model is built on the meta device and materialised directly sharded: each rank allocates only its shard of
+    the split layers (and the replicated rest), initialised exactly as the unsharded model would be."""
+
+    def __init__(self, cfg: RunConfig, info: DistInfo) -> None:
+        super().__init__(cfg, info)
+        from maws_scale.parallel.mpu import init_model_parallel
+
+        cfg.batch_layout(info.world_size)  # refuses a world size tp does not divide, naming parallel.tp
+        self.mpu = init_model_parallel(cfg.parallel.tp)
+        self.tp_size = cfg.parallel.tp
+        self.tp_rank = self.mpu.get_tensor_model_parallel_rank()
+        self.dp_rank = self.mpu.get_data_parallel_rank()
+        self.dp_size = self.mpu.get_data_parallel_world_size()
+
+    def count_label(self) -> str:
+        return " per TP rank"
+
+    def build(self, build_model: Callable[..., nn.Module], ds_config: dict[str, Any]) -> nn.Module:
+        """Meta build, then :func:`~maws_scale.parallel.tensor_parallel.parallelize_vit` materialises the local
+        shard on the device. ZeRO (any stage) partitions it further when the engine wraps it."""
+        from megatron.core import parallel_state as ps
+
+        from maws_scale.parallel.tensor_parallel import parallelize_vit
+
+        model = build_model(device="meta")
+        parallelize_vit(model, ps.get_tensor_model_parallel_group(), device=self.info.device)
+        return self._finish_build(model)
+
+    def classification_loss(self) -> Criterion:
+        """The vocab-parallel soft-target CE (local logits, full targets) when the head is sharded."""
+        from megatron.core import parallel_state as ps
+
+        from maws_scale.parallel.tp_loss import VocabParallelSoftTargetCE
+
+        shards = self._layout().shards
+        if "head.weight" not in shards:
+            return super().classification_loss()  # head kept whole: the plain criterion applies
+        return VocabParallelSoftTargetCE(shards["head.weight"][1][0], ps.get_tensor_model_parallel_group())
+
+    def load_state(self, module: nn.Module, state_fn: StateFn) -> None:
+        """Every rank reads the plain state and keeps its shard of each sharded tensor."""
+        from maws_scale.parallel.tensor_parallel import load_plain_state_dict
+
+        load_plain_state_dict(module, state_fn(), strict=False)
+
+    def _layout(self):
+        if self.model is None:
+            raise RuntimeError("the tensor-parallel plan has no model yet: call build() first")
+        return self.model.tp_layout
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"tp_size": self.tp_size, "tp_layout": True}
+
+    def checkpoint_files(self) -> dict[str, str]:
+        """``tp_layout.json`` in every step checkpoint: ``maws-scale export`` consolidates it offline."""
+        from maws_scale.parallel.tp_layout import LAYOUT_FILE
+
+        return {LAYOUT_FILE: self._layout().to_json()}
+
+    def consolidate(self, engine: Any, final: Any, out: Path, meta: dict[str, Any]) -> None:
+        """The TP shards merged live (collective over the TP group, ZeRO-3 partitions gathered)."""
+        from maws_scale.parallel.tensor_parallel import gather_tensor_parallel_state_dict
+        from maws_scale.train.checkpoint import write_state_dict
+
+        state = gather_tensor_parallel_state_dict(engine.module, dst=0)
+        if self.info.is_main:
+            write_state_dict(
+                state, out, {**meta, "source": str(final.path), "step": final.step, "from": "live TP gather"}
+            )
+
+    def _data_parallel_group(self) -> Any:
+        return self.mpu.get_data_parallel_group()
+
+
+def consolidate_checkpoint(info: Any, out: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Offline, in one process: any ``step_*`` checkpoint (``train.checkpoint.CheckpointInfo``) → one plain fp32
+    state dict ``out`` (+ JSON sidecar). A tensor-parallel checkpoint is merged by the layout saved in it, at
+    whatever TP size it was written; others go through :func:`maws_scale.train.checkpoint.consolidate`."""
+    from maws_scale.parallel.tp_layout import LAYOUT_FILE
+    from maws_scale.train.checkpoint import consolidate, write_state_dict
+
+    if not (info.path / LAYOUT_FILE).is_file():
+        return consolidate(info, out, extra_meta=meta)
+    from maws_scale.parallel.tp_checkpoint import consolidate_deepspeed_checkpoint
+
+    state = consolidate_deepspeed_checkpoint(info.path.parent, tag=info.path.name)
+    return write_state_dict(
+        state, out, {**(meta or {}), "source": str(info.path), "step": info.step, "from": "offline TP merge"}
+    )
+
+
+def make_plan(cfg: RunConfig, info: DistInfo) -> ParallelPlan:
+    """The plan for ``cfg.parallel`` on the world ``info`` describes (TP groups are created here)."""
+    return TensorParallelPlan(cfg, info) if cfg.parallel.tp > 1 else ParallelPlan(cfg, info)
+
+
+# ----- copying plain weights in -----------------------------------------------------------------------------------
+def _copy_plain(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    own = module.state_dict(keep_vars=True)
+    missing = sorted(set(state) - set(own))
+    if missing:
+        raise KeyError(f"{type(module).__name__} has no tensors named {missing[:6]}")
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(own[key].dtype))
+
+
+def _load_partitioned(module: nn.Module, state: dict[str, torch.Tensor] | None, rank: int) -> None:
+    """Copy rank 0's ``state`` into ZeRO-3 partitioned parameters, one parameter gathered at a time."""
+    import deepspeed
+
+    box = [sorted(state) if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    own = dict(module.named_parameters())
+    missing = [name for name in box[0] if name not in own]
+    if missing:
+        raise KeyError(f"{type(module).__name__} has no parameters named {missing[:6]}")
+    for name in box[0]:
+        param = own[name]
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
+            if rank == 0:
+                param.copy_(state[name].to(param.dtype))

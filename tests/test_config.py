@@ -172,7 +172,7 @@ def test_resolved_applies_the_selected_stage(tmp_path: Path) -> None:
 
 
 def test_model_shape_keys_override_the_preset() -> None:
-    from maws_scale.models import build_model
+    from maws_scale.model_config import build_model
 
     cfg = load_config(None, ["model.name=vit_micro_p4", "model.width=48", "model.depth=3", "model.heads=4"])
     assert (cfg.spec.width, cfg.spec.depth, cfg.spec.heads, cfg.spec.patch) == (48, 3, 4, 4)

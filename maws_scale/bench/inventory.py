@@ -88,7 +88,7 @@ def build_inventory(cfg: RunConfig, num_classes: int | None = None, tp: int | No
     """Inventory of ``cfg``'s model for its stage at tensor-parallel size ``tp`` (default ``parallel.tp``).
 
     ``num_classes`` overrides ``wsp.num_classes`` for WSP. Builds the model on the meta device (no memory)."""
-    from maws_scale.models import build_model
+    from maws_scale.model_config import build_model
 
     tp = tp or cfg.parallel.tp
     model = build_model(cfg, num_classes=num_classes, device="meta")

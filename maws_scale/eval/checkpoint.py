@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from maws_scale.model_config import vit_options
 from maws_scale.models import build_encoder
-from maws_scale.models.build import vit_options
 from maws_scale.models.state import adapt_state_dict, load_state_dict_file, to_timm
 
 if TYPE_CHECKING:

@@ -16,7 +16,6 @@ _EXPORTS = {
     "build_encoder": "build",
     "build_mae": "build",
     "build_wsp": "build",
-    "build_model": "build",
     "VisionTransformer": "vit",
     "MaskedAutoencoder": "mae",
     "random_masking": "mae",
@@ -39,7 +38,6 @@ __all__ = [
     "VisionTransformer",
     "build_encoder",
     "build_mae",
-    "build_model",
     "build_wsp",
     "get_spec",
     "random_masking",
@@ -49,7 +47,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from maws_scale.models.attention import resolve_backend
-    from maws_scale.models.build import build_encoder, build_mae, build_model, build_wsp
+    from maws_scale.models.build import build_encoder, build_mae, build_wsp
     from maws_scale.models.heads import soft_target_cross_entropy
     from maws_scale.models.layers import Attention, Block, Mlp
     from maws_scale.models.mae import MaskedAutoencoder, random_masking

@@ -42,7 +42,8 @@ def build_clip_model(cfg: RunConfig, device: str | torch.device | None = None) -
     """The two-tower model of ``cfg.stage``: MAE image tower for mae_clip, locked ViT for lit, plain ViT for clip."""
     from contextlib import nullcontext
 
-    from maws_scale.models.build import build_encoder, build_mae, vit_options
+    from maws_scale.model_config import vit_options
+    from maws_scale.models.build import build_encoder, build_mae
     from maws_scale.models.clip import CLIP
     from maws_scale.models.text import TextTransformer
 

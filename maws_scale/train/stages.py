@@ -78,7 +78,7 @@ class MAEStage(Stage):
     data_stage = "mae"
 
     def build_model(self, device: str | torch.device | None = None) -> nn.Module:
-        from maws_scale.models import build_model
+        from maws_scale.model_config import build_model
 
         return build_model(self.cfg, device=device)
 
@@ -120,7 +120,7 @@ class WSPStage(Stage):
         self.criterion = plan.classification_loss() if plan is not None else None
 
     def build_model(self, device: str | torch.device | None = None) -> nn.Module:
-        from maws_scale.models import build_model
+        from maws_scale.model_config import build_model
 
         return build_model(self.cfg, num_classes=self.num_classes, device=device)
 

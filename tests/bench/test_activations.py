@@ -9,7 +9,8 @@ import torch
 from maws_scale.bench.activations import estimate
 from maws_scale.bench.storage import SavedTensors
 from maws_scale.config import load_config
-from maws_scale.models import build_model, soft_target_cross_entropy
+from maws_scale.model_config import build_model
+from maws_scale.models import soft_target_cross_entropy
 
 BATCH = 4
 CASES = [

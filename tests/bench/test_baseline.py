@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from maws_scale.bench.baseline import MathAttention, build_baseline, run_baseline
 from maws_scale.config import load_config
-from maws_scale.models import build_model
+from maws_scale.model_config import build_model
 
 
 def numel(model: torch.nn.Module) -> int:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from maws_scale.config import load_config
-from maws_scale.models import MaskedAutoencoder, VisionTransformer, build_mae, build_model
+from maws_scale.model_config import build_model
+from maws_scale.models import MaskedAutoencoder, VisionTransformer, build_mae
 from maws_scale.models.handoff import HandoffError, wsp_from_mae
 from maws_scale.models.state import adapt_state_dict, clean_state_dict, resample_pos_embed, to_timm
 

@@ -75,3 +75,20 @@ def test_the_mae_is_composed_not_a_classifier():
     assert pooled.pool(tokens).shape == (2, pooled.embed_dim)
     with pytest.raises(ValueError, match="without pooling"):
         mae.pool(tokens)
+
+
+def test_model_code_never_imports_configs_or_parallel_libraries():
+    """models/ takes model options: no RunConfig, deepspeed or megatron import anywhere in it (parallelism and
+    configs are applied from outside: parallel/plan.py, model_config.py)."""
+    import ast
+    from pathlib import Path
+
+    import maws_scale.models as models
+
+    banned = ("maws_scale.config", "maws_scale.parallel", "maws_scale.train", "deepspeed", "megatron")
+    for path in Path(models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not [n for n in names if n.startswith(banned)], f"{path.name} imports {names}"

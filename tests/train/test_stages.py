@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from maws_scale.config import ConfigError, load_config
-from maws_scale.models import build_model
+from maws_scale.model_config import build_model
 from maws_scale.parallel.distributed import DistInfo
 from maws_scale.parallel.plan import ParallelPlan
 from maws_scale.train.stages import MAEStage, WSPStage

@@ -1,0 +1,64 @@
+"""A RunConfig → the model builders' options (``maws_scale.models.build``), so that model code never reads a config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from maws_scale.config import RunConfig
+from maws_scale.models.build import build_mae, build_wsp
+from maws_scale.models.mae import MaskedAutoencoder
+from maws_scale.models.vit import VisionTransformer
+
+
+def vit_options(cfg: RunConfig) -> dict[str, Any]:
+    """The ViT builder options a config sets (``model.*`` beyond the shape, which is ``cfg.spec``)."""
+    m = cfg.model
+    return dict(
+        img_size=cfg.img_size,
+        in_chans=m.in_chans,
+        pool=m.pool,
+        qkv_bias=m.qkv_bias,
+        qk_norm=m.qk_norm,
+        norm_bias=m.norm_bias,
+        parallel_block=m.parallel_block,
+        drop_path=m.drop_path,
+        attention=m.attention,
+    )
+
+
+def build_model(
+    cfg: RunConfig,
+    num_classes: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.nn.Module:
+    """The model for ``cfg.stage`` from every relevant config field (``model.*``, ``mae.*``, ``wsp.num_classes``).
+    ``num_classes`` overrides ``wsp.num_classes`` (e.g. the vocab size); ``parallel.activation_checkpointing`` too."""
+    m = cfg.model
+    common = vit_options(cfg)
+    if cfg.stage == "mae":
+        common.pop("pool")  # the MAE stage does not pool: no attn_pool parameters that would never train
+        model: VisionTransformer | MaskedAutoencoder = build_mae(
+            cfg.spec,
+            mask_ratio=cfg.mae.mask_ratio,
+            device=device,
+            dtype=dtype,
+            decoder_width=cfg.mae.decoder_width,
+            decoder_depth=cfg.mae.decoder_depth,
+            decoder_heads=cfg.mae.decoder_heads,
+            norm_pix_loss=cfg.mae.norm_pix_loss,
+            kernels=m.kernels,
+            **common,
+        )
+    elif cfg.stage == "wsp":
+        classes = num_classes if num_classes is not None else cfg.wsp.num_classes
+        if classes is None:
+            raise ValueError("wsp.num_classes: not set and no vocabulary size given; set wsp.num_classes")
+        pool = common.pop("pool")
+        model = build_wsp(cfg.spec, classes, pool=pool, device=device, dtype=dtype, **common)
+    else:
+        raise ValueError(f"stage: no model for stage '{cfg.stage}'")
+    model.set_grad_checkpointing(cfg.parallel.activation_checkpointing)
+    return model

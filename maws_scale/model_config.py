@@ -28,6 +28,21 @@ def vit_options(cfg: RunConfig) -> dict[str, Any]:
     )
 
 
+def mae_options(cfg: RunConfig) -> dict[str, Any]:
+    """The MAE builder options a config sets: the encoder's (:func:`vit_options`, pooling included for the mae_clip
+    image tower) plus ``mae.*`` and ``model.kernels``."""
+    mae = cfg.mae
+    return dict(
+        vit_options(cfg),
+        mask_ratio=mae.mask_ratio,
+        decoder_width=mae.decoder_width,
+        decoder_depth=mae.decoder_depth,
+        decoder_heads=mae.decoder_heads,
+        norm_pix_loss=mae.norm_pix_loss,
+        kernels=cfg.model.kernels,
+    )
+
+
 def build_model(
     cfg: RunConfig,
     num_classes: int | None = None,
@@ -36,22 +51,11 @@ def build_model(
 ) -> torch.nn.Module:
     """The model for ``cfg.stage`` from every relevant config field (``model.*``, ``mae.*``, ``wsp.num_classes``).
     ``num_classes`` overrides ``wsp.num_classes`` (e.g. the vocab size); ``parallel.activation_checkpointing`` too."""
-    m = cfg.model
     common = vit_options(cfg)
     if cfg.stage == "mae":
-        common.pop("pool")  # the MAE stage does not pool: no attn_pool parameters that would never train
-        model: VisionTransformer | MaskedAutoencoder = build_mae(
-            cfg.spec,
-            mask_ratio=cfg.mae.mask_ratio,
-            device=device,
-            dtype=dtype,
-            decoder_width=cfg.mae.decoder_width,
-            decoder_depth=cfg.mae.decoder_depth,
-            decoder_heads=cfg.mae.decoder_heads,
-            norm_pix_loss=cfg.mae.norm_pix_loss,
-            kernels=m.kernels,
-            **common,
-        )
+        # the MAE stage does not pool: no attn_pool parameters that would never train
+        options = {**mae_options(cfg), "pool": None}
+        model: VisionTransformer | MaskedAutoencoder = build_mae(cfg.spec, device=device, dtype=dtype, **options)
     elif cfg.stage == "wsp":
         classes = num_classes if num_classes is not None else cfg.wsp.num_classes
         if classes is None:

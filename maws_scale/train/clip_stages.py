@@ -42,27 +42,16 @@ def build_clip_model(cfg: RunConfig, device: str | torch.device | None = None) -
     """The two-tower model of ``cfg.stage``: MAE image tower for mae_clip, locked ViT for lit, plain ViT for clip."""
     from contextlib import nullcontext
 
-    from maws_scale.model_config import vit_options
+    from maws_scale.model_config import mae_options, vit_options
     from maws_scale.models.build import build_encoder, build_mae
     from maws_scale.models.clip import CLIP
     from maws_scale.models.text import TextTransformer
 
-    m = cfg.model
-    common = vit_options(cfg)  # the image tower's shape is cfg.spec, as for MAE/WSP
+    # the image tower's shape is cfg.spec, as for MAE/WSP
     if cfg.stage == "mae_clip":
-        visual = build_mae(
-            cfg.spec,
-            mask_ratio=cfg.mae.mask_ratio,
-            device=device,
-            decoder_width=cfg.mae.decoder_width,
-            decoder_depth=cfg.mae.decoder_depth,
-            decoder_heads=cfg.mae.decoder_heads,
-            norm_pix_loss=cfg.mae.norm_pix_loss,
-            kernels=m.kernels,
-            **common,
-        )
+        visual = build_mae(cfg.spec, device=device, **mae_options(cfg))
     else:
-        visual = build_encoder(cfg.spec, device=device, **common)
+        visual = build_encoder(cfg.spec, device=device, **vit_options(cfg))
     vocab, context = text_shape(cfg)
     spec = text_spec(cfg)
     with torch.device(device) if device is not None else nullcontext():

@@ -87,6 +87,23 @@ def test_the_loop_logs_the_stage_metrics_that_make_up_the_loss(world, captioned,
     assert [row["mae_loss"] for row in rows] == [v for _, v in series["mae_loss"]]
 
 
+@pytest.mark.dist
+def test_stage_metrics_of_two_ranks_equal_one_rank(captioned, tmp_path):
+    from dist_support import FP16_FLAG, run_torchrun
+
+    worker = Path(__file__).with_name("dist_worker.py")
+    rows = {}
+    for nproc, micro in ((1, 16), (2, 8)):  # the same global batch of 16 pairs: one contrastive batch
+        out = tmp_path / f"ranks{nproc}"
+        overrides = [*TINY, f"data.path={captioned / 'train'}", f"output_dir={out}", "stage=mae_clip"]
+        run = ",".join([*overrides, f"train.micro_batch={micro}", "clip.mae_weight=2.0"])
+        run_torchrun(worker, nproc, [str(tmp_path / f"result{nproc}.json"), run], env={FP16_FLAG: "0"}, timeout=240)
+        rows[nproc] = [json.loads(x) for x in (out / "mae_clip" / "metrics.jsonl").read_text().splitlines()]
+    for one, two in zip(rows[1], rows[2], strict=True):
+        for key in ("loss", "clip_loss", "mae_loss", "logit_scale", "clip_acc"):
+            assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), (one["step"], key)
+
+
 def test_lit_keeps_the_loaded_image_tower_locked(world, captioned, tmp_path):
     from maws_scale.models import build_mae
 

@@ -128,6 +128,7 @@ class Trainer:
         self.hooks = StepHooks()  # the step's phases, observable (bench/profile.py) without patching anything
         self.losses: list[float] = []
         self.history: list[tuple[int, float]] = []
+        self.stage_sums: dict[str, torch.Tensor] = {}  # the last step's extra stage metrics, summed over micro-batches
         self._unconfirmed: Path | None = None  # the last checkpoint saved or loaded, until a finite step follows it
         # data wait and ETA (reset when the loop starts; bench drives train_step without it)
         self.data_wait, self._clock, self._start_step, self._last_log = 0.0, time.perf_counter(), 0, None
@@ -360,11 +361,14 @@ class Trainer:
         engine, device, hooks = self.engine, self.info.device, self.hooks
         set_lr(engine, self.schedule.lr(self.step))
         window = torch.zeros(2, dtype=torch.float64, device=device)
+        self.stage_sums = {}
         for micro in range(self.accum):
             waited = time.perf_counter()
             batch = next(batches)
             self.data_wait += time.perf_counter() - waited
-            loss, _ = hooks.run("forward", self.stage.loss, engine, batch, device, self.dtype)
+            loss, extra = hooks.run("forward", self.stage.loss, engine, batch, device, self.dtype)
+            for name, value in extra.items():  # stays on the device; read on log steps (:meth:`_stage_metrics`)
+                self.stage_sums[name] = self.stage_sums.get(name, 0.0) + value.detach().double()
             finite = torch.isfinite(loss.detach())
             window += torch.stack([torch.where(finite, loss.detach(), 0.0).double(), (~finite).double()])
             # = loss when finite; a bad window is skipped
@@ -413,6 +417,7 @@ class Trainer:
                 norm = global_grad_norm(self.engine, self.guard)  # a device read: log steps only
                 if norm is not None:
                     metrics["grad_norm"] = norm
+                metrics.update(self._stage_metrics())
                 metrics.update(self._periodic_metrics())
                 self._print(metrics)
             self._record(metrics)
@@ -456,6 +461,16 @@ class Trainer:
         eta = (now - self._clock) / done * (self.total_steps - self.step) if done else float("nan")
         return {"data_wait_pct": wait, "eta_s": eta}
 
+    def _stage_metrics(self) -> dict[str, float]:
+        """The stage's extra metrics of the last step (e.g. clip_loss, mae_loss, logit_scale): mean over micro-batches
+        and ranks, as the loss; one collective and one read, on log steps only."""
+        names = sorted(self.stage_sums)
+        if not names:
+            return {}
+        sums = _all_reduce(torch.stack([self.stage_sums[k].reshape(()) for k in names]))
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        return dict(zip(names, (sums / (world * self.accum)).tolist(), strict=True))
+
     def _periodic_metrics(self) -> dict[str, float]:
         self._bad_reasons = self.loader.error_counts()
         bad = self.plan.data_parallel_sum(sum(self._bad_reasons.values()))  # each data stream counted once
@@ -494,6 +509,7 @@ class Trainer:
         ]
         if "grad_norm" in m:
             parts.append(f"gnorm {m['grad_norm']:.3f}")
+        parts += [f"{name} {m[name]:.4f}" for name in sorted(self.stage_sums) if name in m]
         parts += [
             f"{m['images_per_s']:.1f} img/s",
             f"{m['tokens_per_s'] / 1e3:.1f}k tok/s",

@@ -66,6 +66,44 @@ def test_mae_clip_adds_the_reconstruction_loss(world, captioned, tmp_path):
     assert "visual.decoder_pred.weight" in state and "visual.mask_token" in state
 
 
+def test_the_loop_logs_the_stage_metrics_that_make_up_the_loss(world, captioned, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    weights = ("clip.clip_weight=0.5", "clip.mae_weight=2.0")
+    cfg = config(captioned, tmp_path, "stage=mae_clip", "train.micro_batch=8", "tracking.enabled=true", *weights)
+    train_stage(cfg, world)  # 2 micro-batches per step: each metric is their mean, as the loss
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    series = {
+        name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"train/{name}")]
+        for name in ("loss", "clip_loss", "mae_loss", "logit_scale", "clip_acc")
+    }
+    assert all([step for step, _ in values] == [1, 2, 3] for values in series.values()), series
+    for (_, loss), (_, clip), (_, mae) in zip(series["loss"], series["clip_loss"], series["mae_loss"], strict=True):
+        assert loss == pytest.approx(0.5 * clip + 2.0 * mae, rel=1e-6)
+        assert clip > 1.0 and mae > 0.1  # InfoNCE over 16 pairs starts near ln 16; norm-pix MSE near 1
+    assert series["logit_scale"][0][1] == pytest.approx(1 / 0.07, rel=1e-5)  # step 1 forwards the initial scale
+    rows = [json.loads(x) for x in (tmp_path / "mae_clip" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["mae_loss"] for row in rows] == [v for _, v in series["mae_loss"]]
+
+
+@pytest.mark.dist
+def test_stage_metrics_of_two_ranks_equal_one_rank(captioned, tmp_path):
+    from dist_support import FP16_FLAG, run_torchrun
+
+    worker = Path(__file__).with_name("dist_worker.py")
+    rows = {}
+    for nproc, micro in ((1, 16), (2, 8)):  # the same global batch of 16 pairs: one contrastive batch
+        out = tmp_path / f"ranks{nproc}"
+        overrides = [*TINY, f"data.path={captioned / 'train'}", f"output_dir={out}", "stage=mae_clip"]
+        run = ",".join([*overrides, f"train.micro_batch={micro}", "clip.mae_weight=2.0"])
+        run_torchrun(worker, nproc, [str(tmp_path / f"result{nproc}.json"), run], env={FP16_FLAG: "0"}, timeout=240)
+        rows[nproc] = [json.loads(x) for x in (out / "mae_clip" / "metrics.jsonl").read_text().splitlines()]
+    for one, two in zip(rows[1], rows[2], strict=True):
+        for key in ("loss", "clip_loss", "mae_loss", "logit_scale", "clip_acc"):
+            assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), (one["step"], key)
+
+
 def test_lit_keeps_the_loaded_image_tower_locked(world, captioned, tmp_path):
     from maws_scale.models import build_mae
 

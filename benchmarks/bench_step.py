@@ -138,7 +138,7 @@ def gpu_cases(nproc: int, num_classes: int, patterns: list[str] | None = None) -
                 targets["mfu"] = 0.50 if stage == "mae" else 0.55
             cases.append(
                 Case(
-                    f"{model} {stage.upper()} zero{lay.zero_stage} ckpt={'on' if lay.checkpointing else 'off'}",
+                    f"{model} {stage.upper()} zero{lay.zero_stage} ckpt={lay.checkpointing}",
                     [
                         f"model.name={model}",
                         f"stage={stage}",

@@ -71,7 +71,7 @@ def _pct(value: float | None) -> str:
 def print_summary(console: Console, s: dict) -> None:
     console.print(
         f"[bold]{s['model']}[/] {s['stage']} on {s['world_size']} × {s['device']}: zero {s['zero_stage']}, "
-        f"tp {s['tp']}, {s['precision']}, checkpointing {'on' if s['activation_checkpointing'] else 'off'}, "
+        f"tp {s['tp']}, {s['precision']}, checkpointing {s['activation_checkpointing']}, "
         f"micro {s['micro_batch']} × accum {s['grad_accum']} × dp {s['dp']} = {s['global_batch']}, "
         f"{s['steps']} timed steps after {s['warmup']}, data: {s['data']}"
     )

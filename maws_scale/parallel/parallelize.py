@@ -59,6 +59,6 @@ def parallelize(model: nn.Module, cfg: RunConfig, info: DistInfo) -> Any:
         )
     if hasattr(plan.model, "set_grad_checkpointing"):
         plan.model.set_grad_checkpointing(cfg.parallel.activation_checkpointing)
-    elif cfg.parallel.activation_checkpointing:
+    elif cfg.parallel.activation_checkpointing != "none":
         raise TypeError(f"parallel.activation_checkpointing: {type(plan.model).__name__} cannot checkpoint per block")
     return plan

@@ -105,7 +105,7 @@ def print_summary(console: Console, s: dict) -> None:
         per_dev = base["images_per_s_per_device"]
         tflops = per_dev * s["flops_per_sample"] / 1e12
         peak = s["peak_tflops_datasheet"]
-        mem = base["peak_mem_bytes"]
+        mem = base.get("peak_mem_bytes")  # not measured: the two sides are resident together
         table.add_row(
             "baseline",
             f"{per_dev * world:,.2f}",

@@ -87,6 +87,7 @@ class Hardware:
     cpu_adam_rate: float = 1.0e9
     host_mem: int | None = None
     hbm_gbps: float = 3350.0
+    device_type: str = "cuda"  # the DeepSpeed settings that depend on the device (buckets) follow it
 
     @property
     def usable(self) -> int:
@@ -269,11 +270,11 @@ def inventory_for(cfg: RunConfig, num_classes: int | None, tp: int) -> Inventory
     return _inventory_cached(base.model_dump_json(), num_classes, tp)
 
 
-def zero_settings(cfg: RunConfig, dp: int, plain: Inventory) -> ZeroSettings:
-    """The DeepSpeed settings the engine would use for ``cfg`` on ``dp`` data-parallel ranks."""
+def zero_settings(cfg: RunConfig, dp: int, plain: Inventory, device: str = "cuda") -> ZeroSettings:
+    """The DeepSpeed settings the engine would use for ``cfg`` on ``dp`` data-parallel ranks of ``device``."""
     per_step = cfg.train.micro_batch * dp
     accum = max(1, cfg.train.global_batch // per_step)
-    ds = build_ds_config(cfg, dp, accum, engine_block_info(plain, cfg.parallel.tp))
+    ds = build_ds_config(cfg, dp, accum, engine_block_info(plain, cfg.parallel.tp), device=device)
     return ZeroSettings.from_ds_config(ds, zero_init=cfg.parallel.tp == 1)  # parallel.engine.model_init_context
 
 
@@ -318,7 +319,7 @@ def plan_layout(
         )
     plain = inventory_for(lcfg, classes, 1)
     inv = plain if tp == 1 else inventory_for(lcfg, classes, tp)
-    zs = zero_settings(lcfg, dp, plain)
+    zs = zero_settings(lcfg, dp, plain, hw.device_type)
     states = model_state_bytes(inv.groups(), inv.frozen, dp, zs)
     act = estimate(lcfg, classes, tp=tp, fused_kernels=fused_kernels)
 

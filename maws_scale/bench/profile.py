@@ -378,7 +378,9 @@ def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: Bench
     num_classes = getattr(trainer.stage, "num_classes", None)
     plan = plan_layout(
         cfg,
-        Hardware(gpus=world, gpu_mem=total_mem, reserve=0, peak_tflops=float(datasheet or 1.0)),
+        Hardware(
+            gpus=world, gpu_mem=total_mem, reserve=0, peak_tflops=float(datasheet or 1.0), device_type=device.type
+        ),
         num_classes=num_classes,
         fused_kernels=kernels.triton_available(device),
     )

@@ -5,12 +5,16 @@
     .venv/bin/python benchmarks/bench_step.py --suite gpu --cases "vit_2b14 MAE" --no-baseline --repeat 1
 
 Each case runs ``maws-scale bench ... --baseline --json`` in a fresh process (under torchrun for ``--nproc`` > 1 or a
-multi-rank case), ``--repeat`` times; the row is the repeat with the median img/s. Prints a table and rewrites the
+multi-rank case), ``--repeat`` times; the row is the repeat with the median ratio to the baseline (median img/s
+without one). Prints a table and rewrites the
 JSON after every case; a failing case is reported with the tail of its stderr (in the JSON's ``failed``) and the
 others still run (exit 1). ``--cases`` selects cases by name, ``--no-baseline`` skips the baseline.
 
-- ``cpu``: tiny models on this 2-core machine (bf16, ZeRO-2 / ZeRO-3 on 2 ranks). The CPU is shared, so the wall-clock
-  ratio is noisy; the ratio of process CPU time per image is reported beside it.
+- ``cpu``: vit_tiny_p8 on this 2-core machine: fp32 MAE and WSP at ZeRO-0/1/2 on one rank (the step ratio of #15),
+  bf16 ZeRO-2, bf16 ZeRO-3 on 2 ranks. Inside each process ours and the plain loop (same model class, loss, optimizer,
+  batches) run interleaved step by step after 25 warm-up steps (``maws-scale bench --baseline``); the row is the
+  repeat with the median ratio. The CPU is shared: the ratio of process CPU time per step is reported beside the
+  wall-clock one, and the load average with each.
 - ``gpu``: the issue's cases — vit_l16, vit_h14, vit_2b14 MAE and WSP at the largest micro-batch the planner says fits
   the device (ZeRO-1, no TP or offload, checkpointing as the planner prefers; the largest power of two at or below
   its micro-batch), and vit_6.5b14 MAE with ZeRO-3 + optimizer offload — with the
@@ -44,55 +48,28 @@ class Case:
 
 
 def cpu_cases() -> list[Case]:
-    common = ["optim.impl=torch", "parallel.precision=bf16", "tracking.enabled=false"]
-    return [
-        Case(
-            "vit_tiny_p8 MAE zero2",
-            [
-                "model.name=vit_tiny_p8",
-                "stage=mae",
-                "parallel.zero_stage=2",
-                "train.global_batch=32",
-                "train.micro_batch=16",
-                *common,
-            ],
-        ),
-        Case(
-            "vit_tiny_p8 WSP zero2",
-            [
-                "model.name=vit_tiny_p8",
-                "stage=wsp",
-                "wsp.num_classes=1000",
-                "parallel.zero_stage=2",
-                "train.global_batch=32",
-                "train.micro_batch=16",
-                *common,
-            ],
-        ),
-        Case(
-            "vit_small_p8 MAE zero2",
-            [
-                "model.name=vit_small_p8",
-                "stage=mae",
-                "parallel.zero_stage=2",
-                "train.global_batch=32",
-                "train.micro_batch=16",
-                *common,
-            ],
-        ),
-        Case(
-            "vit_tiny_p8 MAE zero3 ×2 ranks",
-            [
-                "model.name=vit_tiny_p8",
-                "stage=mae",
-                "parallel.zero_stage=3",
-                "train.global_batch=32",
-                "train.micro_batch=16",
-                *common,
-            ],
-            nproc=2,
-        ),
-    ]
+    """The step ratio of #15: fp32, ZeRO-0/1/2, one rank, MAE and WSP; then bf16 ZeRO-2 and ZeRO-3 on 2 ranks."""
+    common = ["optim.impl=torch", "tracking.enabled=false", "train.global_batch=16", "train.micro_batch=16"]
+    cases = []
+    for stage in ("mae", "wsp"):
+        for zero in (0, 1, 2):
+            cases.append(
+                Case(
+                    f"vit_tiny_p8 {stage.upper()} fp32 zero{zero}",
+                    [
+                        "model.name=vit_tiny_p8",
+                        f"stage={stage}",
+                        "wsp.num_classes=1000",
+                        "parallel.precision=fp32",
+                        f"parallel.zero_stage={zero}",
+                        *common,
+                    ],
+                )
+            )
+    bf16 = ["model.name=vit_tiny_p8", "stage=mae", "parallel.precision=bf16", *common]
+    cases.append(Case("vit_tiny_p8 MAE bf16 zero2", [*bf16, "parallel.zero_stage=2"]))
+    cases.append(Case("vit_tiny_p8 MAE bf16 zero3 ×2 ranks", [*bf16, "parallel.zero_stage=3"], nproc=2))
+    return cases
 
 
 def selected(name: str, patterns: list[str] | None) -> bool:
@@ -138,7 +115,7 @@ def gpu_cases(nproc: int, num_classes: int, patterns: list[str] | None = None) -
                 targets["mfu"] = 0.50 if stage == "mae" else 0.55
             cases.append(
                 Case(
-                    f"{model} {stage.upper()} zero{lay.zero_stage} ckpt={'on' if lay.checkpointing else 'off'}",
+                    f"{model} {stage.upper()} zero{lay.zero_stage} ckpt={lay.checkpointing}",
                     [
                         f"model.name={model}",
                         f"stage={stage}",
@@ -239,6 +216,8 @@ def row(case: Case, result: dict) -> dict:
         "baseline_images_per_s": base.get("images_per_s_per_device", 0.0) * result["world_size"],
         "speedup": base.get("speedup"),
         "speedup_cpu_time": base.get("speedup_cpu_time"),
+        "speedups_over_repeats": None,
+        "load_average": result.get("load_average"),
         "peak_mem_gib": result["peak_mem_bytes"] / 2**30,
         "planner_error_pct": result["planner_error_pct"],
         "targets": case.targets,
@@ -255,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--nproc", type=int, default=1, help="GPUs per case for the gpu suite")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (cpu 3, gpu 20)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (cpu 1, gpu 5)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 25)")
     parser.add_argument("--num-classes", type=int, default=WSP_CLASSES)
     parser.add_argument("--cases", default=None, help="comma-separated name patterns, e.g. 'vit_2b14 MAE'")
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain-PyTorch baseline run")
@@ -276,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         print(f"--cases {args.cases!r} selects no case of the {args.suite} suite", file=sys.stderr)
         return 2
-    steps = args.steps or (3 if args.suite == "cpu" else 20)
-    warmup = args.warmup if args.warmup is not None else (1 if args.suite == "cpu" else 5)
+    steps = args.steps or 20
+    warmup = args.warmup if args.warmup is not None else 25
     # one thread per process on the shared CPU machine: idle OpenMP workers spinning against other load cost more
     # than a second core gains (measured: several times slower steps with 2 threads under load)
     threads = 1 if args.suite == "cpu" else None
@@ -309,16 +288,20 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(out, meta, rows, raw, failed)
                 continue
             raw.append({"case": case.name, "overrides": case.overrides, "nproc": case.nproc, "results": results})
-            median = statistics.median_low([r["images_per_s"] for r in results])
-            chosen = next(r for r in results if r["images_per_s"] == median)
+            key = (lambda r: r["baseline"]["speedup"]) if not args.no_baseline else (lambda r: r["images_per_s"])
+            median = statistics.median_low([key(r) for r in results])
+            chosen = next(r for r in results if key(r) == median)
             rows.append(row(case, chosen))
             r = rows[-1]
+            if not args.no_baseline:
+                r["speedups_over_repeats"] = [x["baseline"]["speedup"] for x in results]
             print(
                 f"{r['case']:<48} micro {r['micro_batch']:>4}  {r['images_per_s']:>10.2f} img/s  "
                 f"MFU {fmt(r['mfu'], '.1%'):>6} (device peak {fmt(r['mfu_measured_peak'], '.1%')})  "
                 f"baseline {r['baseline_images_per_s']:>10.2f} img/s  speed-up {fmt(r['speedup'], '.2f')}× "
                 f"(CPU time {fmt(r['speedup_cpu_time'], '.2f')}×)  peak {r['peak_mem_gib']:.3f} GiB "
-                f"(planner {r['planner_error_pct']:+.0f}%)  {r['meets_targets'] or ''}",
+                f"(planner {r['planner_error_pct']:+.0f}%)  load {fmt((r['load_average'] or [None])[0], '.1f')}  "
+                f"{r['meets_targets'] or ''}",
                 flush=True,
             )
             write_json(out, meta, rows, raw, failed)  # after every case: a killed run keeps what it measured

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from maws_scale.models.checkpointing import parse_mode as parse_checkpointing
 from maws_scale.models.registry import MODELS, UnknownModelError, ViTSpec, get_spec
 
 
@@ -159,7 +160,11 @@ class ParallelConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 1
     offload: Literal["none", "optimizer", "all"] = "none"
     tp: int = Field(1, gt=0)
-    activation_checkpointing: bool = False
+    activation_checkpointing: str = Field(
+        "none",
+        description="none | full | every_k:<k> | selective_op (true/false = full/none); "
+        "see maws_scale.models.checkpointing",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     grad_accum_dtype: Literal["fp32", "model"] = Field(
         "fp32", description="dtype gradients accumulate in under bf16/fp16 (model = that dtype; ZeRO-0 needs model)"
@@ -170,6 +175,11 @@ class ParallelConfig(_Section):
     )
     ds_config: str | None = Field(None, description="DeepSpeed template; default ds_configs/zero<stage>.json")
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_mode(cls, value: Any) -> str:
+        return parse_checkpointing(value)
 
 
 class TrackingConfig(_Section):

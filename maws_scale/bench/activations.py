@@ -17,7 +17,13 @@ and prediction; MAE's masking and loss depend on the kernels: the fused Triton o
 prediction, the torch reference ops also keep the gather sources (L·w·a, L·w_dec·a) and an fp32 squared error
 (4·L·p²C); for WSP the normed tokens the pooled feature is a view of, and the fp32 soft-target cross-entropy
 (log-softmax output and the fp32 targets, 8·K/t). With activation checkpointing (per block, non-reentrant) each
-block keeps only its input (T·w·a) and one block's activations are alive again while it is recomputed in backward.
+checkpointed block keeps only its input (T·w·a) and one block's activations are alive again while it is recomputed
+in backward; which blocks are checkpointed comes from :func:`maws_scale.models.checkpointing.checkpointed_blocks`
+(the rule the model runs). ``selective_op`` keeps, besides the input, the outputs of the matmuls and the attention
+op: qkv (3w/t), attention (w/t, + the fused log-sum-exp, or math attention's scores H/t·T in the model dtype), fc1
+(m/t), and proj and fc2 (w each: a row-parallel output is whole before its all-reduce): (3w + (4w + m)/t)·a per
+token at TP t, 11·w·a at m = 4w, t = 1 (vs 16·w·a without checkpointing); it recomputes the norms, GELU and the
+residual adds, no matmul.
 The MAE decoder is tensor-parallel when tp divides its heads and MLP width. Validated on CPU against
 ``saved_tensors_hooks`` accounting of the real model (tests/bench/test_activations.py).
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from maws_scale.config import RunConfig
+from maws_scale.models.checkpointing import checkpointed_blocks, parse_mode
 
 LN_STATS = 8  # mean + rstd per token, fp32
 
@@ -55,6 +62,22 @@ def block_bytes_per_token(s: BlockShape, act_bytes: int, attention: str, paralle
     return replicated + split
 
 
+def selective_bytes_per_token(s: BlockShape, act_bytes: int, attention: str) -> float:
+    """Bytes one block checkpointed with ``selective_op`` keeps per token: its input and the matmul / attention
+    outputs (see the module docstring)."""
+    w, t, a = s.width, s.tp, act_bytes
+    heads = s.heads / t
+    kept = 3 * w * a + (3 * w + w + s.mlp) * a / t  # input, proj and fc2 outputs; qkv, attention and fc1 outputs
+    return kept + (heads * s.tokens * a if attention == "math" else 4 * heads)
+
+
+def recompute_bytes_per_token(s: BlockShape, act_bytes: int) -> float:
+    """Memory traffic of what ``selective_op`` recomputes per token (two norms, GELU, two residual adds: read and
+    write); the speed model charges it at HBM bandwidth."""
+    w, a = s.width, act_bytes
+    return a * (2 * w + 2 * w + 2 * s.mlp / s.tp + 2 * 3 * w)
+
+
 def block_bytes(s: BlockShape, act_bytes: int, attention: str, parallel: bool = False, qk_norm: bool = False) -> float:
     return s.tokens * block_bytes_per_token(s, act_bytes, attention, parallel, qk_norm)
 
@@ -62,13 +85,17 @@ def block_bytes(s: BlockShape, act_bytes: int, attention: str, parallel: bool = 
 @dataclass(frozen=True)
 class ActivationEstimate:
     """Bytes per sample: ``blocks`` (all transformer blocks), ``other`` (embedding, norms, head, loss), and
-    ``recompute`` (one block's activations alive again under checkpointing; counted once per micro-batch)."""
+    ``recompute`` (one block's activations alive again under checkpointing; counted once per micro-batch).
+    ``recomputed``: per stack (encoder, decoder), the share of its blocks' forward matmuls run again in backward;
+    ``recompute_traffic``: bytes per sample of elementwise work run again (``selective_op``)."""
 
     blocks: float
     other: float
     recompute: float
     tokens_encoder: int
     tokens_decoder: int
+    recomputed: tuple[float, float] = (0.0, 0.0)
+    recompute_traffic: float = 0.0
 
     @property
     def per_sample(self) -> float:
@@ -83,7 +110,7 @@ def estimate(
     cfg: RunConfig,
     num_classes: int | None = None,
     tp: int | None = None,
-    checkpointing: bool | None = None,
+    checkpointing: bool | str | None = None,
     fused_kernels: bool = True,
 ) -> ActivationEstimate:
     """Activation bytes per sample for ``cfg`` (its stage, precision, attention, pooling) at TP ``tp``.
@@ -92,7 +119,7 @@ def estimate(
     ``model.kernels`` auto | triton) or the torch reference ops (CPU, or ``model.kernels=torch``)."""
     spec = cfg.spec
     tp = tp or cfg.parallel.tp
-    ckpt = cfg.parallel.activation_checkpointing if checkpointing is None else checkpointing
+    mode = parse_mode(cfg.parallel.activation_checkpointing if checkpointing is None else checkpointing)
     a = 4 if cfg.parallel.precision == "fp32" else 2
     attn = _attention_kind(cfg)
     par, qkn = cfg.model.parallel_block, cfg.model.qk_norm
@@ -127,15 +154,21 @@ def estimate(
         classes = num_classes if num_classes is not None else (cfg.wsp.num_classes or 0)
         other += 8 * -(-classes // tp)  # fp32 log-softmax output + fp32 targets, vocab-parallel
 
-    blocks = recompute = 0.0
-    for depth, shape in stacks:
+    blocks = recompute = traffic = 0.0
+    shares = [0.0, 0.0]
+    for i, (depth, shape) in enumerate(stacks):
         full = block_bytes(shape, a, attn, par, qkn)
-        if ckpt:
-            blocks += depth * shape.tokens * shape.width * a
-            recompute = max(recompute, full)
+        n = sum(checkpointed_blocks(mode, depth))
+        if mode == "selective_op":
+            kept = shape.tokens * selective_bytes_per_token(shape, a, attn)
+            traffic += n * shape.tokens * recompute_bytes_per_token(shape, a)
         else:
-            blocks += depth * full
-    return ActivationEstimate(blocks, other, recompute, enc_tokens, dec_tokens)
+            kept = shape.tokens * shape.width * a
+            shares[i] = n / depth if depth else 0.0
+        blocks += n * kept + (depth - n) * full
+        if n:
+            recompute = max(recompute, full)
+    return ActivationEstimate(blocks, other, recompute, enc_tokens, dec_tokens, (shares[0], shares[1]), traffic)
 
 
 def _pool_bytes(pool: str, tokens: int, width: int, mlp: int, a: int) -> float:

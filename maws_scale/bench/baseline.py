@@ -1,242 +1,111 @@
-"""The plain-PyTorch baseline ``maws-scale bench --baseline`` runs beside our stack, in the same process.
+"""The plain-PyTorch loop ``maws-scale bench --baseline`` times beside our stack, step by step in the same process.
 
-A timm-style ViT written the straightforward way: standard (math) attention — softmax(q·kᵀ/√d)·v as separate ops —,
-MAE masking and unmasking as separate argsort / gather / cat / gather ops and the norm-pix loss in plain tensor ops,
-``torch.optim.AdamW`` (default implementation), mixed precision by ``torch.autocast`` (fp32 weights), no DeepSpeed,
-no fused kernels, no tensor parallelism. When ``timm`` is importable (the lent GPU machine has it), timm's own
-``VisionTransformer`` is the encoder instead (its defaults, fused attention where timm enables it); the MAE masking,
-decoder and loss around it stay ours-unfused. Shapes come from the registry, so both sides run the same model.
+Same model (the stage's own ``build_model``: our class, attention backend, kernels and checkpointing mode), same
+batches, same loss (the stage's ``loss``), same optimizer (:func:`maws_scale.parallel.engine.build_optimizer`, same
+parameter groups and implementation), fp32 weights with ``torch.autocast`` for bf16 / fp16. What it leaves out is
+what our step adds: DeepSpeed (ZeRO partitioning, gradient buckets, its mixed-precision optimizer), the skip guard,
+the LR schedule, the loss reductions. Several ranks: ``DistributedDataParallel`` (``no_sync`` on all but the last
+micro-batch), the plain way to train data-parallel.
+
+:func:`interleave` runs two step functions A/B alternately, step by step (ABBA order, so neither always goes first),
+after an interleaved warm-up: load on a shared machine and a process warming up hit both sides alike.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch import nn
 
 from maws_scale.config import RunConfig
 
-
-def timm_available() -> bool:
-    return importlib.util.find_spec("timm") is not None
+ENCODER = "the stage's model ({name}), plain PyTorch loop (AdamW of build_optimizer, autocast for 16-bit)"
 
 
-class MathAttention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+class PlainLoop:
+    """One optimizer step per :meth:`step` of the stage's model in a plain PyTorch loop (see the module docstring)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attn = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
-        attn = attn.softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, t, d))
+    def __init__(self, cfg: RunConfig, stage: Any, batches: list[dict], accum: int, device: torch.device) -> None:
+        from maws_scale.parallel.engine import build_optimizer
 
+        torch.manual_seed(cfg.seed)
+        self.stage, self.accum, self.device = stage, accum, device
+        self.model: nn.Module = stage.build_model(device=device).to(device=device, dtype=torch.float32)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.net: nn.Module = self.model
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.model)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.parallel.precision)
+        self.amp = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
+        self.batches = batches
+        self.index = 0
+        self.last_loss: torch.Tensor | None = None
 
-class PlainBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = MathAttention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+    def _next(self) -> dict:
+        batch = self.batches[self.index % len(self.batches)]
+        self.index += 1
+        return batch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class PlainViT(nn.Module):
-    """timm's layout (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks``, ``norm``, ``head``)."""
-
-    def __init__(self, img: int, patch: int, dim: int, depth: int, heads: int, mlp: int, classes: int) -> None:
-        super().__init__()
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, dim, patch, stride=patch)
-        n = (img // patch) ** 2
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
-        self.blocks = nn.Sequential(*[PlainBlock(dim, heads, mlp) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, classes) if classes else nn.Identity()
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.patch_embed.proj(images).flatten(2).transpose(1, 2)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.embed(images)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.head(self.norm(self.blocks(x))[:, 0])
-
-
-def _timm_encoder(cfg: RunConfig, classes: int) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    s = cfg.spec
-    return VisionTransformer(
-        img_size=cfg.img_size,
-        patch_size=s.patch,
-        embed_dim=s.width,
-        depth=s.depth,
-        num_heads=s.heads,
-        mlp_ratio=s.mlp_ratio,
-        num_classes=classes,
-        global_pool="token",
-    )
-
-
-class PlainMAE(nn.Module):
-    """MAE around a timm-layout encoder, every step a separate op: random masking by argsort, gather of the visible
-    tokens, cat of mask tokens, gather back to image order, decoder, per-patch normalised MSE on masked patches."""
-
-    def __init__(self, encoder: nn.Module, cfg: RunConfig) -> None:
-        super().__init__()
-        s = cfg.spec
-        dw = cfg.mae.decoder_width or s.decoder_width
-        dd = cfg.mae.decoder_depth or s.decoder_depth
-        dh = cfg.mae.decoder_heads or s.decoder_heads
-        self.encoder, self.patch, self.mask_ratio = encoder, s.patch, cfg.mae.mask_ratio
-        n = (cfg.img_size // s.patch) ** 2
-        self.decoder_embed = nn.Linear(s.width, dw)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dw))
-        self.decoder_pos_embed = nn.Parameter(torch.randn(1, n + 1, dw) * 0.02, requires_grad=False)
-        self.decoder_blocks = nn.Sequential(*[PlainBlock(dw, dh, int(dw * s.mlp_ratio)) for _ in range(dd)])
-        self.decoder_norm = nn.LayerNorm(dw, eps=1e-6)
-        self.decoder_pred = nn.Linear(dw, s.patch**2 * 3)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        enc = self.encoder
-        x = enc.patch_embed.proj(images).flatten(2).transpose(1, 2) + enc.pos_embed[:, 1:]
-        b, n, d = x.shape
-        keep = int(n * (1 - self.mask_ratio))
-        shuffle = torch.argsort(torch.rand(b, n, device=x.device), dim=1)
-        restore = torch.argsort(shuffle, dim=1)
-        x = torch.gather(x, 1, shuffle[:, :keep, None].expand(-1, -1, d))
-        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(b, -1, -1)
-        x = enc.norm(enc.blocks(torch.cat([cls, x], dim=1)))
-        x = self.decoder_embed(x)
-        masked = self.mask_token.expand(b, n - keep, -1)
-        y = torch.cat([x[:, 1:], masked], dim=1)
-        y = torch.gather(y, 1, restore[:, :, None].expand(-1, -1, y.shape[-1]))
-        y = torch.cat([x[:, :1], y], dim=1) + self.decoder_pos_embed
-        pred = self.decoder_pred(self.decoder_norm(self.decoder_blocks(y)))[:, 1:]
-        mask = torch.ones(b, n, device=x.device)
-        mask[:, :keep] = 0
-        mask = torch.gather(mask, 1, restore)
-        p = self.patch
-        target = images.reshape(b, 3, images.shape[2] // p, p, images.shape[3] // p, p)
-        target = target.permute(0, 2, 4, 3, 5, 1).reshape(b, n, p * p * 3).float()
-        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
-        loss = ((pred.float() - target) ** 2).mean(-1)
-        return (loss * mask).sum() / mask.sum()
-
-
-def build_baseline(cfg: RunConfig, num_classes: int | None = None, use_timm: bool | None = None) -> nn.Module:
-    """The baseline model for ``cfg.stage`` (fp32 weights; autocast supplies the mixed precision)."""
-    s = cfg.spec
-    use_timm = timm_available() if use_timm is None else use_timm
-    classes = 0 if cfg.stage == "mae" else int(num_classes or cfg.wsp.num_classes or 1000)
-    if use_timm:
-        encoder = _timm_encoder(cfg, classes)
-    else:
-        encoder = PlainViT(cfg.img_size, s.patch, s.width, s.depth, s.heads, s.mlp_hidden, classes)
-    return PlainMAE(encoder, cfg) if cfg.stage == "mae" else encoder
-
-
-def baseline_loss(cfg: RunConfig) -> Callable[[nn.Module, dict], torch.Tensor]:
-    def mae(model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["images"])
-
-    def wsp(model: nn.Module, batch: dict) -> torch.Tensor:
-        logits = model(batch["images"]).float()
-        return -(batch["targets"] * F.log_softmax(logits, dim=-1)).sum(-1).mean()
-
-    return mae if cfg.stage == "mae" else wsp
+    def step(self) -> None:
+        for micro in range(self.accum):
+            last = micro == self.accum - 1
+            sync = self.net.no_sync() if not last and self.net is not self.model else nullcontext()
+            with sync:
+                with self.amp():
+                    loss, _ = self.stage.loss(self.net, self._next(), self.device, torch.float32)
+                (loss / self.accum).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = loss.detach()
 
 
 @dataclass
-class BaselineResult:
-    encoder: str
-    step_s: float
-    cpu_s: float
-    images_per_step: int
-    images_per_s: float
-    peak_mem_bytes: int | None
-    steps: int
-    losses: list[float]
+class ABTimes:
+    """Per-step wall and process-CPU seconds of the two sides, in the order they ran (warm-up excluded)."""
+
+    a_s: list[float] = field(default_factory=list)
+    b_s: list[float] = field(default_factory=list)
+    a_cpu_s: list[float] = field(default_factory=list)
+    b_cpu_s: list[float] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)  # "A" / "B" per timed step, warm-up included (tests, logs)
 
 
-def run_baseline(
-    cfg: RunConfig,
-    batches: list[dict],
+def interleave(
+    a: Callable[[], Any],
+    b: Callable[[], Any] | None,
     steps: int,
     warmup: int,
-    accum: int,
-    device: torch.device,
-    num_classes: int | None = None,
-) -> BaselineResult:
-    """Time ``steps`` optimizer steps (``accum`` micro-batches each) of the baseline after ``warmup`` steps.
+    sync: Callable[[], None] = lambda: None,
+) -> ABTimes:
+    """Run ``warmup`` then ``steps`` steps of each side, alternating A B B A A B …; time each step (``sync`` after
+    each, e.g. ``torch.cuda.synchronize``). ``b`` None: A alone."""
+    out = ABTimes()
+    for i in range(warmup + steps):
+        pair = (("A", a), ("B", b)) if i % 2 == 0 else (("B", b), ("A", a))
+        pair = tuple(p for p in pair if p[1] is not None)
+        for name, fn in pair:
+            cpu, start = time.process_time(), time.perf_counter()
+            fn()
+            sync()
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            out.order.append(name)
+            if i >= warmup:
+                (out.a_s if name == "A" else out.b_s).append(wall)
+                (out.a_cpu_s if name == "A" else out.b_cpu_s).append(cpu)
+    return out
 
-    ``batches``: device-resident dicts with normalised ``images`` (and ``targets`` for WSP), cycled."""
-    torch.manual_seed(cfg.seed)
-    use_timm = timm_available()
-    model = build_baseline(cfg, num_classes, use_timm).to(device)
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=1e-4,
-        betas=tuple(cfg.optim.betas),
-        weight_decay=cfg.optim.weight_decay,
-    )
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.parallel.precision)
-    amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    loss_fn = baseline_loss(cfg)
-    cuda = device.type == "cuda"
-    losses: list[float] = []
-    index = 0
 
-    def step() -> None:
-        nonlocal index
-        for _ in range(accum):
-            batch = batches[index % len(batches)]
-            index += 1
-            with amp:
-                loss = loss_fn(model, batch) / accum
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()) * accum)
+def cycle(batches: list[dict]) -> Iterator[dict]:
+    """The batches, forever."""
+    while True:
+        yield from batches
 
-    for _ in range(warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize(device)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    per_step = elapsed / max(steps, 1)
-    images = accum * batches[0]["images"].shape[0]
-    peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
-    return BaselineResult(
-        encoder="timm.VisionTransformer" if use_timm else "maws_scale.bench.baseline.PlainViT (math attention)",
-        step_s=per_step,
-        cpu_s=cpu / max(steps, 1),
-        images_per_step=images,
-        images_per_s=images / per_step if per_step > 0 else math.nan,
-        peak_mem_bytes=peak,
-        steps=steps,
-        losses=losses,
-    )
+
+__all__ = ["ENCODER", "ABTimes", "PlainLoop", "cycle", "interleave"]

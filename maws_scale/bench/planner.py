@@ -10,7 +10,9 @@ micro-batch) + buffers; the optimizer step's fp32 gradient copies replace the ac
 Speed (documented, deliberately simple; it ranks layouts, it does not promise numbers):
 ``compute`` = the matmul FLOPs one GPU runs per step (:mod:`maws_scale.models.flops`; TP splits encoder blocks, the
 head, and the MAE decoder when it is sharded; patch embedding runs on every TP rank; checkpointing adds one more
-forward of every block) / (peak × ``compute_efficiency``). Communication is bytes per GPU / bandwidth, ring collectives
+forward of every recomputed block: all of them for ``full``, every k-th for ``every_k:<k>``, none for ``selective_op``,
+which recomputes no matmul) / (peak × ``compute_efficiency``), plus the memory traffic of what ``selective_op``
+recomputes (norms, GELU, residual adds) / ``hbm_gbps``. Communication is bytes per GPU / bandwidth, ring collectives
 moving 2(n-1)/n (all-reduce) or (n-1)/n (reduce-scatter, all-gather) of the buffer; data-parallel traffic uses the
 inter-node bandwidth once the job spans nodes, TP stays inside a node. What can hide behind compute does
 (``overlap_comm`` and ZeRO-3 prefetch, as the shipped ds_configs set them), the rest is on the critical path:
@@ -19,7 +21,7 @@ inter-node bandwidth once the job spans nodes, TP stays inside a node. What can 
     overlapped: ZeRO-1/2 a gradient reduce-scatter per micro-batch; ZeRO-3 two parameter all-gathers and a
                 reduce-scatter per micro-batch
     exposed:    ZeRO-0 the gradient all-reduce after backward; ZeRO-1/2 the parameter all-gather after the step;
-                TP four activation all-reduces per sharded block per micro-batch (six with recompute); offload the
+                TP four activation all-reduces per sharded block per micro-batch (six if recomputed); offload the
                 PCIe traffic of gradients and parameters and the CPU Adam update
 
 ``est_images_per_s`` = global batch / step; ``est_mfu`` = useful FLOPs / (step × peak), recompute not counted.
@@ -39,6 +41,7 @@ from maws_scale.bench.activations import ActivationEstimate, estimate
 from maws_scale.bench.inventory import Inventory, build_inventory
 from maws_scale.bench.zero_memory import StateBytes, ZeroSettings, model_state_bytes
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.models.checkpointing import parse_mode
 from maws_scale.parallel.engine import build_ds_config, uses_zero_init
 
 GiB = 1 << 30
@@ -83,6 +86,8 @@ class Hardware:
     pcie_gbps: float = 25.0
     cpu_adam_rate: float = 1.0e9
     host_mem: int | None = None
+    hbm_gbps: float = 3350.0
+    device_type: str = "cuda"  # the DeepSpeed settings that depend on the device (buckets) follow it
 
     @property
     def usable(self) -> int:
@@ -98,9 +103,12 @@ class Hardware:
 class Layout:
     zero_stage: int
     tp: int
-    checkpointing: bool
+    checkpointing: str  # a mode of maws_scale.models.checkpointing
     offload: str
     micro_batch: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpointing", parse_mode(self.checkpointing))
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Layout:
@@ -109,7 +117,7 @@ class Layout:
 
     def label(self) -> str:
         return (
-            f"zero{self.zero_stage} tp{self.tp} ckpt={'on' if self.checkpointing else 'off'} "
+            f"zero{self.zero_stage} tp{self.tp} ckpt={self.checkpointing} "
             f"offload={self.offload} micro={self.micro_batch}"
         )
 
@@ -253,11 +261,12 @@ def inventory_for(cfg: RunConfig, num_classes: int | None, tp: int) -> Inventory
     return _inventory_cached(base.model_dump_json(), num_classes, tp)
 
 
-def zero_settings(cfg: RunConfig, dp: int, inv: Inventory) -> ZeroSettings:
-    """The DeepSpeed settings the engine would use for ``cfg`` on ``dp`` data-parallel ranks."""
+def zero_settings(cfg: RunConfig, dp: int, inv: Inventory, device: str = "cuda") -> ZeroSettings:
+    """The DeepSpeed settings the engine would use for ``cfg`` on ``dp`` data-parallel ranks of ``device``
+    (``inv``: the inventory at ``parallel.tp``, whose bucket sizes are the trainer's)."""
     per_step = cfg.train.micro_batch * dp
     accum = max(1, cfg.train.global_batch // per_step)
-    ds = build_ds_config(cfg, dp, accum, inv.engine_blocks)
+    ds = build_ds_config(cfg, dp, accum, inv.engine_blocks, device=device)
     return ZeroSettings.from_ds_config(ds, zero_init=uses_zero_init(cfg))
 
 
@@ -301,7 +310,7 @@ def plan_layout(
             f"train.global_batch={lcfg.train.global_batch} is not a multiple of micro {layout.micro_batch} × dp {dp}"
         )
     inv = inventory_for(lcfg, classes, tp)
-    zs = zero_settings(lcfg, dp, inv)
+    zs = zero_settings(lcfg, dp, inv, hw.device_type)
     states = model_state_bytes(inv.groups(), inv.frozen, dp, zs)
     act = estimate(lcfg, classes, tp=tp, fused_kernels=fused_kernels)
 
@@ -354,10 +363,14 @@ def estimate_speed(
     split = parts["encoder"] + parts["head"] + (parts["decoder"] if decoder_split else 0)
     replicated = parts["patch_embed"] + parts["pool"] + (0 if decoder_split else parts["decoder"])
     fwd_per_gpu = samples * (split / tp + replicated)
-    recompute = samples * (parts["encoder"] / tp + parts["decoder"] / (tp if decoder_split else 1))
-    recompute = recompute if layout.checkpointing else 0.0
+    enc_share, dec_share = act.recomputed  # the share of each stack's block matmuls run again
+    recompute = samples * (
+        enc_share * parts["encoder"] / tp + dec_share * parts["decoder"] / (tp if decoder_split else 1)
+    )
     work = 3 * fwd_per_gpu + recompute
-    compute = work / (hw.peak_tflops * 1e12 * hw.compute_efficiency)
+    compute = work / (hw.peak_tflops * 1e12 * hw.compute_efficiency) + samples * act.recompute_traffic / (
+        hw.hbm_gbps * 1e9
+    )
 
     b = zs.dtype_bytes
     psi = inv.trainable_numel
@@ -376,13 +389,16 @@ def estimate_speed(
     if tp > 1:
         a = 4 if cfg.parallel.precision == "fp32" else 2
         per_allreduce = micro * act.tokens_encoder * cfg.spec.width * a * 2 * (tp - 1) / tp
-        count = (6 if layout.checkpointing else 4) * cfg.spec.depth
+        # collectives inside a recomputed block run again (selective_op recomputes them too)
+        rerun = 1.0 if layout.checkpointing == "selective_op" else enc_share
+        count = (4 + 2 * rerun) * cfg.spec.depth
         exposed += micro_steps * count * per_allreduce / (hw.intra_node_gbps * 1e9)
         if decoder_split:
             dw = cfg.mae.decoder_width or cfg.spec.decoder_width
             depth = cfg.mae.decoder_depth or cfg.spec.decoder_depth
             per_dec = micro * act.tokens_decoder * dw * a * 2 * (tp - 1) / tp
-            exposed += micro_steps * (6 if layout.checkpointing else 4) * depth * per_dec / (hw.intra_node_gbps * 1e9)
+            rerun = 1.0 if layout.checkpointing == "selective_op" else dec_share
+            exposed += micro_steps * (4 + 2 * rerun) * depth * per_dec / (hw.intra_node_gbps * 1e9)
     if layout.offload != "none":
         part = psi / dp
         exposed += 2 * b * part / (hw.pcie_gbps * 1e9) + part / hw.cpu_adam_rate
@@ -417,9 +433,13 @@ def best_micro_batch(plan: Plan, global_batch: int) -> int:
     return next((m for m in valid_micro_batches(global_batch, plan.dp) if m <= limit), 0)
 
 
+CHECKPOINTING_MODES = ("none", "selective_op", "every_k:4", "every_k:2", "full")
+
+
 def candidate_layouts(cfg: RunConfig, hw: Hardware) -> list[Layout]:
     """ZeRO 0-3 (1-3 for fp32 accumulation of a 16-bit model) × TP (dividing heads, MLP width and the GPU count,
-    within a node) × checkpointing × offload; the micro-batch is filled in by :func:`search`."""
+    within a node) × checkpointing (:data:`CHECKPOINTING_MODES`) × offload; the micro-batch is filled in by
+    :func:`search`."""
     spec = cfg.spec
     tps = [
         t
@@ -432,7 +452,7 @@ def candidate_layouts(cfg: RunConfig, hw: Hardware) -> list[Layout]:
     for zero in (0, 1, 2, 3) if zero0 else (1, 2, 3):
         offloads = ["none"] + (["optimizer"] if zero >= 1 else []) + (["all"] if zero == 3 else [])
         for tp in tps:
-            for ckpt in (False, True):
+            for ckpt in CHECKPOINTING_MODES:
                 for offload in offloads:
                     out.append(Layout(zero, tp, ckpt, offload, 1))
     return out
@@ -449,8 +469,8 @@ class SearchRow:
 
 
 def search(cfg: RunConfig, hw: Hardware, num_classes: int | None = None, fused_kernels: bool = True) -> list[SearchRow]:
-    """Every candidate layout at its largest fitting micro-batch, fastest (by the speed model) first; layouts that
-    do not fit at any micro-batch come last."""
+    """Every candidate layout at its largest fitting micro-batch, fastest (by the speed model) first, then least
+    compute (recompute), then lowest peak; layouts that do not fit at any micro-batch come last."""
     rows = []
     for layout in candidate_layouts(cfg, hw):
         probe = plan_layout(cfg, hw, layout, num_classes, fused_kernels)
@@ -458,6 +478,14 @@ def search(cfg: RunConfig, hw: Hardware, num_classes: int | None = None, fused_k
         if micro:
             probe = plan_layout(cfg, hw, Layout(**{**asdict(layout), "micro_batch": micro}), num_classes, fused_kernels)
         rows.append(SearchRow(probe, micro))
-    # fitting first, fastest first, and among equally fast layouts the one with the most headroom
-    rows.sort(key=lambda r: (not r.fits, -round(r.plan.speed.est_images_per_s, 6) if r.fits else 0, r.plan.peak))
+    # fitting first, fastest first; among equally fast layouts (compute hidden behind communication) the one with
+    # the least compute (recompute is not free when overlap is imperfect), then the most headroom
+    rows.sort(
+        key=lambda r: (
+            not r.fits,
+            -round(r.plan.speed.est_images_per_s, 6) if r.fits else 0,
+            round(r.plan.speed.compute_s, 12),
+            r.plan.peak,
+        )
+    )
     return rows

@@ -1,16 +1,19 @@
 """``maws-scale bench``: real training steps of our stack (the trainer's own step: stage loss, DeepSpeed backward and
 step, TP when configured) on synthetic input, timed, with the planner's prediction and a plain-PyTorch baseline.
 
-Timing: ``warmup`` steps, then ``steps`` timed optimizer steps (CUDA events on GPU, wall clock on CPU). The split into
-forward (stage loss), backward and optimizer step comes from timing those three calls inside the trainer's step;
-``other`` is the rest (loss checks, LR setting). Communication is the time spent inside collectives during one extra
-profiled step (torch.profiler: NCCL kernels on GPU, ``gloo:*`` work on CPU; it overlaps compute, so it is not a part
-of the step-time sum). Synthetic batches are drawn once and kept on the device, so data loading is excluded;
-``with_data`` uses the configured loader instead and its time is inside the steps. The process CPU time of each
-step is recorded too: on a shared CPU machine it is robust to other load, so the baseline ratio is also given by
-CPU time per image.
+Order: set-up; the measurement passes (a step, on GPU a step under ``max_memory_allocated``, a profiled step, an
+observed step); then ``warmup`` (default 25) untimed and ``steps`` timed optimizer steps. With ``baseline`` the plain
+loop (:mod:`maws_scale.bench.baseline`: the same model class, batches, loss and optimizer) is built only now and the
+two run interleaved step by step, ABBA, warm-up included, so both see the same process warm-up and the same load of
+a shared machine; the ratio is of the medians. Each step is timed by wall clock (after a device synchronize on GPU)
+and by process CPU time (robust to other load on a shared CPU machine, so the baseline ratio is also given by CPU
+time per image). The split into forward (stage loss), backward and optimizer step times those three calls inside
+the trainer's step; ``other`` is the rest (loss checks, LR setting). Communication is the time spent inside
+collectives during the profiled step (torch.profiler: NCCL kernels on GPU, ``gloo:*`` work on CPU; it overlaps
+compute, so it is not a part of the step-time sum). Synthetic batches are drawn once and kept on the device, so data
+loading is excluded; ``with_data`` uses the configured loader instead (not with ``baseline``).
 
-Memory: on GPU ``torch.cuda.max_memory_allocated`` over the timed steps. On CPU, tensor-storage accounting (see
+Memory: on GPU ``torch.cuda.max_memory_allocated`` over one step. On CPU, tensor-storage accounting (see
 :mod:`maws_scale.bench.storage`): at the end of a micro-batch's forward, every live storage plus every storage saved
 for backward, each once, no allocator overhead; the process's peak RSS is reported beside it.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -29,16 +33,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from maws_scale.config import RunConfig
+from maws_scale.bench.baseline import ENCODER, PlainLoop, interleave
+from maws_scale.config import ConfigError, RunConfig
 from maws_scale.data.loader import SyntheticLoaderState
 from maws_scale.parallel.distributed import DistInfo, init_distributed
 from maws_scale.train.hooks import StepHooks
 
+WARMUP_STEPS = 25  # a cold process (allocator, oneDNN / cuBLAS plans, DeepSpeed's first steps) settles within this
+
 
 @dataclass
 class BenchOptions:
-    steps: int = 10
-    warmup: int = 3
+    steps: int = 20
+    warmup: int = WARMUP_STEPS
     with_data: bool = False
     baseline: bool = False
     profile_dir: str | None = None
@@ -115,7 +122,7 @@ def bench_config(cfg: RunConfig, opts: BenchOptions) -> RunConfig:
         raw["wsp"]["num_classes"] = opts.num_classes
     raw["checkpoint"]["resume"] = None
     raw["data"]["synthetic"] = not opts.with_data
-    raw["train"]["steps"] = opts.warmup + opts.steps + 3
+    raw["train"]["steps"] = opts.warmup + opts.steps + 4  # + the memory and communication passes
     raw["train"]["epochs"] = None
     raw["tracking"]["run_name"] = cfg.tracking.run_name or f"bench-{cfg.model.name}"
     raw["tracking"]["tags"] = {**cfg.tracking.tags, "kind": "bench"}
@@ -133,26 +140,6 @@ def loader_factory(opts: BenchOptions, device: torch.device):
 
 
 # ----- measurement passes -----------------------------------------------------------------------------------------
-def _timed_steps(
-    trainer: Any, batches, timer: PhaseTimer, steps: int
-) -> tuple[list[float], list[float], dict[str, float]]:
-    """→ (wall seconds per step, process CPU seconds per step, seconds per phase summed over the steps)."""
-    step_times: list[float] = []
-    cpu_times: list[float] = []
-    phases: dict[str, float] = defaultdict(float)
-    for _ in range(steps):
-        cpu = time.process_time()
-        start = timer.mark()
-        trainer.train_step(batches)
-        end = timer.mark()
-        split = timer.collect()
-        cpu_times.append(time.process_time() - cpu)
-        step_times.append(timer.elapsed(start, end))
-        for k, v in split.items():
-            phases[k] += v
-    return step_times, cpu_times, dict(phases)
-
-
 def _comm_seconds(trainer: Any, batches, device: torch.device, trace_dir: str | None, rank: int) -> float:
     """Seconds inside collectives during one profiled step (and a Chrome trace when ``trace_dir`` is set)."""
     from torch.profiler import ProfilerActivity, profile
@@ -236,33 +223,61 @@ class RankResult:
 
 
 def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) -> dict[str, Any] | None:
-    """Run the benchmark on every rank; rank 0 returns the aggregated result (and writes it), the others None."""
+    """Run the benchmark on every rank; rank 0 returns the aggregated result (and writes it), the others None.
+
+    Order: set-up, the memory and communication passes (their own steps), then ``warmup`` and ``steps`` timed
+    steps, interleaved step by step with the plain loop when ``opts.baseline`` (:func:`.baseline.interleave`).
+    """
     from maws_scale.train.loop import Trainer
 
+    if opts.baseline and opts.with_data:
+        raise ConfigError("--baseline times both sides on the same cached synthetic batches; drop --with-data")
     info = info or init_distributed(cfg.parallel.backend)
     bcfg = bench_config(cfg, opts)
     trainer = Trainer(bcfg, info, loader_factory=loader_factory(opts, info.device))
     trainer.setup()
     device = info.device
     batches = iter(trainer.loader)
+    cuda = device.type == "cuda"
+    # measurement passes first, before the baseline exists: its model and optimizer would count in the peak
+    trainer.train_step(batches)
+    gpu_peak = None
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        trainer.train_step(batches)
+        gpu_peak = int(torch.cuda.max_memory_allocated(device))
+    comm = _comm_seconds(trainer, batches, device, opts.profile_dir, info.rank)
+    cpu_peak, states = memory_step(trainer, batches, cpu=not cuda)
+    peak = gpu_peak if cuda else cpu_peak
+
+    plain = _plain_loop(bcfg, trainer, device) if opts.baseline else None
     timer = PhaseTimer(device)
     trainer.hooks = timer
+    phases: dict[str, float] = defaultdict(float)
+    done = [0]
+
+    def ours() -> None:
+        trainer.train_step(batches)
+        split = timer.collect()
+        done[0] += 1
+        if done[0] > opts.warmup:
+            for k, v in split.items():
+                phases[k] += v
+
     try:
-        for _ in range(opts.warmup):
-            trainer.train_step(batches)
-        timer.collect()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        step_s, cpu_s, phases = _timed_steps(trainer, batches, timer, opts.steps)
-        gpu_peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+        times = interleave(
+            ours,
+            plain.step if plain is not None else None,
+            opts.steps,
+            opts.warmup,
+            sync=(lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None),
+        )
     finally:
         trainer.hooks = StepHooks()
-    comm = _comm_seconds(trainer, batches, device, opts.profile_dir, info.rank)
-    cpu_peak, states = memory_step(trainer, batches, cpu=gpu_peak is None)
-    peak = gpu_peak if gpu_peak is not None else cpu_peak
     result = RankResult(
-        step_s=step_s,
-        cpu_s=cpu_s,
+        step_s=times.a_s,
+        cpu_s=times.a_cpu_s,
         phases={k: v / max(opts.steps, 1) for k, v in phases.items()},
         comm_s=comm,
         peak_bytes=peak,
@@ -274,9 +289,16 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
             "buckets": states.buckets,
         },
     )
-    if opts.baseline:
-        _release_engine(trainer, device)  # the baseline gets the device to itself
-        result.baseline = _baseline(bcfg, trainer, opts, device)
+    if plain is not None:
+        result.baseline = {
+            "encoder": ENCODER.format(name=type(plain.model).__name__),
+            "model_class": f"{type(plain.model).__module__}.{type(plain.model).__qualname__}",
+            "optimizer": f"{type(plain.optimizer).__module__}.{type(plain.optimizer).__qualname__}",
+            "micro_batch": bcfg.train.micro_batch,
+            "step_s_list": times.b_s,
+            "cpu_s_list": times.b_cpu_s,
+            "images_per_step": bcfg.train.micro_batch * trainer.accum,
+        }
     gathered = [result]
     if dist.is_initialized() and dist.get_world_size() > 1:
         gathered = [None] * dist.get_world_size()
@@ -288,6 +310,19 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
     trainer.tracker.finish("FINISHED")
     _release_engine(trainer, device)
     return summary
+
+
+def _plain_loop(cfg: RunConfig, trainer: Any, device: torch.device) -> PlainLoop:
+    """The plain loop on the trainer's own cached batches (same model class, loss and optimizer)."""
+    if cfg.parallel.tp > 1:
+        raise ConfigError("--baseline: the plain loop has no tensor parallelism; run it with parallel.tp=1")
+    try:
+        return PlainLoop(cfg, trainer.stage, trainer.loader.batches, trainer.accum, device)
+    except torch.cuda.OutOfMemoryError as err:
+        raise RuntimeError(
+            "--baseline: the plain loop does not fit beside our engine on this device (both stay resident to be "
+            "timed step by step); lower train.micro_batch or run without --baseline"
+        ) from err
 
 
 def _release_engine(trainer: Any, device: torch.device) -> None:
@@ -308,44 +343,6 @@ def _release_engine(trainer: Any, device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _baseline(cfg: RunConfig, trainer: Any, opts: BenchOptions, device: torch.device) -> dict[str, Any]:
-    from maws_scale.bench.baseline import run_baseline
-    from maws_scale.data import build_loader
-
-    raw = build_loader(cfg, stage=cfg.stage, micro_batch=cfg.train.micro_batch)
-    it = iter(raw)
-    batches = []
-    for _ in range(2):
-        b = next(it)
-        item = {"images": trainer.stage.images(b, device, torch.float32)}
-        if "targets" in b:
-            item["targets"] = b["targets"].to(device).float()
-        batches.append(item)
-    micro, accum = cfg.train.micro_batch, trainer.accum
-    while True:  # fp32 weights, autocast and math attention need more memory: halve the micro-batch until it fits
-        try:
-            split = [{k: v[:micro] for k, v in b.items()} for b in batches]
-            res = run_baseline(cfg, split, opts.steps, opts.warmup, accum, device, getattr(raw, "num_classes", None))
-            break
-        except torch.cuda.OutOfMemoryError:
-            if micro == 1:
-                raise
-            micro, accum = micro // 2, accum * 2
-            import gc
-
-            gc.collect()
-            torch.cuda.empty_cache()
-    return {
-        "encoder": res.encoder,
-        "micro_batch": micro,
-        "step_s": res.step_s,
-        "cpu_s": res.cpu_s,
-        "images_per_step": res.images_per_step,
-        "images_per_s": res.images_per_s,
-        "peak_mem_bytes": res.peak_mem_bytes,
-    }
-
-
 def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: BenchOptions, device) -> dict[str, Any]:
     """Rank 0's report: throughput, MFU, step split, memory, the planner's prediction, the baseline."""
     from maws_scale import kernels
@@ -353,7 +350,7 @@ def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: Bench
     from maws_scale.track.throughput import datasheet_peak_tflops, device_name, peak_basis
 
     world = len(ranks)
-    step_s = statistics.mean(statistics.mean(r.step_s) for r in ranks)
+    step_s = statistics.mean(statistics.median(r.step_s) for r in ranks)
     images = cfg.train.global_batch / step_s
     flops = trainer.stage.flops_per_sample()
     tflops = images * flops / world / 1e12
@@ -365,7 +362,9 @@ def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: Bench
     num_classes = getattr(trainer.stage, "num_classes", None)
     plan = plan_layout(
         cfg,
-        Hardware(gpus=world, gpu_mem=total_mem, reserve=0, peak_tflops=float(datasheet or 1.0)),
+        Hardware(
+            gpus=world, gpu_mem=total_mem, reserve=0, peak_tflops=float(datasheet or 1.0), device_type=device.type
+        ),
         num_classes=num_classes,
         fused_kernels=kernels.triton_available(device),
     )
@@ -393,8 +392,12 @@ def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: Bench
         "warmup": opts.warmup,
         "data": "loader" if opts.with_data else "synthetic (on device)",
         "step_s": step_s,
-        "step_s_per_rank": [statistics.mean(r.step_s) for r in ranks],
-        "cpu_s_per_rank": [statistics.mean(r.cpu_s) for r in ranks],
+        "step_s_per_rank": [statistics.median(r.step_s) for r in ranks],
+        "cpu_s_per_rank": [statistics.median(r.cpu_s) for r in ranks],
+        "step_s_list": ranks[0].step_s,
+        "timing": "median of the timed steps"
+        + (", interleaved step by step with the baseline (ABBA)" if ranks[0].baseline else ""),
+        "load_average": list(os.getloadavg()),
         "images_per_s": images,
         "tokens_per_s": images * trainer.stage.tokens_per_sample(),
         "phases_s": phases,
@@ -417,15 +420,21 @@ def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: Bench
     }
     baselines = [r.baseline for r in ranks if r.baseline]
     if baselines:
-        base_images = statistics.mean(b["images_per_s"] for b in baselines)
+        base_step = statistics.mean(statistics.median(b["step_s_list"]) for b in baselines)
+        base_cpu = statistics.mean(statistics.median(b["cpu_s_list"]) for b in baselines)
+        per_step = baselines[0]["images_per_step"]
+        ours_cpu = statistics.mean(statistics.median(r.cpu_s) for r in ranks)
         ours_per_device = images / world
+        base_images = per_step / base_step
         out["baseline"] = {
             **baselines[0],
+            "step_s": base_step,
+            "cpu_s": base_cpu,
+            "images_per_s": base_images,
             "images_per_s_per_device": base_images,
             "speedup": ours_per_device / base_images if base_images else math.nan,
             # process CPU time per image, ours vs baseline: robust to other load on a shared CPU machine
-            "speedup_cpu_time": (statistics.mean(b["cpu_s"] for b in baselines) / baselines[0]["images_per_step"])
-            / (statistics.mean(statistics.mean(r.cpu_s) for r in ranks) * world / cfg.train.global_batch),
+            "speedup_cpu_time": (base_cpu / per_step) / (ours_cpu * world / cfg.train.global_batch),
         }
     return out
 

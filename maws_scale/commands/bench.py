@@ -1,6 +1,7 @@
 """`maws-scale bench CONFIG [KEY=VALUE ...]`: time real training steps of the configured stage, report throughput,
-MFU, the step split, peak memory next to the planner's prediction, and (``--baseline``) a plain-PyTorch baseline
-run side by side in the same process. Works as one process and under torchrun / the deepspeed launcher."""
+MFU, the step split, peak memory next to the planner's prediction, and (``--baseline``) a plain PyTorch loop of the
+same model, loss and optimizer, interleaved with ours step by step in the same process. Works as one process and
+under torchrun / the deepspeed launcher."""
 
 from __future__ import annotations
 
@@ -25,10 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
     )
     add_config_arguments(parser)
-    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps (default 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default 20)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=25,
+        help="untimed warm-up steps (default 25; with --baseline interleaved with the baseline's)",
+    )
     parser.add_argument("--with-data", action="store_true", help="read the configured data set (loader timed too)")
-    parser.add_argument("--baseline", action="store_true", help="also time the plain-PyTorch baseline, same process")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time a plain PyTorch loop of the same model, loss and optimizer, interleaved step by step",
+    )
     parser.add_argument("--profile", metavar="DIR", help="write a torch.profiler Chrome trace per rank into DIR")
     parser.add_argument("--peak-tflops", type=float, help="peak TFLOP/s per device for MFU (default: datasheet)")
     parser.add_argument("--num-classes", type=int, help="WSP head size (default wsp.num_classes, else 1000)")
@@ -71,9 +81,10 @@ def _pct(value: float | None) -> str:
 def print_summary(console: Console, s: dict) -> None:
     console.print(
         f"[bold]{s['model']}[/] {s['stage']} on {s['world_size']} × {s['device']}: zero {s['zero_stage']}, "
-        f"tp {s['tp']}, {s['precision']}, checkpointing {'on' if s['activation_checkpointing'] else 'off'}, "
+        f"tp {s['tp']}, {s['precision']}, checkpointing {s['activation_checkpointing']}, "
         f"micro {s['micro_batch']} × accum {s['grad_accum']} × dp {s['dp']} = {s['global_batch']}, "
-        f"{s['steps']} timed steps after {s['warmup']}, data: {s['data']}"
+        f"{s['steps']} timed steps after {s['warmup']} (median), data: {s['data']}, "
+        f"load average {s['load_average'][0]:.1f}"
     )
     table = Table(title_justify="left")
     for col in ("run", "img/s", "img/s/device", "step ms", "TFLOP/s/dev", "MFU", "MFU (device peak)", "peak mem GiB"):
@@ -94,7 +105,7 @@ def print_summary(console: Console, s: dict) -> None:
         per_dev = base["images_per_s_per_device"]
         tflops = per_dev * s["flops_per_sample"] / 1e12
         peak = s["peak_tflops_datasheet"]
-        mem = base["peak_mem_bytes"]
+        mem = base.get("peak_mem_bytes")  # not measured: the two sides are resident together
         table.add_row(
             "baseline",
             f"{per_dev * world:,.2f}",

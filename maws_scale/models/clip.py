@@ -119,7 +119,7 @@ class CLIP(nn.Module):
         image, text = self.visual.blocks, self.text.blocks
         return text if len(text) and size(text) > size(image) else image
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
         self.visual.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
 

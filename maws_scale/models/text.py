@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from maws_scale.models.checkpointing import parse_mode, run_blocks
 from maws_scale.models.layers import Attention, Block, layer_norm
 from maws_scale.models.text_registry import TextSpec
 
@@ -62,7 +62,7 @@ class TextTransformer(nn.Module):
             raise ValueError(f"clip.text_pool: unknown pooling '{pool}' (known: eot, first)")
         self.vocab_size, self.context_length, self.width = vocab_size, context_length, width
         self.pool, self.causal = pool, causal
-        self.grad_checkpointing = False
+        self.checkpointing = "none"
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.zeros(context_length, width))
         self.blocks = nn.ModuleList(TextBlock(width, heads, mlp_ratio) for _ in range(depth))
@@ -92,8 +92,13 @@ class TextTransformer(nn.Module):
             block.apply(init_module)
         init_module(self.ln_final)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = bool(enable)
+    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
+        """Activation checkpointing of the blocks (modes of :mod:`maws_scale.models.checkpointing`)."""
+        self.checkpointing = parse_mode(enable)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.checkpointing != "none"
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         batch, length = tokens.shape
@@ -105,11 +110,7 @@ class TextTransformer(nn.Module):
         x = self.token_embedding(tokens) + self.positional_embedding[:length]
         valid = tokens != PAD_ID
         mask = None if self.causal else valid[:, None, None, :]
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, mask, self.causal, use_reentrant=False)
-            else:
-                x = block(x, mask, self.causal)
+        x = run_blocks(self.blocks, x, self.checkpointing, mask, self.causal)
         x = self.ln_final(x)
         if self.pool == "first":
             return x[:, 0]

@@ -93,7 +93,7 @@ class ParallelPlan:
         setter = getattr(model, "set_grad_checkpointing", None)
         if setter is not None:
             setter(self.cfg.parallel.activation_checkpointing)
-        elif self.cfg.parallel.activation_checkpointing:
+        elif self.cfg.parallel.activation_checkpointing != "none":
             raise ConfigError(f"parallel.activation_checkpointing: {type(model).__name__} cannot checkpoint per block")
         self.model = model
         return model

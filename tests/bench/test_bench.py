@@ -40,10 +40,16 @@ def check_summary(s: dict, world: int, stage: str) -> None:
 
 
 def test_bench_cli_mae_with_baseline_and_mlflow(world, tmp_path: Path, capsys, monkeypatch) -> None:
+    from maws_scale.bench.baseline import PlainLoop
     from maws_scale.cli import main
+    from maws_scale.train.loop import Trainer
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "result.json"
+    calls: list[str] = []
+    ours, plain = Trainer.train_step, PlainLoop.step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, b: calls.append("A") or ours(self, b))
+    monkeypatch.setattr(PlainLoop, "step", lambda self: calls.append("B") or plain(self))
     rc = main(
         [
             "bench",
@@ -55,7 +61,7 @@ def test_bench_cli_mae_with_baseline_and_mlflow(world, tmp_path: Path, capsys, m
             "--steps",
             "2",
             "--warmup",
-            "1",
+            "3",
             "--baseline",
             "--peak-tflops",
             "1.0",
@@ -73,8 +79,12 @@ def test_bench_cli_mae_with_baseline_and_mlflow(world, tmp_path: Path, capsys, m
     base = summary["baseline"]
     for key in ("images_per_s", "speedup", "speedup_cpu_time", "cpu_s"):
         assert math.isfinite(base[key]) and base[key] > 0, key
-    assert "math attention" in base["encoder"] or "timm" in base["encoder"]
-    assert base["micro_batch"] == 4
+    assert base["model_class"] == "maws_scale.models.mae.MaskedAutoencoder"  # the model we train
+    assert base["optimizer"] == "torch.optim.adamw.AdamW"
+    assert base["micro_batch"] == 4 and len(base["step_s_list"]) == 2 == len(summary["step_s_list"])
+    # 3 passes of ours (a first step, the profiled step, the observed step), then warm-up 3 + 2 timed, ABBA
+    assert "".join(calls) == "AAA" + "ABBAABBAAB"
+    assert summary["warmup"] == 3 and summary["load_average"]
 
     import mlflow
 

@@ -79,7 +79,13 @@ def test_every_step_writes_its_json_and_a_failure_keeps_its_stderr(tmp_path):
 def test_bench_step_cases_and_no_baseline(tmp_path):
     module = bench_step()
     names = [c.name for c in module.cpu_cases() if module.selected(c.name, ["tiny_p8 mae"])]
-    assert names == ["vit_tiny_p8 MAE zero2", "vit_tiny_p8 MAE zero3 ×2 ranks"]
+    assert names == [
+        "vit_tiny_p8 MAE fp32 zero0",
+        "vit_tiny_p8 MAE fp32 zero1",
+        "vit_tiny_p8 MAE fp32 zero2",
+        "vit_tiny_p8 MAE bf16 zero2",
+        "vit_tiny_p8 MAE bf16 zero3 ×2 ranks",
+    ]
     cases = module.gpu_cases(1, 1000, ["vit_2b14 MAE"])  # planned for an 80 GiB device without CUDA
     assert [c.name.split(" zero")[0] for c in cases] == ["vit_2b14 MAE"]
     case = cases[0]

@@ -12,6 +12,7 @@ import pytest
 from maws_scale.bench.activations import BlockShape, block_bytes_per_token, estimate
 from maws_scale.bench.inventory import build_inventory
 from maws_scale.bench.planner import (
+    CHECKPOINTING_MODES,
     GiB,
     Hardware,
     Layout,
@@ -23,6 +24,7 @@ from maws_scale.bench.planner import (
 )
 from maws_scale.bench.zero_memory import ZeroSettings, model_state_bytes, partition_touching
 from maws_scale.config import ConfigError, load_config
+from maws_scale.models.checkpointing import checkpointed_blocks
 from maws_scale.parallel.tp_layout import shard_kind
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -271,3 +273,41 @@ def test_does_not_fit_exits_1_with_a_hint(capsys: pytest.CaptureFixture[str]) ->
     assert main([*argv, "parallel.zero_stage=1", "parallel.ds_config=null", "--search"]) == 1
     out = capsys.readouterr().out
     assert "hint:" in out and "parallel.zero_stage=" in out
+
+
+def test_search_recommends_selective_or_every_k_where_none_does_not_fit_and_full_is_not_needed() -> None:
+    """Comm-bound (16 GPUs, 2 nodes): fewer micro-batches per step are faster, so at the per-rank batch of 16 a
+    layout that fits without a second micro-batch wins. Memory between selective's peak and no checkpointing's."""
+    cfg = cfg_for("model.name=vit_l16", "stage=mae", "train.global_batch=256", "parallel.zero_stage=1")
+    plans = {m: plan_layout(cfg, Hardware(gpus=16), Layout(1, 1, m, "none", 16)) for m in CHECKPOINTING_MODES}
+    assert plans["full"].peak < plans["selective_op"].peak < plans["none"].peak
+    assert plans["every_k:2"].peak < plans["every_k:4"].peak < plans["none"].peak
+    gpu_mem = (plans["selective_op"].peak + plans["none"].peak) // 2 + 2 * GiB
+    rows = search(cfg, Hardware(gpus=16, gpu_mem=gpu_mem))
+    same = [
+        r
+        for r in rows
+        if r.fits and (r.plan.layout.zero_stage, r.plan.layout.tp, r.plan.layout.offload) == (1, 1, "none")
+    ]
+    assert {r.plan.layout.checkpointing for r in same} == set(CHECKPOINTING_MODES)  # none fits at micro 8 only
+    best = same[0]
+    assert best.plan.layout.checkpointing in ("selective_op", "every_k:4", "every_k:2"), best.plan.layout
+    assert best.micro_batch == 16
+    by_mode = {r.plan.layout.checkpointing: r for r in same}
+    assert by_mode["none"].micro_batch == 8
+    assert by_mode["full"].plan.speed.compute_s > best.plan.speed.compute_s  # fits, but recomputes more
+
+
+def test_speed_model_charges_each_mode_its_recompute() -> None:
+    cfg = cfg_for("model.name=vit_l16", "stage=wsp", "train.global_batch=256")
+    hw = Hardware(gpus=8)
+    speed = {m: plan_layout(cfg, hw, Layout(1, 1, m, "none", 8)).speed for m in CHECKPOINTING_MODES}
+    full = speed["full"].recompute_flops_per_gpu
+    assert speed["none"].recompute_flops_per_gpu == speed["selective_op"].recompute_flops_per_gpu == 0
+    assert speed["every_k:2"].recompute_flops_per_gpu == pytest.approx(full / 2)  # 12 of 24 blocks
+    assert speed["every_k:4"].recompute_flops_per_gpu == pytest.approx(full / 4)
+    # selective recomputes no matmul but pays the elementwise traffic: slower than none, faster than full here
+    assert speed["none"].compute_s < speed["selective_op"].compute_s < speed["full"].compute_s
+    # the planner's block rule is the model's
+    act = estimate(cfg, checkpointing="every_k:3")
+    assert act.recomputed[0] == sum(checkpointed_blocks("every_k:3", 24)) / 24

@@ -135,7 +135,7 @@ def test_grad_checkpointing_gives_same_grads(pool):
     calls = []
     handle = torch.utils.checkpoint.checkpoint
     try:
-        import maws_scale.models.encoder as vit_module
+        import maws_scale.models.checkpointing as vit_module
 
         vit_module.checkpoint = lambda fn, *a, **kw: calls.append(kw) or handle(fn, *a, **kw)
         model(x).square().sum().backward()

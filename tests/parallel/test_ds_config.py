@@ -190,3 +190,21 @@ def test_optimizer_choice_never_needs_apex():
     if optimizer_impl(cfg_for()) != "apex":
         with pytest.raises(ConfigError, match=r"optim.impl=apex"):
             build_optimizer(build_mae("vit_micro_p4"), cfg_for("optim.impl=apex"))
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero12_overlap_and_contiguous_gradients_follow_the_device(stage, b16_blocks):
+    cfg = cfg_for(f"parallel.zero_stage={stage}")
+    gpu = build_ds_config(cfg, 8, 1, b16_blocks, device="cuda")["zero_optimization"]
+    cpu = build_ds_config(cfg, 8, 1, b16_blocks, device="cpu")["zero_optimization"]
+    assert (gpu["overlap_comm"], gpu["contiguous_gradients"]) == (True, True)
+    assert gpu["reduce_bucket_size"] == gpu["allgather_bucket_size"] == max(1 << 20, b16_blocks.block_numel)
+    assert (cpu["overlap_comm"], cpu["contiguous_gradients"]) == (False, False)
+    assert cpu["reduce_bucket_size"] == cpu["allgather_bucket_size"] == 500_000_000
+    # the planner plans GPUs unless told otherwise; its bucket memory follows the device's settings
+    from maws_scale.bench.inventory import build_inventory
+    from maws_scale.bench.planner import zero_settings
+
+    plain = build_inventory(cfg)
+    assert zero_settings(cfg, 8, plain).overlap_comm is True
+    assert zero_settings(cfg, 8, plain, "cpu").contiguous_gradients is False

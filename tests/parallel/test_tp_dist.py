@@ -24,9 +24,9 @@ def test_tp2_matches_tp1_over_steps(tp_scenario, scenario):
 
 @pytest.mark.parametrize("stage", ["mae", "wsp"])
 def test_tp2_dp2_zero3_matches_tp1(tp_scenario, stage):
-    """apply_tensor_parallel + deepspeed.initialize(mpu=plan.mpu), ZeRO-3 over DP=2, clipping on: per-step loss,
-    full gradients, DeepSpeed's global grad norm and the final parameters equal a TP=1 single-process reference;
-    DeepSpeed's TP-sharded checkpoint consolidates offline to the same plain state dict."""
+    """The trainer's TensorParallelPlan (meta build) + deepspeed.initialize(mpu=plan.mpu), ZeRO-3 over DP=2,
+    clipping on: per-step loss, full gradients, DeepSpeed's global grad norm and the final parameters equal a TP=1
+    single-process reference; DeepSpeed's TP-sharded checkpoint consolidates offline to the same plain state dict."""
     run = tp_scenario(f"zero3-{stage}")
     assert sorted(p.name for p in (run.dir / "final").glob("*mp_rank_01*")), "no TP-rank-1 files were written"
 

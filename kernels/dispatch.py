@@ -106,12 +106,19 @@ def _run_every_kernel(device: torch.device, dtype: torch.dtype) -> None:
     fused.NormPixMaskedMSE.apply(imgs, pred, mask, patch, True, 1e-6).backward()
 
 
+@torch.compiler.assume_constant_result
+def _reason_on(device_type: str) -> str | None:
+    """:func:`_unavailable_reason` for a device type, a constant to ``torch.compile``: Dynamo evaluates it once
+    while tracing instead of tracing the triton import and ``triton.knobs`` read (7 graphs for a compiled MAE)."""
+    return _unavailable_reason(device_type)
+
+
 def _use_triton(impl: Impl, tensor: torch.Tensor) -> bool:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "torch":
         return False
-    reason = _unavailable_reason(tensor.device)
+    reason = _reason_on(tensor.device.type)
     if impl == "triton" and reason is not None:
         raise RuntimeError(f"impl='triton' asked for, but the fused kernels cannot run here: {reason}; "
                            "use impl='auto' or 'torch'")  # fmt: skip
@@ -120,6 +127,13 @@ def _use_triton(impl: Impl, tensor: torch.Tensor) -> bool:
 
 def _fused() -> ModuleType:
     return importlib.import_module(f"{__package__}.functions")
+
+
+@torch.compiler.disable
+def _apply_fused(op: str, *args):
+    """Run fused op ``op`` (an autograd Function of ``functions``); under ``torch.compile`` it runs eagerly, between
+    two graphs (Dynamo does not trace the Triton launches inside; ``model.compile=blocks`` never reaches here)."""
+    return getattr(_fused(), op).apply(*args)
 
 
 def gather_visible(
@@ -131,7 +145,7 @@ def gather_visible(
     ``tokens`` (zeros at masked patches) and ``pos_embed`` (summed over the batch). ``keep_ids`` must hold distinct
     in-range indices per row."""
     if _use_triton(impl, tokens):
-        return _fused().GatherVisible.apply(tokens, pos_embed, keep_ids)
+        return _apply_fused("GatherVisible", tokens, pos_embed, keep_ids)
     return reference.gather_visible_torch(tokens, pos_embed, keep_ids)
 
 
@@ -148,7 +162,7 @@ def unshuffle_with_mask_tokens(
     token otherwise, plus ``pos_embed[l]``; the output has ``visible.dtype``. Gradients flow to ``visible``,
     ``mask_token`` and ``pos_embed``. ``restore_ids`` must be a permutation of ``0..L-1`` per row."""
     if _use_triton(impl, visible):
-        return _fused().UnshuffleWithMaskTokens.apply(visible, mask_token, restore_ids, pos_embed)
+        return _apply_fused("UnshuffleWithMaskTokens", visible, mask_token, restore_ids, pos_embed)
     return reference.unshuffle_with_mask_tokens_torch(visible, mask_token, restore_ids, pos_embed)
 
 
@@ -167,5 +181,5 @@ def norm_pix_masked_mse(
     ``pred`` only. With the fused kernel, patches of weight 0 are not read at all (so non-finite values there do not
     reach the loss, unlike the reference, where 0 · NaN = NaN)."""
     if _use_triton(impl, pred):
-        return _fused().NormPixMaskedMSE.apply(imgs, pred, mask, patch_size, norm_pix, eps)
+        return _apply_fused("NormPixMaskedMSE", imgs, pred, mask, patch_size, norm_pix, eps)
     return reference.norm_pix_masked_mse_torch(imgs, pred, mask, patch_size, norm_pix=norm_pix, eps=eps)

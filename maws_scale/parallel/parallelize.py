@@ -1,4 +1,5 @@
-"""Apply parallelism to a plain model from outside, in torchtitan's order: TP → activation checkpointing → ZeRO.
+"""Apply parallelism to a plain model from outside, in torchtitan's order: TP → FP8 → activation checkpointing → ZeRO
+(→ ``model.compile``, applied on the engine by ``parallel/compile.py``).
 
 ``parallelize`` does the first two and returns a plan; ZeRO is the DeepSpeed engine that ``parallel/engine.py``
 wraps around ``plan.model`` (handing it ``plan.mpu`` when tensor parallelism made one). Everything downstream
@@ -16,6 +17,7 @@ from torch import nn
 
 from maws_scale.config import RunConfig
 from maws_scale.parallel.distributed import DistInfo
+from maws_scale.parallel.fp8 import apply_fp8
 
 
 @dataclass
@@ -32,7 +34,8 @@ class ParallelPlan:
 
 
 def parallelize(model: nn.Module, cfg: RunConfig, info: DistInfo) -> Any:
-    """Tensor-parallelize ``model`` when ``parallel.tp > 1``, then switch on per-block activation checkpointing.
+    """Tensor-parallelize ``model`` when ``parallel.tp > 1``, convert to FP8 (``parallel.fp8``), then switch on
+    per-block activation checkpointing.
 
     Returns a plan with ``model``, ``mpu`` (None without TP), ``dp_rank``, ``dp_size``, ``tp_rank``, ``tp_size`` and
     ``wsp_criterion`` (soft-target CE; the vocab-parallel one under TP, which takes local logits + full targets).
@@ -57,6 +60,7 @@ def parallelize(model: nn.Module, cfg: RunConfig, info: DistInfo) -> Any:
             tp_size=1,
             wsp_criterion=soft_target_cross_entropy,
         )
+    apply_fp8(plan.model, cfg, info.device)  # parallel.fp8: before checkpointing and compile, as in torchtitan
     if hasattr(plan.model, "set_grad_checkpointing"):
         plan.model.set_grad_checkpointing(cfg.parallel.activation_checkpointing)
     elif cfg.parallel.activation_checkpointing:

@@ -140,9 +140,9 @@ def test_incompatible_full_compile_is_downgraded_with_one_warning(overrides, exp
 def test_config_refuses_unknown_compile_modes():
     from maws_scale.config import ConfigError
 
-    with pytest.raises(ConfigError, match="model.compile"):
+    with pytest.raises(ConfigError, match=r"model\.compile"):
         load_config(None, ["model.compile=everything"])
-    with pytest.raises(ConfigError, match="model.compile_backend"):
+    with pytest.raises(ConfigError, match=r"model\.compile_backend"):
         load_config(None, ["model.compile_backend=tensorrt"])
 
 

@@ -106,10 +106,8 @@ def _run_every_kernel(device: torch.device, dtype: torch.dtype) -> None:
     fused.NormPixMaskedMSE.apply(imgs, pred, mask, patch, True, 1e-6).backward()
 
 
-@torch.compiler.assume_constant_result
 def _reason_on(device_type: str) -> str | None:
-    """:func:`_unavailable_reason` for a device type, a constant to ``torch.compile``: Dynamo evaluates it once
-    while tracing instead of tracing the triton import and ``triton.knobs`` read (7 graphs for a compiled MAE)."""
+    """:func:`_unavailable_reason` for a device type; a constant to ``torch.compile`` after :func:`prepare_compile`."""
     return _unavailable_reason(device_type)
 
 
@@ -129,11 +127,31 @@ def _fused() -> ModuleType:
     return importlib.import_module(f"{__package__}.functions")
 
 
-@torch.compiler.disable
 def _apply_fused(op: str, *args):
-    """Run fused op ``op`` (an autograd Function of ``functions``); under ``torch.compile`` it runs eagerly, between
-    two graphs (Dynamo does not trace the Triton launches inside; ``model.compile=blocks`` never reaches here)."""
+    """Run fused op ``op`` (an autograd Function of ``functions``); under ``torch.compile`` (after
+    :func:`prepare_compile`) it runs eagerly between two graphs: Dynamo does not trace the Triton launches inside."""
+    if torch.compiler.is_compiling():
+        return _apply_fused_eagerly(op, *args)
+    return _apply_fused_plain(op, *args)
+
+
+def _apply_fused_plain(op: str, *args):
     return getattr(_fused(), op).apply(*args)
+
+
+_apply_fused_eagerly = _apply_fused_plain  # torch.compiler.disable'd by prepare_compile
+
+
+def prepare_compile() -> None:
+    """Make the dispatch friendly to ``torch.compile`` (``model.compile`` calls this at set-up): the capability
+    check becomes a constant Dynamo evaluates once while tracing (it traced the triton import, the ``triton.knobs``
+    read and the cache: 7 graphs for a compiled MAE, 1 now), and the fused ops run eagerly between graphs. Not done
+    at import: importing ``torch._dynamo`` first breaks the Triton CPU interpreter's backward kernels (measured with
+    ``benchmarks/bench_kernels.py --cpu-smoke``, triton 3.x, torch 2.13)."""
+    global _apply_fused_eagerly
+    torch.compiler.assume_constant_result(_reason_on)  # marks the function itself
+    if _apply_fused_eagerly is _apply_fused_plain:
+        _apply_fused_eagerly = torch.compiler.disable(_apply_fused_plain)
 
 
 def gather_visible(

@@ -73,6 +73,10 @@ def apply_compile(engine: Any, cfg: RunConfig, backend: Any = None) -> str:
     mode, why = effective_compile(cfg)
     if why is not None:
         warnings.warn(why, CompileDowngradeWarning, stacklevel=2)
+    if mode != "none":
+        from maws_scale.kernels.dispatch import prepare_compile
+
+        prepare_compile()
     backend = backend if backend is not None else cfg.model.compile_backend
     if mode == "blocks":
         count = compile_blocks(engine.module, backend)

@@ -90,6 +90,9 @@ def test_blocks_compile_once_per_stack_whatever_the_depth(depth):
 
 def test_full_compile_of_the_mae_is_one_graph():
     """Before: the kernel dispatch (triton import, ``triton.knobs``, an lru_cache) split the MAE into 7 graphs."""
+    from maws_scale.kernels.dispatch import prepare_compile
+
+    prepare_compile()  # what apply_compile does before compiling
     model = _model("mae")
     counter = CompileCounterWithBackend("aot_eager")
     model.compile(backend=counter, dynamic=False)

@@ -1,4 +1,4 @@
-"""model.compile: compiled vs eager (model and trainer, ZeRO-1 and ZeRO-3), one graph per block stack, clean keys.
+"""model.compile: compiled vs eager (model; trainer at ZeRO 0-3), one graph per block stack, clean keys.
 
 Backend ``aot_eager`` (Dynamo + AOTAutograd, eager kernels): it checks what compilation changes in our code (tracing,
 the autograd graph, activation checkpointing around compiled blocks, DeepSpeed's hooks) without inductor's C++
@@ -181,7 +181,8 @@ def _train(world, tmp_path, stage: str, zero: int, mode: str):
 
 
 @pytest.mark.parametrize(("stage", "zero", "mode"), [("mae", 1, "blocks"), ("mae", 3, "blocks"), ("wsp", 1, "full"),
-                                                     ("wsp", 3, "blocks"), ("mae", 1, "full")])  # fmt: skip
+                                                     ("wsp", 3, "blocks"), ("mae", 1, "full"), ("mae", 0, "full"),
+                                                     ("wsp", 2, "blocks")])  # fmt: skip
 def test_compiled_training_matches_eager_under_zero(world, tmp_path, stage, zero, mode):
     """3 steps with activation checkpointing: equal losses, equal final weights, clean keys everywhere."""
     if (stage, zero) not in _EAGER:

@@ -15,6 +15,8 @@ EXTRAS = {
     "jobs": ["submitit>=1.5"],
     "bench": ["scikit-image>=0.22", "scikit-learn>=1.4"],
     "triton": ["triton>=3.4,<4"],  # kernels/ read triton.knobs (new in 3.4)
+    # parallel.fp8: torchao float8 (pure-Python wheel; 0.18 runs on torch 2.13, incl. emulation on CPU)
+    "fp8": ["torchao>=0.18,<0.19"],
 }
 EXTRAS["dev"] = [
     "pytest>=8",
@@ -23,6 +25,7 @@ EXTRAS["dev"] = [
     "ruff>=0.6",
     "hypothesis>=6.100",
     "triton>=3.4,<4",
+    "torchao>=0.18,<0.19",
 ]
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -8,7 +8,8 @@ Each case runs ``maws-scale bench ... --baseline --json`` in a fresh process (un
 multi-rank case), ``--repeat`` times; the row is the repeat with the median ratio to the baseline (median img/s
 without one). Prints a table and rewrites the
 JSON after every case; a failing case is reported with the tail of its stderr (in the JSON's ``failed``) and the
-others still run (exit 1). ``--cases`` selects cases by name, ``--no-baseline`` skips the baseline.
+others still run (exit 1). ``--cases`` selects cases by name, ``--no-baseline`` skips the baseline, ``--set KEY=VALUE``
+(repeatable) adds a config override to every case and to its name (``--set model.compile=blocks``: the compiled run).
 
 - ``cpu``: vit_tiny_p8 on this 2-core machine: fp32 MAE and WSP at ZeRO-0/1/2 on one rank (the step ratio of #15),
   bf16 ZeRO-2, bf16 ZeRO-3 on 2 ranks. Inside each process ours and the plain loop (same model class, loss, optimizer,
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +150,13 @@ def gpu_cases(nproc: int, num_classes: int, patterns: list[str] | None = None) -
     return cases
 
 
+def with_overrides(cases: list[Case], overrides: list[str]) -> list[Case]:
+    """``cases`` with ``overrides`` (``--set``) appended to their config and named in their label."""
+    if not overrides:
+        return cases
+    return [replace(c, name=f"{c.name} [{' '.join(overrides)}]", overrides=[*c.overrides, *overrides]) for c in cases]
+
+
 class CaseFailed(RuntimeError):
     """A case's process failed; the message ends with the tail of its stderr."""
 
@@ -240,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=None, help="comma-separated name patterns, e.g. 'vit_2b14 MAE'")
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain-PyTorch baseline run")
     parser.add_argument("--json", default=None, help="output JSON (default benchmarks/out/bench_step_<suite>.json)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every case")
     args = parser.parse_args(argv)
     if args.suite == "gpu":
         import torch
@@ -255,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         print(f"--cases {args.cases!r} selects no case of the {args.suite} suite", file=sys.stderr)
         return 2
+    cases = with_overrides(cases, args.set)
     steps = args.steps or 20
     warmup = args.warmup if args.warmup is not None else 25
     # one thread per process on the shared CPU machine: idle OpenMP workers spinning against other load cost more

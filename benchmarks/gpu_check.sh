@@ -4,13 +4,16 @@
 #
 #   bash benchmarks/gpu_check.sh [--out DIR] [--python PY] [--dry-run]
 #
-# Steps, in order (seconds = the step's timeout; they add up to 520 s):
-#   env      30  torch / CUDA / device / triton / deepspeed / xformers versions, attention backends that run
-#   pytest  100  pytest -m gpu (the GPU tests of the suite)
-#   kernels  70  fused MAE kernels vs eager torch on ViT-2B shapes, effective bandwidth (bench_kernels.py)
-#   mae     140  ViT-2B MAE steps at the planner's best single-GPU layout, MFU (bench_step.py, no baseline)
-#   wsp     140  ViT-2B WSP steps, same
-#   sync     40  CUDA sync-debug pass over non-log training steps (sync_debug.py)
+# Steps, in order (seconds = the step's timeout; they add up to 540 s):
+#   env      20  torch / CUDA / device / triton / deepspeed / xformers / torchao versions, attention backends that run
+#   pytest   70  pytest -m gpu (the GPU tests of the suite)
+#   kernels  50  fused MAE kernels vs eager torch on ViT-2B shapes, effective bandwidth (bench_kernels.py)
+#   mae      80  ViT-2B MAE steps at the planner's best single-GPU layout, eager, img/s and MFU (bench_step.py)
+#   compile 110  the same with model.compile=blocks (inductor; the compile happens in the 3 warm-up steps)
+#   fp8     110  the same with model.compile=blocks and parallel.fp8=tensorwise (MFU against the bf16 peak)
+#   wsp      70  ViT-2B WSP steps, eager
+#   sync     30  CUDA sync-debug pass over non-log training steps (sync_debug.py)
+# mae, compile and fp8 run one layout (the planner's bf16 micro-batch), so their img/s compare directly.
 # --dry-run prints this plan (the commands, their timeouts, the total) and runs nothing.
 set -u
 
@@ -35,7 +38,7 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     info.update(device=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1))
     info["sdpa"] = {k: getattr(torch.backends.cuda, f"{k}_sdp_enabled")() for k in ("flash", "mem_efficient", "math", "cudnn")}
-for name in ("triton", "deepspeed", "xformers", "megatron.core"):
+for name in ("triton", "deepspeed", "xformers", "megatron.core", "torchao"):
     try:
         info[name] = __import__(name, fromlist=["_"]).__version__
     except Exception as err:
@@ -43,14 +46,17 @@ for name in ("triton", "deepspeed", "xformers", "megatron.core"):
 info["xformers_runs"] = xformers_status("cuda" if torch.cuda.is_available() else "cpu")
 print(json.dumps(info, indent=2))'
 
-NAMES=(env pytest kernels mae wsp sync)
-LIMITS=(30 100 70 140 140 40)
+NAMES=(env pytest kernels mae compile fp8 wsp sync)
+LIMITS=(20 70 50 80 110 110 70 30)
+STEP="$PY benchmarks/bench_step.py --suite gpu --no-baseline --repeat 1 --steps 6 --warmup 3"
 COMMANDS=(
   "$PY -c '$ENV_PY'"
   "$PY -m pytest -m gpu -q -p no:cacheprovider tests"
   "$PY benchmarks/bench_kernels.py --models vit_2b14 --compile off --json $OUT/kernels.json"
-  "$PY benchmarks/bench_step.py --suite gpu --cases 'vit_2b14 MAE' --no-baseline --repeat 1 --steps 10 --warmup 3 --json $OUT/mae.json"
-  "$PY benchmarks/bench_step.py --suite gpu --cases 'vit_2b14 WSP' --no-baseline --repeat 1 --steps 10 --warmup 3 --json $OUT/wsp.json"
+  "$STEP --cases 'vit_2b14 MAE' --json $OUT/mae.json"
+  "$STEP --cases 'vit_2b14 MAE' --set model.compile=blocks --json $OUT/compile.json"
+  "$STEP --cases 'vit_2b14 MAE' --set model.compile=blocks --set parallel.fp8=tensorwise --json $OUT/fp8.json"
+  "$STEP --cases 'vit_2b14 WSP' --json $OUT/wsp.json"
   "$PY benchmarks/sync_debug.py --model vit_b16 --steps 6 --json $OUT/sync.json"
 )
 

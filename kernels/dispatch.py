@@ -106,12 +106,17 @@ def _run_every_kernel(device: torch.device, dtype: torch.dtype) -> None:
     fused.NormPixMaskedMSE.apply(imgs, pred, mask, patch, True, 1e-6).backward()
 
 
+def _reason_on(device_type: str) -> str | None:
+    """:func:`_unavailable_reason` for a device type; a constant to ``torch.compile`` after :func:`prepare_compile`."""
+    return _unavailable_reason(device_type)
+
+
 def _use_triton(impl: Impl, tensor: torch.Tensor) -> bool:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "torch":
         return False
-    reason = _unavailable_reason(tensor.device)
+    reason = _reason_on(tensor.device.type)
     if impl == "triton" and reason is not None:
         raise RuntimeError(f"impl='triton' asked for, but the fused kernels cannot run here: {reason}; "
                            "use impl='auto' or 'torch'")  # fmt: skip
@@ -120,6 +125,33 @@ def _use_triton(impl: Impl, tensor: torch.Tensor) -> bool:
 
 def _fused() -> ModuleType:
     return importlib.import_module(f"{__package__}.functions")
+
+
+def _apply_fused(op: str, *args):
+    """Run fused op ``op`` (an autograd Function of ``functions``); under ``torch.compile`` (after
+    :func:`prepare_compile`) it runs eagerly between two graphs: Dynamo does not trace the Triton launches inside."""
+    if torch.compiler.is_compiling():
+        return _apply_fused_eagerly(op, *args)
+    return _apply_fused_plain(op, *args)
+
+
+def _apply_fused_plain(op: str, *args):
+    return getattr(_fused(), op).apply(*args)
+
+
+_apply_fused_eagerly = _apply_fused_plain  # torch.compiler.disable'd by prepare_compile
+
+
+def prepare_compile() -> None:
+    """Make the dispatch friendly to ``torch.compile`` (``model.compile`` calls this at set-up): the capability
+    check becomes a constant Dynamo evaluates once while tracing (it traced the triton import, the ``triton.knobs``
+    read and the cache: 7 graphs for a compiled MAE, 1 now), and the fused ops run eagerly between graphs. Not done
+    at import: importing ``torch._dynamo`` first breaks the Triton CPU interpreter's backward kernels (measured with
+    ``benchmarks/bench_kernels.py --cpu-smoke``, triton 3.x, torch 2.13)."""
+    global _apply_fused_eagerly
+    torch.compiler.assume_constant_result(_reason_on)  # marks the function itself
+    if _apply_fused_eagerly is _apply_fused_plain:
+        _apply_fused_eagerly = torch.compiler.disable(_apply_fused_plain)
 
 
 def gather_visible(
@@ -131,7 +163,7 @@ def gather_visible(
     ``tokens`` (zeros at masked patches) and ``pos_embed`` (summed over the batch). ``keep_ids`` must hold distinct
     in-range indices per row."""
     if _use_triton(impl, tokens):
-        return _fused().GatherVisible.apply(tokens, pos_embed, keep_ids)
+        return _apply_fused("GatherVisible", tokens, pos_embed, keep_ids)
     return reference.gather_visible_torch(tokens, pos_embed, keep_ids)
 
 
@@ -148,7 +180,7 @@ def unshuffle_with_mask_tokens(
     token otherwise, plus ``pos_embed[l]``; the output has ``visible.dtype``. Gradients flow to ``visible``,
     ``mask_token`` and ``pos_embed``. ``restore_ids`` must be a permutation of ``0..L-1`` per row."""
     if _use_triton(impl, visible):
-        return _fused().UnshuffleWithMaskTokens.apply(visible, mask_token, restore_ids, pos_embed)
+        return _apply_fused("UnshuffleWithMaskTokens", visible, mask_token, restore_ids, pos_embed)
     return reference.unshuffle_with_mask_tokens_torch(visible, mask_token, restore_ids, pos_embed)
 
 
@@ -167,5 +199,5 @@ def norm_pix_masked_mse(
     ``pred`` only. With the fused kernel, patches of weight 0 are not read at all (so non-finite values there do not
     reach the loss, unlike the reference, where 0 · NaN = NaN)."""
     if _use_triton(impl, pred):
-        return _fused().NormPixMaskedMSE.apply(imgs, pred, mask, patch_size, norm_pix, eps)
+        return _apply_fused("NormPixMaskedMSE", imgs, pred, mask, patch_size, norm_pix, eps)
     return reference.norm_pix_masked_mse_torch(imgs, pred, mask, patch_size, norm_pix=norm_pix, eps=eps)

@@ -45,6 +45,12 @@ class ModelConfig(_Section):
     norm_bias: bool = True
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
     kernels: Literal["auto", "triton", "torch"] = "auto"
+    compile: Literal["none", "blocks", "full"] = Field(
+        "none", description="torch.compile: each transformer block (regional), the whole model, or nothing"
+    )
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile backend (aot_eager / eager: debugging, CPU tests)"
+    )
 
 
 class MAEConfig(_Section):
@@ -175,6 +181,10 @@ class ParallelConfig(_Section):
     )
     ds_config: str | None = Field(None, description="DeepSpeed template; default ds_configs/zero<stage>.json")
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    fp8: Literal["none", "tensorwise", "rowwise"] = Field(
+        "none", description="FP8 matmuls (torchao float8) in the encoder's linear layers; needs CUDA capability >= 8.9"
+    )
+    fp8_emulate: bool = Field(False, description="FP8 casts with high-precision matmuls (tests on CPU; no speed-up)")
 
     @field_validator("activation_checkpointing", mode="before")
     @classmethod
@@ -269,6 +279,13 @@ class RunConfig(BaseModel):
             raise ValueError("parallel.offload needs parallel.zero_stage >= 1 (ZeRO-Offload)")
         if self.parallel.offload == "all" and self.parallel.zero_stage != 3:
             raise ValueError("parallel.offload=all (parameters too) needs parallel.zero_stage=3")
+        if self.parallel.fp8 != "none" and tp > 1:
+            raise ValueError(
+                f"parallel.fp8={self.parallel.fp8} with parallel.tp={tp}: the tensor-parallel layers are not converted "
+                "to FP8; use parallel.fp8=none or parallel.tp=1"
+            )
+        if self.parallel.fp8 != "none" and self.parallel.precision == "fp16":
+            raise ValueError("parallel.fp8 with parallel.precision=fp16: FP8 training runs in bf16 (or fp32); use bf16")
         decoder_heads = self.mae.decoder_heads or spec.decoder_heads
         decoder_width = self.mae.decoder_width or spec.decoder_width
         if decoder_width % decoder_heads:

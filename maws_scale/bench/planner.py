@@ -25,6 +25,14 @@ inter-node bandwidth once the job spans nodes, TP stays inside a node. What can 
                 PCIe traffic of gradients and parameters and the CPU Adam update
 
 ``est_images_per_s`` = global batch / step; ``est_mfu`` = useful FLOPs / (step × peak), recompute not counted.
+
+FP8 (``parallel.fp8``, :mod:`maws_scale.parallel.fp8`): the encoder blocks' linear FLOPs (forward, backward and
+recompute) run ``FP8_MATMUL_SPEEDUP`` times faster; attention, the decoder and the head do not. MFU stays measured
+against the bf16 ``peak`` (as the trainer reports it). Memory: the model states and the saved activations do not
+change (torchao keeps parameters in their dtype and saves each converted layer's high-precision input and weight for
+backward); a transient FP8 workspace is added: ``FP8_BYTES_PER_HIDDEN`` bytes per encoder token × MLP width per
+sample (1-byte copies of a layer's input and output gradient, and their transposes for the weight gradient) and two
+1-byte copies (and transposes) of the largest block weight.
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ from maws_scale.models.checkpointing import parse_mode
 from maws_scale.parallel.engine import build_ds_config, uses_zero_init
 
 GiB = 1 << 30
+# The encoder's FP8 matmuls vs bf16, as the speed model uses it: the datasheet ratio is 2× (H100/H200 dense FP8 1979
+# vs bf16 989 TFLOP/s), less dynamic scaling's amax and cast passes; torchtitan's Llama-3-8B on H100 (+28 % end to
+# end from FP8 with compile, most but not all FLOPs converted) implies about 1.5-1.8× on the converted matmuls. A
+# planning figure, not a measurement here: benchmarks/gpu_check.sh measures eager vs compile vs compile + FP8.
+FP8_MATMUL_SPEEDUP = 1.6
+FP8_BYTES_PER_HIDDEN = 4
 _UNITS = {
     "": 1,
     "B": 1,
@@ -159,6 +173,7 @@ class Plan:
     host_limit: int | None
     speed: Speed
     notes: list[str] = field(default_factory=list)
+    fp8_fixed: int = 0  # FP8 copies of the largest block weight (parallel.fp8), transient, independent of the batch
 
     @property
     def activations(self) -> int:
@@ -166,7 +181,7 @@ class Plan:
 
     @property
     def peak(self) -> int:
-        return self.states.device_total + max(self.activations, self.states.step_temp)
+        return self.states.device_total + self.fp8_fixed + max(self.activations, self.states.step_temp)
 
     @property
     def host_fits(self) -> bool:
@@ -178,7 +193,7 @@ class Plan:
 
     def max_micro_batch(self) -> int:
         """Largest micro-batch whose peak fits (0 when even the model states do not)."""
-        fixed = self.states.device_total
+        fixed = self.states.device_total + self.fp8_fixed
         if fixed + self.states.step_temp > self.usable or not self.host_fits:
             return 0
         return max(0, int((self.usable - fixed) // self.activations_per_sample))
@@ -193,6 +208,7 @@ class Plan:
             "optimizer_moments": s.moments,
             "activations": self.activations,
             "buffers": s.buffers,
+            "fp8_workspace_fixed": self.fp8_fixed,
             "step_temporaries": s.step_temp,
             "peak": self.peak,
             "usable": self.usable,
@@ -319,6 +335,7 @@ def plan_layout(
     per_sample = stage.flops_per_sample()
     mask = lcfg.mae.mask_ratio if lcfg.stage == "mae" else None
     parts = flops_breakdown(stage.build_model(device="meta"), lcfg.stage, mask_ratio=mask)
+    fp8_per_sample, fp8_fixed = fp8_memory(lcfg, act, tp)
     plan = Plan(
         model=lcfg.model.name,
         stage=lcfg.stage,
@@ -330,7 +347,7 @@ def plan_layout(
         params_per_gpu=inv.numel,
         head_params_per_gpu=inv.head_numel(),
         states=states,
-        activations_per_sample=act.per_sample,
+        activations_per_sample=act.per_sample + fp8_per_sample,
         activation=act,
         flops_per_sample=per_sample,
         flops_per_step=per_sample * lcfg.train.global_batch,
@@ -339,10 +356,31 @@ def plan_layout(
         host_limit=hw.host_per_gpu,
         speed=estimate_speed(lcfg, hw, layout, dp, inv, zs, parts, act),
         notes=notes,
+        fp8_fixed=fp8_fixed,
     )
     if layout.tp > hw.gpus_per_node:
         plan.notes.append(f"tp={layout.tp} spans nodes ({hw.gpus_per_node} GPUs per node): TP all-reduces leave NVLink")
     return plan
+
+
+def fp8_linear_flops(cfg: RunConfig, tokens: int) -> int:
+    """Forward FLOPs per sample of the Linear layers ``parallel.fp8`` converts (0 without FP8): the encoder blocks'
+    qkv, proj, fc1, fc2 when their widths are multiples of 16 (:func:`maws_scale.parallel.fp8.fp8_layer`)."""
+    from maws_scale.parallel.fp8 import FP8_MULTIPLE
+
+    spec = cfg.spec
+    width, hidden = spec.width, spec.mlp_hidden
+    if cfg.parallel.fp8 == "none" or width % FP8_MULTIPLE or hidden % FP8_MULTIPLE:
+        return 0
+    return spec.depth * 2 * tokens * width * (4 * width + 2 * hidden)
+
+
+def fp8_memory(cfg: RunConfig, act: ActivationEstimate, tp: int) -> tuple[float, int]:
+    """FP8 workspace (module docstring): (bytes per sample, fixed bytes); (0, 0) without FP8."""
+    if not fp8_linear_flops(cfg, 1):
+        return 0.0, 0
+    hidden, width = cfg.spec.mlp_hidden // tp, cfg.spec.width
+    return float(FP8_BYTES_PER_HIDDEN * act.tokens_encoder * hidden), 4 * width * hidden
 
 
 def estimate_speed(
@@ -368,6 +406,9 @@ def estimate_speed(
         enc_share * parts["encoder"] / tp + dec_share * parts["decoder"] / (tp if decoder_split else 1)
     )
     work = 3 * fwd_per_gpu + recompute
+    # the FP8 matmuls (forward, backward, and the recomputed share) take 1/speed-up the time: bf16-equivalent work
+    fp8 = samples * fp8_linear_flops(cfg, parts["tokens"]) / tp * (3 + enc_share)
+    work -= fp8 * (1 - 1 / FP8_MATMUL_SPEEDUP)
     compute = work / (hw.peak_tflops * 1e12 * hw.compute_efficiency) + samples * act.recompute_traffic / (
         hw.hbm_gbps * 1e9
     )

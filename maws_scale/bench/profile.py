@@ -382,7 +382,7 @@ def summarize(cfg: RunConfig, trainer: Any, ranks: list[RankResult], opts: Bench
         "tp": cfg.parallel.tp,
         "zero_stage": cfg.parallel.zero_stage,
         "precision": cfg.parallel.precision,
-        "peak_basis": peak_basis(cfg.parallel.precision),  # fp32: says whether TF32 was on
+        "peak_basis": peak_basis(cfg.parallel.precision, fp8=cfg.parallel.fp8),  # TF32 on/off; FP8 vs bf16
         "activation_checkpointing": cfg.parallel.activation_checkpointing,
         "offload": cfg.parallel.offload,
         "micro_batch": cfg.train.micro_batch,

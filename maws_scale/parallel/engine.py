@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.parallel.compile import apply_compile
 
 log = logging.getLogger("maws_scale.parallel")
 
@@ -475,6 +476,7 @@ def initialize_engine(
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
     # DeepSpeed drives our optimizer directly only in fp32 ZeRO-0; everywhere else it checks the grad norm itself
     guard.check_grads = engine.optimizer is optimizer
+    apply_compile(engine, cfg)  # model.compile: in place, after DeepSpeed's hooks exist
     return engine, guard
 
 

@@ -90,6 +90,11 @@ class ParallelPlan:
         return self._finish_build(model)
 
     def _finish_build(self, model: nn.Module) -> nn.Module:
+        """Then, in torchtitan's order: FP8 linears (``parallel.fp8``), activation checkpointing; ZeRO and
+        ``model.compile`` follow when the engine wraps the model (``parallel/engine.py``, ``parallel/compile.py``)."""
+        from maws_scale.parallel.fp8 import apply_fp8
+
+        apply_fp8(model, self.cfg, self.info.device)
         setter = getattr(model, "set_grad_checkpointing", None)
         if setter is not None:
             setter(self.cfg.parallel.activation_checkpointing)

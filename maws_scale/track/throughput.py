@@ -2,7 +2,8 @@
 
 MFU is reported twice: against the datasheet peak of the accelerator (A100 / H100 / H200 bf16 dense, or
 ``tracking.peak_tflops``), and against the device's own peak measured once at start-up with a large matmul in the
-run's precision, so the number means something on a CPU run too.
+run's precision, so the number means something on a CPU run too. FP8 runs (``parallel.fp8``) are measured against
+the same bf16 peak (``peak_basis`` says so): their MFU is directly comparable with the bf16 run's.
 """
 
 from __future__ import annotations
@@ -71,13 +72,21 @@ def datasheet_peak_tflops(name: str, precision: str = "bf16", tf32: bool | None 
     return None
 
 
-def peak_basis(precision: str, tf32: bool | None = None) -> str:
-    """What the datasheet MFU of ``precision`` is measured against, for logs and reports."""
+def peak_basis(precision: str, tf32: bool | None = None, fp8: str = "none") -> str:
+    """What the datasheet MFU of ``precision`` is measured against, for logs and reports.
+
+    With ``parallel.fp8`` the FP8 matmuls are still counted against the ``precision`` (bf16) peak, not the FP8 peak
+    (twice as high on Hopper): the MFU of an FP8 run compares directly with its bf16 run, and may exceed what the
+    bf16 tensor cores alone could reach."""
     if precision != "fp32":
-        return f"{precision} dense tensor-core peak"
-    if tf32_enabled() if tf32 is None else tf32:
-        return "fp32 with TF32 on: TF32 dense tensor-core peak"
-    return "fp32 with TF32 off: FP32 CUDA-core peak"
+        basis = f"{precision} dense tensor-core peak"
+    elif tf32_enabled() if tf32 is None else tf32:
+        basis = "fp32 with TF32 on: TF32 dense tensor-core peak"
+    else:
+        basis = "fp32 with TF32 off: FP32 CUDA-core peak"
+    if fp8 != "none":
+        basis += f" (parallel.fp8={fp8}: FP8 matmuls counted against this peak, not the FP8 peak)"
+    return basis
 
 
 def measure_peak_tflops(

@@ -251,7 +251,7 @@ class Trainer:
                     "total_steps": self.total_steps,
                     "warmup_steps": self.schedule.warmup_steps,
                     "datasheet_peak_tflops": self.datasheet_peak,
-                    "datasheet_peak_basis": peak_basis(precision),  # fp32: TF32 on or off
+                    "datasheet_peak_basis": peak_basis(precision, fp8=cfg.parallel.fp8),  # TF32 on/off; FP8 vs bf16
                     "optimizer": optimizer_impl(cfg),
                     "flops_per_sample": self.stage.flops_per_sample(),
                 },

@@ -2,8 +2,8 @@
 
 ``preflight(cfgs, world_size)`` raises :class:`~maws_scale.config.ConfigError` naming the key when a stage of the
 run could not finish: a ``parallel.world_size`` the launcher did not make, ``model.kernels=triton`` where Triton
-cannot run, an output or checkpoint directory that cannot be written, a data set, evaluation set or WSP vocabulary
-that is missing or malformed.
+cannot run, ``parallel.fp8`` where FP8 cannot run (or torchao is missing), an output or checkpoint directory that
+cannot be written, a data set, evaluation set or WSP vocabulary that is missing or malformed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def preflight(
     for cfg in cfgs:
         check_world(cfg, world_size)
         check_kernels(cfg, device)
+        check_fp8(cfg, device)
         check_writable("output_dir", Path(cfg.output_dir))
         if cfg.checkpoint.dir:
             check_writable("checkpoint.dir", Path(cfg.checkpoint.dir))
@@ -65,6 +66,19 @@ def check_kernels(cfg: RunConfig, device: torch.device | None) -> None:
             f"model.kernels=triton: the fused Triton kernels cannot run on {where} (they need triton and a CUDA GPU, "
             "or TRITON_INTERPRET=1 on CPU); use model.kernels=auto or torch"
         )
+
+
+def check_fp8(cfg: RunConfig, device: torch.device | None) -> None:
+    """``parallel.fp8`` needs torchao and a device with FP8 matmuls (or ``parallel.fp8_emulate``)."""
+    if cfg.parallel.fp8 == "none":
+        return
+    from maws_scale.parallel.fp8 import float8_config, fp8_unsupported
+
+    where = device if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reason = fp8_unsupported(where, cfg.parallel.fp8_emulate)
+    if reason is not None:
+        raise ConfigError(f"parallel.fp8={cfg.parallel.fp8}: {reason}; set parallel.fp8=none")
+    float8_config(cfg.parallel.fp8, cfg.parallel.fp8_emulate)  # ConfigError when torchao is missing
 
 
 def check_writable(key: str, directory: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STEPS = ["env", "pytest", "kernels", "mae", "wsp", "sync"]
+STEPS = ["env", "pytest", "kernels", "mae", "compile", "fp8", "wsp", "sync"]
 
 
 def bench_step():
@@ -40,7 +40,15 @@ def test_dry_run_prints_the_plan_in_order_within_nine_minutes(tmp_path):
     assert sum(limit for _, limit in steps) == total <= 540  # 9 minutes, with room for start-up between steps
     plan = proc.stdout
     assert "-m pytest -m gpu" in plan and "--models vit_2b14" in plan and "sync_debug.py" in plan
-    assert "--cases 'vit_2b14 MAE' --no-baseline" in plan and "--cases 'vit_2b14 WSP' --no-baseline" in plan
+    commands = {m.group(1): m.group(2) for line in lines[1:] if (m := re.match(r"(\w+)\s+timeout\s+\d+s\s+(.*)", line))}
+    assert all("--no-baseline" in commands[k] for k in ("mae", "compile", "fp8", "wsp"))
+    assert all("--cases 'vit_2b14 MAE'" in commands[k] for k in ("mae", "compile", "fp8"))
+    assert "--cases 'vit_2b14 WSP'" in commands["wsp"] and "--set" not in commands["mae"] + commands["wsp"]
+    # eager vs compile vs compile + FP8, one layout: only the overrides differ
+    assert commands["compile"].count("--set") == 1 and "--set model.compile=blocks" in commands["compile"]
+    assert "--set model.compile=blocks --set parallel.fp8=tensorwise" in commands["fp8"]
+    base = commands["mae"].split(" --json")[0]
+    assert all(commands[k].startswith(base + " --set") for k in ("compile", "fp8"))
     assert not out.exists()  # a dry run runs and writes nothing
 
 
@@ -68,7 +76,7 @@ def test_every_step_writes_its_json_and_a_failure_keeps_its_stderr(tmp_path):
         timeout=120,
         env={**os.environ},
     )
-    assert proc.returncode == 1 and "1 of 6 steps failed" in proc.stdout
+    assert proc.returncode == 1 and f"1 of {len(STEPS)} steps failed" in proc.stdout
     records = {name: json.loads((out / f"step_{name}.json").read_text()) for name in STEPS}
     assert records["env"]["rc"] == 0 and records["env"]["result"] == {"ok": True}
     failed = records["kernels"]
@@ -93,6 +101,10 @@ def test_bench_step_cases_and_no_baseline(tmp_path):
     without = module.bench_command(case, 10, 3, tmp_path / "o.json", tmp_path / "run", baseline=False)
     assert "--baseline" in with_base and "--baseline" not in without
     assert module.main(["--suite", "cpu", "--cases", "no such case"]) == 2
+    compiled = module.with_overrides(cases, ["model.compile=blocks", "parallel.fp8=tensorwise"])[0]
+    assert compiled.overrides == [*case.overrides, "model.compile=blocks", "parallel.fp8=tensorwise"]
+    assert compiled.name == f"{case.name} [model.compile=blocks parallel.fp8=tensorwise]"
+    assert module.with_overrides(cases, []) == cases
 
 
 @pytest.mark.parametrize("baseline", [None, {"speedup": 2.0, "images_per_s_per_device": 1.0, "speedup_cpu_time": 1.0}])

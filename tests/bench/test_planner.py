@@ -311,3 +311,38 @@ def test_speed_model_charges_each_mode_its_recompute() -> None:
     # the planner's block rule is the model's
     act = estimate(cfg, checkpointing="every_k:3")
     assert act.recomputed[0] == sum(checkpointed_blocks("every_k:3", 24)) / 24
+
+
+@pytest.mark.parametrize(("stage", "ckpt"), [("mae", False), ("wsp", True)])
+def test_fp8_speeds_up_the_encoder_linears_and_adds_its_workspace(stage: str, ckpt: bool) -> None:
+    """parallel.fp8: the encoder blocks' linear FLOPs (×3 fwd+bwd, ×4 with recompute) take 1/1.6 the time; the rest
+    of the step, the model states and the saved activations do not change; the FP8 workspace is 4 B per encoder token
+    × MLP width per sample plus 4 B × width × MLP width fixed; MFU stays against the bf16 peak."""
+    from maws_scale.bench.planner import FP8_MATMUL_SPEEDUP
+
+    overrides = ["model.name=vit_2b14", f"stage={stage}", "train.global_batch=64", "train.micro_batch=8"]
+    overrides.append(f"parallel.activation_checkpointing={ckpt}")
+    hw = Hardware(gpus=8)
+    base = plan_layout(cfg_for(*overrides), hw)
+    fp8 = plan_layout(cfg_for(*overrides, "parallel.fp8=rowwise"), hw)
+    spec = load_config(None, ["model.name=vit_2b14"]).spec
+    w, h, depth = spec.width, spec.mlp_hidden, spec.depth
+    tokens = base.activation.tokens_encoder
+    linear_fwd = depth * 2 * tokens * w * (4 * w + 2 * h)  # qkv, proj, fc1, fc2 per sample
+    samples = 64 / 8
+    saved_work = samples * linear_fwd * (4 if ckpt else 3) * (1 - 1 / FP8_MATMUL_SPEEDUP)
+    expected = base.speed.compute_s - saved_work / (hw.peak_tflops * 1e12 * hw.compute_efficiency)
+    assert fp8.speed.compute_s == pytest.approx(expected, rel=1e-9) and fp8.speed.compute_s < base.speed.compute_s
+    assert fp8.speed.useful_flops_per_gpu == base.speed.useful_flops_per_gpu  # MFU: same FLOPs, same bf16 peak
+    assert fp8.speed.est_mfu == pytest.approx(fp8.speed.useful_flops_per_gpu / (fp8.speed.step_s * 989e12))
+    assert fp8.states == base.states
+    assert fp8.activations_per_sample - base.activations_per_sample == pytest.approx(4 * tokens * h)
+    assert fp8.fp8_fixed == 4 * w * h and base.fp8_fixed == 0
+    assert fp8.peak - base.peak >= fp8.fp8_fixed
+    assert fp8.as_dict()["bytes_per_gpu"]["fp8_workspace_fixed"] == 4 * w * h
+
+
+def test_fp8_on_widths_fp8_cannot_use_changes_nothing() -> None:
+    overrides = ["model.name=vit_micro_p4", "model.width=40", "model.heads=2", "stage=wsp"]
+    base, fp8 = (plan_layout(cfg_for(*overrides, *x), Hardware()) for x in ([], ["parallel.fp8=tensorwise"]))
+    assert fp8.speed == base.speed and fp8.peak == base.peak

@@ -20,6 +20,8 @@ SCENARIOS: dict[str, tuple[int, list[str]]] = {
     "equivalence-mae": (2, MAE_DROP_PATH),
     "equivalence-mae-replicated-decoder": (2, [*MAE_DROP_PATH, "--replicate-decoder"]),
     "equivalence-wsp-activation-checkpointing": (2, [*WSP_DROP_PATH, "--checkpointing"]),
+    "equivalence-mae-compiled-blocks": (2, [*MAE_DROP_PATH, "--compile"]),
+    "equivalence-wsp-compiled-blocks-checkpointing": (2, [*WSP_DROP_PATH, "--compile", "--checkpointing"]),
     "meta_init": (2, ["meta_init"]),
     "compat": (2, ["compat"]),
     "zero3-mae": (4, ["zero3", "--stage", "mae", "--tp", "2", "--dir", "{dir}"]),

@@ -14,11 +14,18 @@ pytestmark = pytest.mark.dist
 
 @pytest.mark.parametrize(
     "scenario",
-    ["equivalence-mae", "equivalence-mae-replicated-decoder", "equivalence-wsp-activation-checkpointing"],
+    [
+        "equivalence-mae",
+        "equivalence-mae-replicated-decoder",
+        "equivalence-wsp-activation-checkpointing",
+        "equivalence-mae-compiled-blocks",
+        "equivalence-wsp-compiled-blocks-checkpointing",
+    ],
 )
 def test_tp2_matches_tp1_over_steps(tp_scenario, scenario):
     """TP=2: loss, every gradient, clipped grad norm and the parameters after 3 SGD steps equal TP=1 (drop-path on;
-    MAE masks from one generator, decoder sharded or replicated; WSP K=11 padded to 12, activation checkpointing)."""
+    MAE masks from one generator, decoder sharded or replicated; WSP K=11 padded to 12, activation checkpointing;
+    model.compile=blocks on the TP model, aot_eager)."""
     assert tp_scenario(scenario).output.count("step ") == 3
 
 

@@ -107,6 +107,10 @@ def equivalence(args) -> None:
     ref = build(args.stage, args.classes, drop_path=args.drop_path)
     tp = parallelize_vit(copy.deepcopy(ref), group, shard_decoder=not args.replicate_decoder)
     tp.set_grad_checkpointing(args.checkpointing)  # recomputation re-runs the TP collectives and drop-path draws
+    if args.compile:  # model.compile=blocks on the sharded blocks (aot_eager: no C++ build), against eager TP=1
+        from maws_scale.parallel.compile import compile_blocks
+
+        compile_blocks(tp, "aot_eager")
     criterion = VocabParallelSoftTargetCE(args.classes, group) if args.stage == "wsp" else None
     opt_ref = sgd(ref)
     opt_tp = sgd(tp)
@@ -467,6 +471,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--drop-path", type=float, default=0.0)
     parser.add_argument("--replicate-decoder", action="store_true", help="keep the MAE decoder replicated")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the TP model")
+    parser.add_argument("--compile", action="store_true", help="compile the TP model's blocks (aot_eager)")
     parser.add_argument("--dir", default=None, help="a directory shared by all ranks (checkpoints)")
     return parser.parse_args(argv)
 

@@ -103,3 +103,9 @@ def test_cpu_peak_memory_sees_a_known_tensor():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.split()[-1]) == pytest.approx(0.5, abs=0.05), result.stdout
+
+
+def test_fp8_runs_say_their_mfu_is_against_the_bf16_peak():
+    assert peak_basis("bf16", fp8="none") == "bf16 dense tensor-core peak"
+    basis = peak_basis("bf16", fp8="rowwise")
+    assert basis.startswith("bf16 dense tensor-core peak") and "not the FP8 peak" in basis and "rowwise" in basis

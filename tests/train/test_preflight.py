@@ -91,3 +91,30 @@ def test_a_world_size_mismatch_stops_train_before_the_first_step(world, mosaics,
     assert main([*args, "--output-dir", str(tmp_path / "run")]) == 2
     assert "parallel.world_size=4" in capsys.readouterr().err
     assert not (tmp_path / "run" / "mae").exists()
+
+
+def test_fp8_where_it_cannot_run_is_refused(tmp_path, mosaics):
+    cfg = _config(tmp_path, mosaics, "parallel.fp8=rowwise")
+    with pytest.raises(ConfigError, match=r"parallel\.fp8=rowwise: FP8 matmuls need a CUDA GPU .* on cpu"):
+        preflight([cfg], world_size=1, device=torch.device("cpu"))
+    preflight([_config(tmp_path, mosaics, "parallel.fp8=rowwise", "parallel.fp8_emulate=true")], world_size=1)
+
+
+def test_pipeline_with_fp8_in_its_second_stage_on_a_cpu_trains_nothing(world, mosaics, tmp_path, capsys):
+    """The WSP stage's FP8 is checked before the MAE stage's first step, not when WSP starts."""
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name": "vit_micro_p4"},
+        "data": {"path": str(mosaics / "train"), "num_workers": 0},
+        "train": {"global_batch": 8, "micro_batch": 8, "steps": 2},
+        "parallel": {"zero_stage": 0, "precision": "fp32"},
+        "optim": {"impl": "torch"},
+        "tracking": {"enabled": False},
+        "eval": {"enabled": False},
+        "stages": {"mae": {}, "wsp": {"parallel.fp8": "tensorwise"}},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["pipeline", str(path)]) == 2
+    assert "parallel.fp8=tensorwise: FP8 matmuls need a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "mae" / "metrics.jsonl").exists()

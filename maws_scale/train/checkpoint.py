@@ -342,7 +342,7 @@ def consolidate(info: CheckpointInfo, out: str | Path, extra_meta: dict[str, Any
             f"{info.path}: consolidating a tensor-parallel checkpoint (tp={info.meta['tp_size']}) needs the shards "
             "merged by the TP plan; rerun consolidation with parallel.tp=1 weights"
         )
-    if info.zero_stage >= 1 and bf16_optimizer_shards(info.path):  # ZeRO-1, bf16, fp32 accumulation
+    if info.zero_stage in (1, 2) and bf16_optimizer_shards(info.path):  # ZeRO-1, bf16, fp32 accumulation
         module = torch.load(info.path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
         state = {**module, **bf16_optimizer_state(info.path, module)}
     elif info.zero_stage >= 1:

@@ -346,7 +346,7 @@ def consolidate(info: CheckpointInfo, out: str | Path, extra_meta: dict[str, Any
             f"{info.path}: the checkpoint holds the shards of several model-parallel ranks; consolidate it with "
             "`maws-scale export` (maws_scale.parallel.plan.consolidate_checkpoint), which merges them by its layout"
         )
-    if info.zero_stage >= 1 and bf16_optimizer_shards(info.path):  # ZeRO-1, bf16, fp32 accumulation
+    if info.zero_stage in (1, 2) and bf16_optimizer_shards(info.path):  # ZeRO-1, bf16, fp32 accumulation
         module = torch.load(info.path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
         state = {**module, **bf16_optimizer_state(info.path, module)}
     elif info.zero_stage >= 1:

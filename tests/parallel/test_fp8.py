@@ -39,7 +39,8 @@ def test_only_the_encoder_block_linears_convert(recipe):
 
 
 def test_fp8_changes_the_numbers_a_little():
-    """Emulation really quantises (outputs differ from bf16), by FP8's few-percent rounding, not more."""
+    """Emulation really quantises (outputs differ from bf16), by FP8's rounding (e4m3: 3 mantissa bits, up to ~6 %
+    per element), not more: measured 9.0 % (tensorwise) of the logits' norm through 4 random-init blocks."""
     torch.manual_seed(0)
     ref = build_wsp("vit_tiny_p4", num_classes=16).to(torch.bfloat16)
     fp8 = build_wsp("vit_tiny_p4", num_classes=16).to(torch.bfloat16)
@@ -48,7 +49,7 @@ def test_fp8_changes_the_numbers_a_little():
     x = torch.randn(8, 3, 32, 32, dtype=torch.bfloat16)
     a, b = ref(x).float(), fp8(x).float()
     rel = ((a - b).norm() / a.norm()).item()
-    assert 1e-4 < rel < 0.1, rel
+    assert 1e-3 < rel < 0.25, rel
 
 
 def test_layers_whose_widths_are_not_multiples_of_16_stay_and_say_so():

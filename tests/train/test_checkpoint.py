@@ -184,3 +184,24 @@ def test_keep_last_never_deletes_the_checkpoint_just_saved(tmp_path):
     save(manager, FakeEngine(), 3)  # a run restarted from an older point: 4 and 6 belong to the abandoned attempt
     assert [c.step for c in manager.complete()] == [3]
     assert manager.resolve("auto").step == 3
+
+
+def test_bf16_zero3_run_consolidates_its_fp32_masters(world, tmp_path):
+    """Before: bf16 ZeRO-3 (fp32 accumulation) trained, then failed at consolidation, reading its bf16 partition
+    files as BF16_Optimizer (ZeRO-1) shards and looking for a model-states file ZeRO-3 does not write."""
+    from maws_scale.config import load_config
+    from maws_scale.train.loop import Trainer
+
+    overrides = ["model.name=vit_micro_p4", "data.synthetic=true", "data.num_workers=0", "optim.impl=torch"]
+    overrides += ["tracking.enabled=false", "eval.enabled=false", "train.global_batch=4", "train.micro_batch=4"]
+    overrides += ["train.steps=2", "parallel.precision=bf16", "parallel.zero_stage=3", f"output_dir={tmp_path}"]
+    trainer = Trainer(load_config(None, overrides), world)
+    result = trainer.run()
+    state = torch.load(result.consolidated, map_location="cpu", weights_only=True)
+    assert state and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values())
+    import deepspeed
+
+    params = dict(trainer.engine.module.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values())):
+        for name, param in params.items():  # the bf16 weights are the fp32 masters rounded
+            torch.testing.assert_close(state[name].to(torch.bfloat16), param.detach().cpu(), rtol=0, atol=0, msg=name)

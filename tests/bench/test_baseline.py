@@ -107,6 +107,9 @@ def test_baseline_refuses_what_it_cannot_time_fairly(world, tmp_path) -> None:
     cfg = load_config(None, ["model.name=vit_micro_p4", "tracking.enabled=false", f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="--with-data"):
         profile.run_bench(cfg, BenchOptions(baseline=True, with_data=True), world)
+    tp2 = load_config(None, ["model.name=vit_micro_p4", "parallel.tp=2", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"parallel\.tp=1"):
+        profile.run_bench(tp2, BenchOptions(baseline=True), world)
 
 
 def test_zero0_on_one_rank_skips_the_gradient_all_reduce_and_matches_the_plain_loop(world, tmp_path) -> None:

@@ -40,9 +40,8 @@ def check_summary(s: dict, world: int, stage: str) -> None:
 
 
 def test_bench_cli_mae_with_baseline_and_mlflow(world, tmp_path: Path, capsys, monkeypatch) -> None:
-    from maws_scale.cli import main
-
     from maws_scale.bench.baseline import PlainLoop
+    from maws_scale.cli import main
     from maws_scale.train.loop import Trainer
 
     monkeypatch.chdir(tmp_path)

@@ -83,7 +83,7 @@ def test_bench_cli_mae_with_baseline_and_mlflow(world, tmp_path: Path, capsys, m
     assert base["optimizer"] == "torch.optim.adamw.AdamW"
     assert base["micro_batch"] == 4 and len(base["step_s_list"]) == 2 == len(summary["step_s_list"])
     # 3 passes of ours (a first step, the profiled step, the observed step), then warm-up 3 + 2 timed, ABBA
-    assert "".join(calls) == "AAA" + "AB" "BA" "AB" "BA" "AB"
+    assert "".join(calls) == "AAA" + "ABBAABBAAB"
     assert summary["warmup"] == 3 and summary["load_average"]
 
     import mlflow

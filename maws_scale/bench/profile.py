@@ -232,6 +232,8 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
 
     if opts.baseline and opts.with_data:
         raise ConfigError("--baseline times both sides on the same cached synthetic batches; drop --with-data")
+    if opts.baseline and cfg.parallel.tp > 1:
+        raise ConfigError("--baseline: the plain loop has no tensor parallelism; run it with parallel.tp=1")
     info = info or init_distributed(cfg.parallel.backend)
     bcfg = bench_config(cfg, opts)
     trainer = Trainer(bcfg, info, loader_factory=loader_factory(opts, info.device))
@@ -314,8 +316,6 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
 
 def _plain_loop(cfg: RunConfig, trainer: Any, device: torch.device) -> PlainLoop:
     """The plain loop on the trainer's own cached batches (same model class, loss and optimizer)."""
-    if cfg.parallel.tp > 1:
-        raise ConfigError("--baseline: the plain loop has no tensor parallelism; run it with parallel.tp=1")
     try:
         return PlainLoop(cfg, trainer.stage, trainer.loader.batches, trainer.accum, device)
     except torch.cuda.OutOfMemoryError as err:

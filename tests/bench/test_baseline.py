@@ -107,3 +107,25 @@ def test_baseline_refuses_what_it_cannot_time_fairly(world, tmp_path) -> None:
     cfg = load_config(None, ["model.name=vit_micro_p4", "tracking.enabled=false", f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="--with-data"):
         profile.run_bench(cfg, BenchOptions(baseline=True, with_data=True), world)
+    tp2 = load_config(None, ["model.name=vit_micro_p4", "parallel.tp=2", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"parallel\.tp=1"):
+        profile.run_bench(tp2, BenchOptions(baseline=True), world)
+
+
+def test_zero0_on_one_rank_skips_the_gradient_all_reduce_and_matches_the_plain_loop(world, tmp_path) -> None:
+    trainer = _trainer(world, tmp_path, "parallel.zero_stage=0", "stage=wsp", "wsp.num_classes=10")
+    assert trainer.engine.enable_backward_allreduce is False
+    plain = PlainLoop(trainer.cfg, trainer.stage, trainer.loader.batches, trainer.accum, world.device)
+    plain.model.load_state_dict(trainer.engine.module.state_dict())
+    plain.optimizer = build_optimizer(plain.model, trainer.cfg)  # fresh state for the copied weights
+    for group in plain.optimizer.param_groups:  # the trainer's LR at this step (the schedule's warm-up)
+        group["lr"] = trainer.schedule.lr(trainer.step)
+    start = {k: v.clone() for k, v in plain.model.state_dict().items()}
+    batches = iter(trainer.loader)
+    for _ in range(2):
+        trainer.train_step(batches)
+        plain.step()
+    assert any(not torch.equal(start[k], v) for k, v in plain.model.state_dict().items())
+    for (name, ours), theirs in zip(trainer.engine.module.state_dict().items(), plain.model.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
+    trainer.tracker.finish("FINISHED")

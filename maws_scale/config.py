@@ -16,7 +16,7 @@ from typing import Any, Literal, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from maws_scale.models.checkpointing import parse_mode as parse_checkpointing
+from maws_scale.models.checkpoint_modes import parse_mode as parse_checkpointing
 from maws_scale.models.registry import MODELS, UnknownModelError, ViTSpec, get_spec
 
 

@@ -14,7 +14,6 @@ model (:mod:`maws_scale.bench.activations`) both use it. ``true`` / ``false`` (t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,7 +21,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-MODES = ("none", "full", "every_k:<k>", "selective_op")
+from maws_scale.models.checkpoint_modes import MODES, checkpointed_blocks, parse_mode
+
 _aten = torch.ops.aten
 SAVED_OPS = tuple(
     op
@@ -37,37 +37,6 @@ SAVED_OPS = tuple(
         _aten._scaled_dot_product_cudnn_attention.default,
     )
 )
-
-
-def parse_mode(value: bool | str | None) -> str:
-    """Normalise a ``parallel.activation_checkpointing`` value (bool or mode string) to a mode string."""
-    if value is None or value is False:
-        return "none"
-    if value is True:
-        return "full"
-    text = str(value).strip().lower()
-    if text in ("none", "false", "off", "no"):
-        return "none"
-    if text in ("full", "true", "on", "yes"):
-        return "full"
-    if text == "selective_op":
-        return text
-    match = re.fullmatch(r"every_k:(\d+)", text)
-    if match and int(match.group(1)) >= 1:
-        k = int(match.group(1))
-        return "full" if k == 1 else f"every_k:{k}"
-    raise ValueError(f"unknown activation checkpointing mode {value!r} (known: {', '.join(MODES)}, true, false)")
-
-
-def checkpointed_blocks(mode: str, depth: int) -> list[bool]:
-    """For each of ``depth`` blocks, whether ``mode`` checkpoints it (selective_op: all, op-level)."""
-    mode = parse_mode(mode)
-    if mode == "none":
-        return [False] * depth
-    if mode in ("full", "selective_op"):
-        return [True] * depth
-    k = int(mode.split(":")[1])
-    return [(i + 1) % k == 0 for i in range(depth)]
 
 
 def save_matmuls(ctx: Any, func: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:

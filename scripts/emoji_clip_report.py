@@ -3,11 +3,12 @@
     python scripts/emoji_clip_report.py [RUNS] [--out docs/img/emoji_clip]
 
 RUNS (default ``runs/emoji/micro``) holds one folder per run, ``<arm>-<pool>-s<seed>``, with ``eval.json`` (the
-``maws-scale eval --json`` output) and, for trained arms, ``<stage>/metrics.jsonl``. Arms: ``clip``, ``mae_clip``,
-``init`` (the two towers at their seeded initialisation: one step at lr 1e-30) and ``untrained`` (``maws-scale eval
-random``: the image tower alone, probes only). Writes ``runs.csv`` (one row per run), ``summary.md`` (mean ± std with
-ddof 1 over seeds, and MAE-CLIP − CLIP per pool) and ``loss_curves.png`` (training loss per step by pooling; the CLIP
-part of the MAE-CLIP loss at the log steps as markers).
+``maws-scale eval --json`` output) and ``<stage>/metrics.jsonl``. Arms: ``clip``, ``mae_clip`` and ``init`` (the
+untrained two towers at their seeded initialisation: one step at lr 1e-30). Writes ``runs.csv`` (one row per run),
+``summary.md`` (mean ± std with ddof 1 over seeds, and MAE-CLIP − CLIP per pool) and ``loss_curves.png`` (training
+loss per step by pooling; the CLIP part of the MAE-CLIP loss at the log steps as markers). ``--previous runs.csv``
+adds the rows of an earlier ``runs.csv`` for runs that RUNS lacks (``source`` = ``earlier``; they have no curves),
+and prints how far the runs that both hold differ (a reproduction check).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-NAME = re.compile(r"^(?P<arm>clip|mae_clip|init|untrained)-(?P<pool>cls|gap|map|max)-s(?P<seed>\d+)$")
-ARMS = ("clip", "mae_clip", "init", "untrained")
+NAME = re.compile(r"^(?P<arm>clip|mae_clip|init)-(?P<pool>cls|gap|map|max)-s(?P<seed>\d+)$")
+ARMS = ("clip", "mae_clip", "init")
 POOLS = ("cls", "gap", "map", "max")
 COLUMNS = {  # eval.json key or derived column → table header
     "eval/zero_shot_top1": "zero-shot top-1",
@@ -51,7 +52,8 @@ def read_runs(root: Path) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
             metrics = json.loads(evaluation.read_text())
         except json.JSONDecodeError as err:
             raise SystemExit(f"{evaluation}: not JSON ({err})") from None
-        row = {"run": folder.name, "stage": match["arm"], "pool": match["pool"], "seed": int(match["seed"])}
+        row = {"run": folder.name, "source": "this", "stage": match["arm"], "pool": match["pool"]}
+        row["seed"] = int(match["seed"])
         row.update({key: metrics.get(key) for key in COLUMNS if key.startswith("eval/")})
         if match["arm"] in ("clip", "mae_clip"):
             log = folder / match["arm"] / "metrics.jsonl"
@@ -68,13 +70,29 @@ def read_runs(root: Path) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
     return pd.DataFrame(rows), curves
 
 
-def _cell(values: pd.Series) -> str:
+def merge_previous(table: pd.DataFrame, previous: Path) -> pd.DataFrame:
+    """``table`` plus the rows of ``previous`` for runs it lacks; prints the largest difference on shared runs."""
+    old = pd.read_csv(previous)
+    if "source" not in old:
+        old.insert(1, "source", "earlier")
+    old.loc[old.source == "this", "source"] = "earlier"
+    shared = old[old.run.isin(table.run)].set_index("run")
+    new = table.set_index("run").loc[shared.index]
+    for key in [k for k in COLUMNS if k in shared and k in new]:
+        diff = (new[key] - shared[key]).abs()
+        if diff.notna().any():
+            print(f"reproduction of {len(shared)} earlier runs, {key}: max |difference| {diff.max():.4f}")
+    return pd.concat([table, old[~old.run.isin(table.run)]], ignore_index=True)
+
+
+def _cell(values: pd.Series, n: int) -> str:
     values = values.dropna()
     if values.empty:
         return "–"
+    note = f" (n={len(values)})" if len(values) != n else ""
     if len(values) == 1:
-        return f"{values.iloc[0]:.2f}"
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+        return f"{values.iloc[0]:.2f}{note}"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}{note}"
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -86,7 +104,7 @@ def summary(table: pd.DataFrame) -> str:
             group = table[(table.stage == arm) & (table.pool == pool)]
             if group.empty:
                 continue
-            cells = [_cell(group[key]) if key in group else "–" for key in COLUMNS]
+            cells = [_cell(group[key], len(group)) if key in group else "–" for key in COLUMNS]
             lines.append(f"| {arm} | {pool} | {len(group)} | " + " | ".join(cells) + " |")
     lines += ["", "MAE-CLIP − CLIP (difference of the means; the larger of the two stds in brackets):", ""]
     keys = ["eval/zero_shot_top1", "eval/linear_top1", "eval/knn_top1", "eval/i2t_r5", "clip_loss"]
@@ -99,7 +117,8 @@ def summary(table: pd.DataFrame) -> str:
         cells = []
         for key in keys:
             spread = max(a[key].std(ddof=1), b[key].std(ddof=1)) if min(len(a), len(b)) > 1 else float("nan")
-            cells.append(f"{b[key].mean() - a[key].mean():+.2f} ({spread:.2f})".replace("-", "−"))
+            spread_text = "–" if spread != spread else f"{spread:.2f}"  # NaN: a single seed
+            cells.append(f"{b[key].mean() - a[key].mean():+.2f} ({spread_text})".replace("-", "−"))
         lines.append(f"| {pool} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -139,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="?", default="runs/emoji/micro", type=Path)
     parser.add_argument("--out", default="docs/img/emoji_clip", type=Path)
+    parser.add_argument("--previous", type=Path, help="an earlier runs.csv: its rows for runs RUNS lacks are added")
     args = parser.parse_args(argv)
     table, curves = read_runs(args.runs)
+    if args.previous is not None:
+        table = merge_previous(table, args.previous)
     args.out.mkdir(parents=True, exist_ok=True)
     order = {arm: i for i, arm in enumerate(ARMS)}
     table = table.sort_values(["stage", "pool", "seed"], key=lambda c: c.map(order) if c.name == "stage" else c)

@@ -1,6 +1,6 @@
 """Tables and curves of the CLIP vs MAE-CLIP × pooling experiment (docs/experiments.md) from its run folders.
 
-    python scripts/emoji_clip_report.py [RUNS] [--out docs/img/emoji_clip]
+    python -m maws_scale.jobs.emoji_clip_report [RUNS] [--out docs/img/emoji_clip]
 
 RUNS (default ``runs/emoji/micro``) holds one folder per run, ``<arm>-<pool>-s<seed>``, with ``eval.json`` (the
 ``maws-scale eval --json`` output) and ``<stage>/metrics.jsonl``. Arms: ``clip``, ``mae_clip`` and ``init`` (the

@@ -277,7 +277,7 @@ def curve_plot(
     figure = _figure(6.5, 4.0)
     axes = figure.add_subplot(1, 1, 1)
     runs = runs.assign(_series=series)
-    groups = runs.groupby(keys, sort=False) if keys else [("all", runs)]
+    groups = runs.groupby(keys, sort=False, dropna=False) if keys else [("all", runs)]
     for name, part in groups:
         found = [s.rolling(smooth, min_periods=1).mean() for s in part["_series"] if s is not None]
         if not found:

@@ -35,7 +35,8 @@ def runs_table() -> pd.DataFrame:
                     continue
                 gain = {("96", "20"): [2.0, 4.0, 6.0], ("96", "180"): [1.0, 1.0, 1.0]}.get((width, budget))
                 gain = gain or ([3.0, 5.0, 0.0] if budget == "20" else [-1.0, 1.0, 0.0])
-                rows.append({"label": "maws", "width": width, "budget": budget, "seed": seed, "top1": base + gain[seed]})
+                row = {"label": "maws", "width": width, "budget": budget, "seed": seed}
+                rows.append({**row, "top1": base + gain[seed]})
     return pd.DataFrame(rows)
 
 

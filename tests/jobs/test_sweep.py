@@ -264,3 +264,14 @@ def test_a_point_reads_another_points_weights_and_can_skip_evaluation(
         load_sweep(write_sweep(tmp_path, base_config, list=bad))
     with pytest.raises(ConfigError, match=r"list\[0\]\.evaluate: must be true or false"):
         load_sweep(write_sweep(tmp_path, base_config, list=[{"label": "x", "evaluate": "no"}]))
+
+
+def test_the_run_summary_tells_skipped_from_unselected_points(
+    tmp_path: Path, fake_runs: Calls, base_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_sweep(tmp_path, base_config, grid={"seed": [0, 1]})
+    assert main(["sweep", str(path), "--only", "*seed0"]) == 0
+    assert "2 to run, 0 finished (skipped), 2 not selected (--only)" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--only", "*-seed*"]) == 0
+    err = capsys.readouterr().err
+    assert "2 to run, 2 finished (skipped);" in err and "not selected" not in err

@@ -125,7 +125,7 @@ def gather(sweep: Sweep, runs: list[Any] | None = None) -> pd.DataFrame:
     coords = sweep.coordinates()
     rows: dict[str, dict[str, Any]] = {}
     stages: dict[str, list[str]] = {}
-    for run in runs:
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):  # a re-run's newer values win
         tags = run.data.tags
         run_id = tags.get("sweep_run")
         if run_id not in points or run.info.status != "FINISHED":

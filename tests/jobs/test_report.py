@@ -204,3 +204,21 @@ def test_an_arm_started_from_another_points_mae_weights_carries_their_flops(tmp_
     assert init_flops(maws, sweep) == pytest.approx(expected)
     assert np.isnan(init_flops(elsewhere, sweep))  # weights the sweep did not make: unknown cost, not 0
     assert init_flops(random, sweep) == 0.0 and init_flops(mae, sweep) == 0.0
+
+
+def test_a_rerun_points_newest_values_win(tmp_path: Path, base_config: Path) -> None:
+    from types import SimpleNamespace
+
+    from maws_scale.jobs.report import gather
+
+    spec = {"name": "rerun", "base": str(base_config), "output_dir": str(tmp_path / "out"), "grid": {"seed": [0]}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(tmp_path / "sweep.yaml")
+    tags = {**sweep.points[0].config.tracking.tags, "stage": "wsp"}
+
+    def run(start: int, top1: float) -> SimpleNamespace:
+        info = SimpleNamespace(status="FINISHED", start_time=start, run_id=f"r{start}")
+        return SimpleNamespace(info=info, data=SimpleNamespace(tags=tags, metrics={"eval/linear_top1": top1}))
+
+    for order in ([run(2, 60.0), run(1, 50.0)], [run(1, 50.0), run(2, 60.0)]):  # MLflow lists newest first
+        assert gather(sweep, order)["eval/linear_top1"].tolist() == [60.0]

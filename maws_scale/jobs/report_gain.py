@@ -21,11 +21,11 @@ from maws_scale.jobs.sweep import GainSpec
 def _numeric(values: pd.Series) -> pd.Series:
     """Budgets are stored as tags (text): compare and sort them as numbers where they are numbers."""
     converted = pd.to_numeric(values, errors="coerce")
-    return converted if converted.notna().all() else values
+    return converted if (converted.notna() == values.notna()).all() else values  # rows without a budget stay NaN
 
 
-def _line_name(value: object) -> str:
-    return value if isinstance(value, str) else ", ".join(map(str, np.atleast_1d(value)))
+def _text(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def gain_table(runs: pd.DataFrame, spec: GainSpec, seed_key: str = "seed") -> pd.DataFrame:
@@ -76,7 +76,7 @@ def gain_markdown(table: pd.DataFrame, spec: GainSpec, digits: int = 2) -> str:
         head = ["pair", *spec.lines, spec.x, "n", "treated", "base", "gain (mean ± std)"]
         out += [f"**{metric}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, row in part.iterrows():
-            cells = [row["pair"], *(str(row[k]) for k in spec.lines), str(row[spec.x]), str(int(row["n"]))]
+            cells = [row["pair"], *(str(row[k]) for k in spec.lines), _text(row[spec.x]), str(int(row["n"]))]
             cells += [f"{row['treated mean']:.{digits}f}", f"{row['base mean']:.{digits}f}"]
             cells.append(f"{row['gain mean']:+.{digits}f} ± {row['gain std']:.{digits}f}")
             out.append("| " + " | ".join(cells) + " |")

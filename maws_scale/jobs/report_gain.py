@@ -155,7 +155,7 @@ def curves_plot(curves: pd.DataFrame, spec: GainSpec, out: Path, smooth: int = 1
                     rows["step"], rows["mean"] - rows["std"], rows["mean"] + rows["std"], color=colors[arm], alpha=0.15
                 )
             size = ", ".join(f"{k}={v}" for k, v in zip(spec.lines, np.atleast_1d(name)))
-            axes.set_title(f"{size}  {spec.x}={budget}", fontsize=8)
+            axes.set_title(f"{size}  {spec.x}={_text(budget)}", fontsize=8)
             axes.set_xlabel("step", fontsize=8)
             axes.grid(alpha=0.3)
             if c == 0:

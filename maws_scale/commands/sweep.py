@@ -75,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
     if not pending:
         console.print(f"sweep {sweep.spec.name}: all {len(sweep.points)} points are finished", highlight=False)
         return 0
-    skipped = len(sweep.points) - len(pending)
+    chosen = len(select(sweep, args.only, force=True))
+    unselected = f", {len(sweep.points) - chosen} not selected (--only)" if chosen < len(sweep.points) else ""
     console.print(
-        f"sweep {sweep.spec.name}: {len(pending)} to run, {skipped} finished (skipped); MLflow {sweep.tracking_uri}",
+        f"sweep {sweep.spec.name}: {len(pending)} to run, {chosen - len(pending)} finished (skipped){unselected}; "
+        f"MLflow {sweep.tracking_uri}",
         highlight=False,
     )
     from maws_scale.jobs.sweep_run import close_parent_run, sweep_parent_run

@@ -1,12 +1,15 @@
 """`maws-scale sweep report`: final metrics from the sweep's MLflow store → tables, power-law fits and plots.
 
 Each sweep point may log several MLflow runs (one per pipeline stage, tagged ``stage``); a point's row holds every
-final metric as ``<stage>/<metric>`` (``eval/*`` metrics keep their name), its coordinates, and two derived columns:
+final metric as ``<stage>/<metric>`` (``eval/*`` metrics keep their name), its coordinates, and derived columns:
 ``params`` (encoder parameters, counted on the meta device), ``compute`` (training FLOPs of the stages that ran:
-steps × global batch × per-sample step FLOPs from ``maws_scale.models.flops``) and ``samples`` (steps × global batch
-of those stages). Rows are grouped by the coordinates other than the seed: mean ± std (ddof 1) and count. Fits
-(``report.fits``, kinds in ``maws_scale.jobs.sweep.FitSpec``): a plain power law, ``E + A·x^-α`` with bootstrap
-CIs, ``E + A/N^α + B/D^β``, and the IsoFLOP compute-optimal frontier (``maws_scale.jobs.scaling``).
+steps × global batch × per-sample step FLOPs from ``maws_scale.models.flops``), ``samples`` (steps × global batch
+of those stages) and ``compute_total`` (``compute`` plus, for a WSP point started from another point's MAE
+weights, that MAE run's FLOPs: the arm's whole cost). Rows are grouped by the coordinates other than the seed:
+mean ± std (ddof 1) and count. Fits (``report.fits``, kinds in ``maws_scale.jobs.sweep.FitSpec``): a plain power
+law, ``E + A·x^-α`` with bootstrap CIs, ``E + A/N^α + B/D^β``, and the IsoFLOP compute-optimal frontier
+(``maws_scale.jobs.scaling``). ``report.gain`` adds the MAWS plots: the gain of one arm over another vs a budget,
+one line per size, and the arms' curves on shared axes (``maws_scale.jobs.report_gain``).
 Outputs (``--out``, default ``<output_dir>/report``): ``runs.csv``, ``summary.csv``, ``summary.md``, ``fits.json``
 and PNGs, also logged as artifacts of an MLflow run ``<name>-report``.
 """
@@ -103,6 +106,18 @@ def training_flops(cfg: RunConfig, stages: list[str]) -> float:
     return total
 
 
+def init_flops(cfg: RunConfig, sweep: Sweep) -> float:
+    """MAE FLOPs behind a WSP point's init: those of the sweep point whose MAE weights ``wsp.init_from`` names (0
+    for a random init or a pipeline, whose MAE stage is in its own ``compute``; NaN for weights from elsewhere)."""
+    if cfg.stage != "wsp" or cfg.wsp.init != "mae" or not cfg.wsp.init_from:
+        return 0.0
+    wanted = Path(cfg.wsp.init_from).resolve()
+    for point in sweep.points:
+        if point.command == "train" and point.config.stage == "mae" and point.checkpoint().resolve() == wanted:
+            return training_flops(point.config, ["mae"])
+    return math.nan
+
+
 def gather(sweep: Sweep, runs: list[Any] | None = None) -> pd.DataFrame:
     """One row per finished sweep point found in MLflow: coordinates, final metrics, params, compute."""
     runs = _mlflow_runs(sweep) if runs is None else runs
@@ -110,7 +125,7 @@ def gather(sweep: Sweep, runs: list[Any] | None = None) -> pd.DataFrame:
     coords = sweep.coordinates()
     rows: dict[str, dict[str, Any]] = {}
     stages: dict[str, list[str]] = {}
-    for run in runs:
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):  # a re-run's newer values win
         tags = run.data.tags
         run_id = tags.get("sweep_run")
         if run_id not in points or run.info.status != "FINISHED":
@@ -128,6 +143,7 @@ def gather(sweep: Sweep, runs: list[Any] | None = None) -> pd.DataFrame:
         ran = sorted(set(stages.get(run_id, [])), key=["mae", "wsp"].index)
         row["compute"] = training_flops(cfg, ran)
         row["samples"] = training_samples(cfg, ran)
+        row["compute_total"] = row["compute"] + init_flops(cfg, sweep)
     frame = pd.DataFrame(list(rows.values()))
     if not len(frame):
         return frame
@@ -261,7 +277,7 @@ def curve_plot(
     figure = _figure(6.5, 4.0)
     axes = figure.add_subplot(1, 1, 1)
     runs = runs.assign(_series=series)
-    groups = runs.groupby(keys, sort=False) if keys else [("all", runs)]
+    groups = runs.groupby(keys, sort=False, dropna=False) if keys else [("all", runs)]
     for name, part in groups:
         found = [s.rolling(smooth, min_periods=1).mean() for s in part["_series"] if s is not None]
         if not found:
@@ -300,7 +316,7 @@ def build_report(sweep: Sweep, out: Path | None = None, runs: list[Any] | None =
             ]
     metric_cols = [c for c in table.columns if c not in ("run", "_mlflow", *sweep.coordinates())]
     metrics = spec.metrics or metric_cols
-    derived = ("params", "compute", "samples")
+    derived = ("params", "compute", "samples", "compute_total")
     summary = summarize(table, keys, [*metrics, *(c for c in derived if c not in metrics)])
     report = Report(table, summary)
     table.drop(columns=["_mlflow"]).to_csv(out / "runs.csv", index=False, float_format="%.6g")
@@ -324,6 +340,12 @@ def build_report(sweep: Sweep, out: Path | None = None, runs: list[Any] | None =
             report.files.append(bar_plot(summary, keys, metric, out))
     for metric, series in curves.items():
         report.files.append(curve_plot(table, series, keys, metric, out, spec.smooth))
+    if spec.gain is not None:
+        from maws_scale.jobs.report_gain import gain_report
+
+        curve = spec.gain.curve
+        series = None if curve is None else curves.get(curve) or histories(sweep, table, curve)
+        report.files += gain_report(table, series, spec.gain, out, spec.smooth)
     return report
 
 

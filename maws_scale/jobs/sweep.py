@@ -12,6 +12,8 @@ A sweep YAML::
       - {label: maws, stages.mae.train.steps: 400}      # 'command' runs it with another command than the sweep's
       - {label: wsp_random, command: train, stage: wsp, wsp.init: random}
       - {label: mae_only, command: eval, checkpoint: "{output_dir}/maws-seed{seed}/mae/consolidated.pt"}
+      - {label: mae, command: train, stage: mae, evaluate: false}   # 'evaluate: false': no eval after `train`
+      - {label: from_mae, command: train, stage: wsp, wsp.init_from: "{output_dir}/mae-seed{seed}/mae/consolidated.pt"}
     grid:                               # crossed with every list entry
       seed: [0, 1, 2]
     launch: {}                          # run here, one point after another; or {launcher: slurm, nodes: .., ...}
@@ -21,9 +23,10 @@ Every run logs to one MLflow store per sweep (``sqlite:///<output_dir>/mlflow.db
 in the experiment ``name``, tagged ``sweep``, ``sweep_run`` and one tag per coordinate. A point run with ``train``
 (one stage) is then evaluated like the pipeline's final stage (``evaluate: true``): ``maws-scale eval`` on
 ``<run_dir>/<stage>/consolidated.pt``. An ``eval`` point evaluates an existing ``checkpoint`` (``{output_dir}`` and
-the coordinates, dots as underscores, are filled in); list it after the points that make it. A run that finished
-leaves ``<run_dir>/sweep_done.json`` holding its config hash; re-running the sweep skips it unless its config
-changed.
+the coordinates, dots as underscores, are filled in); list it after the points that make it. Any other string
+value holding ``{output_dir}`` (e.g. ``wsp.init_from``: another point's weights) is filled in the same way. A run
+that finished leaves ``<run_dir>/sweep_done.json`` holding its config hash; re-running the sweep skips it unless
+its config changed. ``evaluate: false`` in a list entry skips the evaluation of that ``train`` point.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ LABEL = "label"
 COMMAND = "command"
 COMMANDS = ("pipeline", "train", "eval")
 CHECKPOINT = "checkpoint"
-RESERVED = (LABEL, COMMAND, CHECKPOINT)
+EVALUATE = "evaluate"
+RESERVED = (LABEL, COMMAND, CHECKPOINT, EVALUATE)
 
 
 class FitSpec(BaseModel):
@@ -71,6 +75,21 @@ class FitSpec(BaseModel):
         return self
 
 
+class GainSpec(BaseModel):
+    """The MAWS plots. Gain: per value of ``x`` (e.g. the WSP budget) and of the ``lines`` coordinates (e.g. the
+    model size), the difference ``treated − base`` of each metric between two arms (values of the ``arm``
+    coordinate), paired by seed: mean ± std (ddof 1) and n; one panel per pair, one line per size. Curves: the
+    ``curve`` history of every arm named in ``pairs`` on shared axes, one panel per size × ``x``."""
+
+    model_config = ConfigDict(extra="forbid")
+    x: str
+    arm: str = Field("label", description="the coordinate that names an arm")
+    pairs: list[tuple[str, str]] = Field(min_length=1, description="[treated, base] arms: gain = treated − base")
+    lines: list[str] = Field(default_factory=list, description="one line per value of these coordinates")
+    metrics: list[str] = Field(min_length=1, description="final metrics whose gain is plotted and tabulated")
+    curve: str | None = Field(None, description="a history (e.g. wsp/loss) drawn for every arm on one plot")
+
+
 class ReportSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metrics: list[str] = Field(default_factory=list, description="final metrics in the table (default: all)")
@@ -81,6 +100,7 @@ class ReportSpec(BaseModel):
     group_by: list[str] | None = Field(None, description="coordinates that define a group (default: all but seed)")
     smooth: int = Field(1, ge=1, description="rolling mean window of the curve plots (steps)")
     tail: int = Field(10, ge=0, description="add '<curve> last<N>': mean of each curve's last N values (0 = off)")
+    gain: GainSpec | None = Field(None, description="gain of arms over a base arm vs x, one line per size")
 
 
 class SweepSpec(BaseModel):
@@ -112,8 +132,8 @@ class SweepSpec(BaseModel):
         empty = [k for k, v in value.items() if not v]
         if empty:
             raise ValueError(f"grid.{empty[0]}: an empty list would give no runs")
-        if set(value) & {COMMAND, CHECKPOINT}:
-            raise ValueError("grid: set a point's command / checkpoint in a list entry")
+        if set(value) & {COMMAND, CHECKPOINT, EVALUATE}:
+            raise ValueError("grid: set a point's command / checkpoint / evaluate in a list entry")
         return value
 
     @field_validator("list_")
@@ -124,6 +144,8 @@ class SweepSpec(BaseModel):
                 raise ValueError(f"list[{i}].command: must be one of {', '.join(COMMANDS)}, got {entry[COMMAND]!r}")
             if (entry.get(COMMAND) == "eval") != (CHECKPOINT in entry):
                 raise ValueError(f"list[{i}]: 'command: eval' and 'checkpoint: PATH' go together")
+            if not isinstance(entry.get(EVALUATE, True), bool):
+                raise ValueError(f"list[{i}].evaluate: must be true or false, got {entry[EVALUATE]!r}")
         return value
 
 
@@ -137,6 +159,7 @@ class Point:
     run_dir: Path
     command: str = "pipeline"
     evaluates: str | None = None
+    evaluate: bool = True
 
     @property
     def config_path(self) -> Path:
@@ -194,7 +217,7 @@ class Sweep:
     def coordinates(self) -> list[str]:
         keys: list[str] = []
         for entry in self.spec.list_:
-            keys += [k for k in entry if k not in keys and k not in (COMMAND, CHECKPOINT)]
+            keys += [k for k in entry if k not in keys and k not in (COMMAND, CHECKPOINT, EVALUATE)]
         return keys + [k for k in self.spec.grid if k not in keys]
 
     def launch_spec(self, extra: dict[str, Any] | None = None) -> LaunchSpec:
@@ -301,15 +324,10 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     for run_id, coords in zip(run_ids(coords_list, list(spec.grid)), coords_list):
         run_dir = sweep.output_dir / run_id
         command = coords.get(COMMAND, spec.command)
-        evaluates = None
-        if command == "eval":  # an existing checkpoint, e.g. another point's MAE stage: '{output_dir}/m-seed{seed}/..'
-            fields = {k.replace(".", "_"): v for k, v in coords.items()}
-            try:
-                evaluates = str(coords[CHECKPOINT]).format(output_dir=sweep.output_dir, **fields)
-            except (KeyError, IndexError, ValueError) as err:
-                message = f"sweep point '{run_id}': checkpoint: cannot fill {coords[CHECKPOINT]!r} ({err})"
-                raise ConfigError(message) from None
-        coords = {k: v for k, v in coords.items() if k not in (COMMAND, CHECKPOINT)}
+        evaluate = coords.get(EVALUATE, True)
+        coords = _fill(sweep, run_id, coords)  # '{output_dir}/m-seed{seed}/..': e.g. another point's MAE stage
+        evaluates = str(coords[CHECKPOINT]) if command == "eval" else None
+        coords = {k: v for k, v in coords.items() if k not in (COMMAND, CHECKPOINT, EVALUATE)}
         settings = {**spec.overrides, **{k: v for k, v in coords.items() if k != LABEL}}
         overrides = [f"{k}={_dump(v)}" for k, v in settings.items()]
         try:
@@ -329,8 +347,23 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
                 cfg.check_standalone()
             except ConfigError as err:
                 raise ConfigError(f"sweep point '{run_id}': {err}") from None
-        sweep.points.append(Point(run_id, coords, cfg, run_dir, command, evaluates))
+        sweep.points.append(Point(run_id, coords, cfg, run_dir, command, evaluates, evaluate))
     return sweep
+
+
+def _fill(sweep: Sweep, run_id: str, coords: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``{output_dir}`` and the coordinates (dots as underscores) into ``checkpoint`` and into any string
+    value that names ``{output_dir}``."""
+    fields = {k.replace(".", "_"): v for k, v in coords.items()}
+    out = dict(coords)
+    for key, value in coords.items():
+        if not isinstance(value, str) or (key != CHECKPOINT and "{output_dir}" not in value):
+            continue
+        try:
+            out[key] = value.format(output_dir=sweep.output_dir, **fields)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(f"sweep point '{run_id}': {key}: cannot fill {value!r} ({err})") from None
+    return out
 
 
 def write_configs(sweep: Sweep) -> None:

@@ -135,7 +135,7 @@ def run_sequential(
 def _steps(sweep: Sweep, point: Point) -> list[list[str]]:
     """The commands of one point: its run, then (for a ``train`` point) the evaluation of its checkpoint."""
     steps = [point.argv()]
-    if point.command == "train" and sweep.spec.evaluate:
+    if point.command == "train" and sweep.spec.evaluate and point.evaluate:
         steps.append(point.eval_argv())
     return steps
 

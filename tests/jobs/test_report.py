@@ -180,3 +180,45 @@ def test_a_fit_kind_needing_two_variables_names_x2(tmp_path: Path, base_config: 
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="needs x2"):
         load_sweep(path)
+
+
+def test_an_arm_started_from_another_points_mae_weights_carries_their_flops(tmp_path: Path, base_config: Path) -> None:
+    from maws_scale.jobs.report import init_flops
+
+    entries = [
+        {"label": "mae", "command": "train", "stage": "mae", "evaluate": False, "stages.mae.train.steps": 40},
+        {
+            "label": "maws",
+            "command": "train",
+            "stage": "wsp",
+            "wsp.init_from": "{output_dir}/mae/mae/consolidated.pt",
+        },
+        {"label": "elsewhere", "command": "train", "stage": "wsp", "wsp.init_from": str(tmp_path / "other.pt")},
+        {"label": "random", "command": "train", "stage": "wsp", "wsp.init": "random"},
+    ]
+    spec = {"name": "gain", "base": str(base_config), "output_dir": str(tmp_path / "out"), "list": entries}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(tmp_path / "sweep.yaml")
+    mae, maws, elsewhere, random = (p.config for p in sweep.points)
+    expected = 40 * 64 * step_flops(mae.model.name, "mae", img_size=mae.img_size)  # 40 MAE steps × batch 64
+    assert init_flops(maws, sweep) == pytest.approx(expected)
+    assert np.isnan(init_flops(elsewhere, sweep))  # weights the sweep did not make: unknown cost, not 0
+    assert init_flops(random, sweep) == 0.0 and init_flops(mae, sweep) == 0.0
+
+
+def test_a_rerun_points_newest_values_win(tmp_path: Path, base_config: Path) -> None:
+    from types import SimpleNamespace
+
+    from maws_scale.jobs.report import gather
+
+    spec = {"name": "rerun", "base": str(base_config), "output_dir": str(tmp_path / "out"), "grid": {"seed": [0]}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(tmp_path / "sweep.yaml")
+    tags = {**sweep.points[0].config.tracking.tags, "stage": "wsp"}
+
+    def run(start: int, top1: float) -> SimpleNamespace:
+        info = SimpleNamespace(status="FINISHED", start_time=start, run_id=f"r{start}")
+        return SimpleNamespace(info=info, data=SimpleNamespace(tags=tags, metrics={"eval/linear_top1": top1}))
+
+    for order in ([run(2, 60.0), run(1, 50.0)], [run(1, 50.0), run(2, 60.0)]):  # MLflow lists newest first
+        assert gather(sweep, order)["eval/linear_top1"].tolist() == [60.0]

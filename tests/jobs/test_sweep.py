@@ -232,3 +232,46 @@ def test_a_slurm_sweep_is_named_after_the_sweep_and_shares_nodes(
     out = capsys.readouterr().out
     assert "#SBATCH --job-name=sweep-toy" in out and "--exclusive" not in out
     assert "#SBATCH --cpus-per-task=1" in out  # data.num_workers 0 in the base config, + 1
+
+
+def test_a_point_reads_another_points_weights_and_can_skip_evaluation(
+    tmp_path: Path, fake_runs: Calls, base_config: Path
+) -> None:
+    entries = [
+        {"label": "mae", "command": "train", "stage": "mae", "evaluate": False},
+        {
+            "label": "from_mae",
+            "command": "train",
+            "stage": "wsp",
+            "wsp.init_from": "{output_dir}/mae-seed{seed}/mae/consolidated.pt",
+        },
+    ]
+    path = write_sweep(tmp_path, base_config, list=entries, grid={"seed": [4]})
+    sweep = load_sweep(path)
+    out = tmp_path / "out"
+    weights = out / "mae-seed4" / "mae" / "consolidated.pt"
+    assert sweep.coordinates() == ["label", "stage", "wsp.init_from", "seed"]  # 'evaluate' is no coordinate
+    assert sweep.points[1].config.wsp.init_from == str(weights)
+    assert main(["sweep", str(path)]) == 0
+    from_mae = out / "from_mae-seed4"
+    assert [a[3:] for a in fake_runs] == [  # the MAE point is not evaluated, the WSP point is
+        ["train", str(out / "mae-seed4" / "config.yaml")],
+        ["train", str(from_mae / "config.yaml")],
+        ["eval", str(from_mae / "wsp" / "consolidated.pt"), "--config", str(from_mae / "config.yaml")],
+    ]
+    bad = [{**entries[1], "wsp.init_from": "{output_dir}/mae-{nope}.pt"}]
+    with pytest.raises(ConfigError, match=r"wsp.init_from: cannot fill"):
+        load_sweep(write_sweep(tmp_path, base_config, list=bad))
+    with pytest.raises(ConfigError, match=r"list\[0\]\.evaluate: must be true or false"):
+        load_sweep(write_sweep(tmp_path, base_config, list=[{"label": "x", "evaluate": "no"}]))
+
+
+def test_the_run_summary_tells_skipped_from_unselected_points(
+    tmp_path: Path, fake_runs: Calls, base_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_sweep(tmp_path, base_config, grid={"seed": [0, 1]})
+    assert main(["sweep", str(path), "--only", "*seed0"]) == 0
+    assert "2 to run, 0 finished (skipped), 2 not selected (--only)" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--only", "*-seed*"]) == 0
+    err = capsys.readouterr().err
+    assert "2 to run, 2 finished (skipped);" in err and "not selected" not in err

@@ -5,9 +5,10 @@
 
 One process, one gloo rank: the trainer's step (``Trainer.train_step``: DeepSpeed engine, skip guard) and the plain
 loop of ``maws-scale bench --baseline`` (same model class, batches, loss, fused AdamW), warmed up interleaved, then
-``--steps`` steps of each under ``torch.profiler`` (CPU activity), one side after the other. Prints, per aten op /
-profiler range, self CPU ms per step for ours and the plain loop and the difference, sorted by the difference:
-what our step adds. Also a cProfile of ours by Python function (DeepSpeed's bookkeeping). Writes JSON.
+``--steps`` steps of each under ``torch.profiler`` (CPU activity), one profiled step per window, interleaved A B B
+A. Prints, per aten op / profiler range, self CPU ms per step for ours and the plain loop and the difference, sorted
+by the difference: what our step adds. Also a cProfile of ours by Python function (DeepSpeed's bookkeeping). Writes
+JSON.
 """
 
 from __future__ import annotations
@@ -119,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         trainer.tracker.finish("FINISHED")
         return 0
     sides = {"ours": lambda: trainer.train_step(batches), "plain": plain.step}
-    tables = {}
-    for name, step in sides.items():
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(args.steps):
-                step()
-        tables[name] = self_cpu_ms(prof, args.steps)
+    tables: dict[str, dict[str, float]] = {"ours": {}, "plain": {}}
+    for i in range(args.steps):  # one profiled step per window, A B B A …: drift and load hit both sides alike
+        for name in ("ours", "plain") if i % 2 == 0 else ("plain", "ours"):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                sides[name]()
+            for key, ms in self_cpu_ms(prof, args.steps).items():
+                tables[name][key] = tables[name].get(key, 0.0) + ms
     pr = cProfile.Profile()
     pr.enable()
     for _ in range(args.steps):

@@ -26,6 +26,7 @@ from torch import nn
 
 from maws_scale.config import ConfigError, RunConfig
 from maws_scale.parallel.compile import apply_compile
+from maws_scale.parallel.thin_step import thin_zero_step
 
 log = logging.getLogger("maws_scale.parallel")
 
@@ -474,10 +475,7 @@ def initialize_engine(
     guard.group_hparams = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]
     guard.group_names = [g["names"] for g in param_groups(model, cfg.optim.weight_decay)]
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
-    if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
-        # one data-parallel rank: the gradient all-reduce after backward (flatten, gloo/NCCL call, copy back) averages
-        # over one rank; ZeRO-1/2 move gradients into their partitions in that reduction, so only ZeRO-0 skips it
-        engine.enable_backward_allreduce = False
+    thin_zero_step(engine)  # DeepSpeed's work that is the identity here (one rank's reduction, fp32 master copy)
     # DeepSpeed drives our optimizer directly only in fp32 ZeRO-0; everywhere else it checks the grad norm itself
     guard.check_grads = engine.optimizer is optimizer
     apply_compile(engine, cfg)  # model.compile: in place, after DeepSpeed's hooks exist

@@ -75,7 +75,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 def test_zero_stages_match_planner_and_zero3_partitions(two_ranks: list[dict], tmp_path: Path) -> None:
     two = two_ranks[: len(RUNS)]
-    one = launch(tmp_path, 1, RUNS[1:4])  # ZeRO 1, 2, 3 on one rank
+    one = launch(tmp_path, 1, RUNS[1:5])  # ZeRO 1, 2, 3 on one rank; fp32 ZeRO-2 (its master is the model)
     check(two)
     check(one)
     single = model_states(one[2]["ranks"][0])

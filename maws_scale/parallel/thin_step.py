@@ -98,12 +98,7 @@ def share_fp32_master(engine: Any) -> str | None:
     for i, master in enumerate(optimizer.single_partition_of_fp32_groups):
         partition_id = dist.get_rank(group=optimizer.real_dp_process_group[i])
         model_partition = optimizer.parallel_partitioned_bit16_groups[i][partition_id]
-        same = (master.dtype, master.device, master.shape) == (
-            model_partition.dtype,
-            model_partition.device,
-            model_partition.shape,
-        )
-        if not same or master.dtype != torch.float32 or not torch.equal(master, model_partition):
+        if model_partition.dtype != torch.float32 or not torch.equal(master, model_partition):  # equal: same shape
             return None
         pairs.append((master, model_partition))
     for master, model_partition in pairs:

@@ -22,10 +22,11 @@ def cfg_for(*overrides: str):
     )
 
 
-def build_engine(cfg, thin: bool, monkeypatch: pytest.MonkeyPatch):
+def build_engine(cfg, thin: bool, monkeypatch: pytest.MonkeyPatch, **zero_settings):
     torch.manual_seed(0)
     model = build_mae("vit_micro_p4")
     ds = build_ds_config(cfg, 1, 2, BlockInfo.from_model(model))
+    ds["zero_optimization"].update(zero_settings)
     with monkeypatch.context() as patch:
         if not thin:
             patch.setattr(engine_module, "thin_zero_step", lambda engine: [])
@@ -85,6 +86,17 @@ def test_the_reduction_runs_where_it_is_not_the_identity(world, monkeypatch):
     engine, calls = build_engine(cfg, True, monkeypatch)
     train(engine, 1, torch.bfloat16)
     assert calls["allreduce_bucket"] > 0 and engine.optimizer.one_rank_buckets_skipped == 0
+
+
+def test_the_cuda_setting_overlap_comm_keeps_deepspeeds_reduction(world, monkeypatch):
+    """``overlap_comm`` (what CUDA runs get, here forced on CPU): the reduction's side-stream bookkeeping stays
+    DeepSpeed's, bit for bit the same as without thin_step."""
+    cfg = cfg_for("parallel.zero_stage=2", "parallel.precision=fp32")
+    ours, our_calls = build_engine(cfg, True, monkeypatch, overlap_comm=True, contiguous_gradients=False)
+    theirs, _ = build_engine(cfg, False, monkeypatch, overlap_comm=True, contiguous_gradients=False)
+    assert ours.optimizer.overlap_comm
+    assert train(ours, 2, torch.float32) == train(theirs, 2, torch.float32)
+    assert our_calls["allreduce_bucket"] > 0 and ours.optimizer.one_rank_buckets_skipped == 0
 
 
 def test_a_shared_master_checkpoint_resumes_exactly_and_loads_into_deepspeeds_step(world, monkeypatch, tmp_path):

@@ -10,7 +10,8 @@ states"); :func:`skip_one_rank_reduction` does the same for the reduction. Where
 identity, DeepSpeed's own code runs: more than one rank, sequence parallelism, a communication dtype other than the
 gradients' (a round trip through it would round them), and ``overlap_comm`` (its side-stream bookkeeping; the CUDA
 setting). ZeRO-1/2's bf16 path that accumulates into fp32 partitions
-(``_allreduce_noncontiguous_bucket_preserving_fp32``) is not touched.
+(``_allreduce_noncontiguous_bucket_preserving_fp32``) is not touched, nor DeepSpeed's ``BF16_Optimizer`` (what ZeRO-1
+runs for a bf16 model accumulating in fp32, the default and the demo's).
 
 **One data-parallel rank, an fp32 model under ZeRO-1/2: the master copy.** ZeRO-1/2 step an "fp32 master" partition
 cloned from the model's own partition and copy it back into the model after every step. When the model is fp32
@@ -65,7 +66,7 @@ def skip_one_rank_reduction(engine: Any) -> str | None:
     if stage == 0:
         engine.enable_backward_allreduce = False  # the engine's flatten / all-reduce / copy-back after backward
         return "ZeRO-0 backward all-reduce"
-    if stage in (1, 2) and _skip_zero12_bucket_reduction(engine.optimizer):
+    if stage in (1, 2) and _is_zero12_optimizer(engine.optimizer) and _skip_zero12_bucket_reduction(engine.optimizer):
         return f"ZeRO-{stage} bucket reduction"
     return None
 
@@ -81,7 +82,7 @@ def share_fp32_master(engine: Any) -> str | None:
     if not shares_fp32_master(engine.dp_world_size, engine.zero_optimization_stage(), 4, False):
         return None
     optimizer = engine.optimizer
-    if getattr(optimizer, "cpu_offload", False):
+    if not _is_zero12_optimizer(optimizer) or getattr(optimizer, "cpu_offload", False):
         return None
     needed = ("single_partition_of_fp32_groups", "parallel_partitioned_bit16_groups", "real_dp_process_group")
     if not all(hasattr(optimizer, name) for name in needed) or not hasattr(optimizer, "_link_all_hp_params"):
@@ -105,6 +106,14 @@ def share_fp32_master(engine: Any) -> str | None:
         master.data = model_partition.data
     optimizer._link_all_hp_params()  # the parameters' links to their master fragments, onto the shared storage
     return f"ZeRO-{engine.zero_optimization_stage()} fp32 master copy"
+
+
+def _is_zero12_optimizer(optimizer: Any) -> bool:
+    """DeepSpeed's ZeRO-1/2 optimizer; not its BF16_Optimizer, which ZeRO-1 runs for a bf16 model accumulating in fp32
+    (its own reduction and master, which this module leaves alone)."""
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    return isinstance(optimizer, DeepSpeedZeroOptimizer)
 
 
 def _skip_zero12_bucket_reduction(optimizer: Any) -> bool:

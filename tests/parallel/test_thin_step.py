@@ -143,12 +143,27 @@ def test_multi_rank_and_zero3_engines_are_left_alone():
         assert skip_one_rank_reduction(engine) is None and share_fp32_master(engine) is None
 
 
+def test_the_default_bf16_zero1_optimizer_is_left_alone_without_a_warning(world, monkeypatch):
+    """bf16 accumulating in fp32 (the default, the demo's): ZeRO-1 runs DeepSpeed's BF16_Optimizer, not ours to thin."""
+    cfg = cfg_for("parallel.zero_stage=1", "parallel.precision=bf16")
+    torch.manual_seed(0)
+    model = build_mae("vit_micro_p4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        engine, _ = initialize_engine(model, cfg, build_ds_config(cfg, 1, 2, BlockInfo.from_model(model)))
+    assert type(engine.optimizer).__name__ == "BF16_Optimizer"
+    assert skip_one_rank_reduction(engine) is None and share_fp32_master(engine) is None
+
+
 def test_another_deepspeed_keeps_its_step_with_a_warning():
-    class OtherZeroOptimizer:
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    class OtherZeroOptimizer(DeepSpeedZeroOptimizer):
         def allreduce_and_copy(self, small_bucket, dtype, rank=None):  # not the 0.19.8 signature
             raise AssertionError("not called")
 
-    engine = types.SimpleNamespace(dp_world_size=1, zero_optimization_stage=lambda: 1, optimizer=OtherZeroOptimizer())
+    optimizer = object.__new__(OtherZeroOptimizer)  # no __init__: none of 0.19.8's attributes either
+    engine = types.SimpleNamespace(dp_world_size=1, zero_optimization_stage=lambda: 1, optimizer=optimizer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert skip_one_rank_reduction(engine) is None

@@ -116,13 +116,13 @@ def gpu_cases(nproc: int, num_classes: int, patterns: list[str] | None = None) -
                 targets["mfu"] = 0.50 if stage == "mae" else 0.55
             cases.append(
                 Case(
-                    f"{model} {stage.upper()} zero{lay.zero_stage} ckpt={lay.checkpointing}",
+                    f"{model} {stage.upper()} zero{lay.zero_stage} ckpt={lay.recompute}",
                     [
                         f"model.name={model}",
                         f"stage={stage}",
                         f"wsp.num_classes={num_classes}",
                         f"parallel.zero_stage={lay.zero_stage}",
-                        f"parallel.activation_checkpointing={lay.checkpointing}",
+                        f"parallel.activation_checkpointing={lay.recompute}",
                         f"train.micro_batch={micro}",
                         f"train.global_batch={micro * nproc}",
                     ],

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from maws_scale.models.checkpoint_modes import parse_mode as parse_checkpointing
-from maws_scale.models.registry import MODELS, UnknownModelError, ViTSpec, get_spec
+from maws_scale.models.registry import MODELS, DecoderShape, UnknownModelError, ViTSpec, get_spec
 
 
 class ConfigError(ValueError):
@@ -267,18 +267,14 @@ class RunConfig(BaseModel):
             raise ValueError(f"model.heads={spec.heads} does not divide model.width={spec.width}")
         if spec.mlp_hidden < 1:
             raise ValueError(f"model.mlp_ratio={spec.mlp_ratio} gives an empty MLP at width {spec.width}")
+        from maws_scale.parallel.layout import check_offload, check_tensor_split  # the layout rules, stated once
+
         tp = self.parallel.tp
-        if spec.heads % tp:
-            raise ValueError(f"parallel.tp={tp} does not divide the {spec.heads} attention heads of {self.model_label}")
-        if spec.mlp_hidden % tp:
-            raise ValueError(f"parallel.tp={tp} does not divide the MLP width {spec.mlp_hidden} of {self.model_label}")
+        check_tensor_split(spec.heads, spec.mlp_hidden, tp, self.model_label)
         img = self.model.img_size or spec.img_size
         if img % spec.patch:
             raise ValueError(f"model.img_size={img} is not a multiple of the patch size {spec.patch}")
-        if self.parallel.offload != "none" and self.parallel.zero_stage == 0:
-            raise ValueError("parallel.offload needs parallel.zero_stage >= 1 (ZeRO-Offload)")
-        if self.parallel.offload == "all" and self.parallel.zero_stage != 3:
-            raise ValueError("parallel.offload=all (parameters too) needs parallel.zero_stage=3")
+        check_offload(self.parallel.zero_stage, self.parallel.offload)
         if self.parallel.fp8 != "none" and tp > 1:
             raise ValueError(
                 f"parallel.fp8={self.parallel.fp8} with parallel.tp={tp}: the tensor-parallel layers are not converted "
@@ -286,10 +282,9 @@ class RunConfig(BaseModel):
             )
         if self.parallel.fp8 != "none" and self.parallel.precision == "fp16":
             raise ValueError("parallel.fp8 with parallel.precision=fp16: FP8 training runs in bf16 (or fp32); use bf16")
-        decoder_heads = self.mae.decoder_heads or spec.decoder_heads
-        decoder_width = self.mae.decoder_width or spec.decoder_width
-        if decoder_width % decoder_heads:
-            raise ValueError(f"mae.decoder_width={decoder_width} is not divisible by mae.decoder_heads={decoder_heads}")
+        decoder = self.decoder
+        if decoder.width % decoder.heads:
+            raise ValueError(f"mae.decoder_width={decoder.width} is not divisible by mae.decoder_heads={decoder.heads}")
         return self
 
     @model_validator(mode="after")
@@ -306,6 +301,12 @@ class RunConfig(BaseModel):
         m = self.model
         shape = {k: getattr(m, k) for k in SHAPE_KEYS if getattr(m, k) is not None}
         return dataclasses.replace(get_spec(m.name), **shape) if shape else get_spec(m.name)
+
+    @property
+    def decoder(self) -> DecoderShape:
+        """The MAE decoder: ``mae.decoder_width/depth/heads``, else the model preset's (the one place they resolve)."""
+        mae = self.mae
+        return self.spec.decoder_shape(mae.decoder_width, mae.decoder_depth, mae.decoder_heads)
 
     @property
     def model_ref(self) -> str | ViTSpec:
@@ -325,25 +326,10 @@ class RunConfig(BaseModel):
 
     def batch_layout(self, world_size: int | None = None) -> tuple[int, int]:
         """Return (data_parallel_size, grad_accum) for ``world_size`` ranks, or raise ConfigError naming the key."""
+        from maws_scale.parallel.layout import derive_layout
+
         world = world_size or self.parallel.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        tp = self.parallel.tp
-        if world % tp:
-            raise ConfigError(f"parallel.tp={tp} does not divide the world size {world}")
-        dp = world // tp
-        per_step = self.train.micro_batch * dp
-        if self.train.grad_accum is not None:
-            if self.train.micro_batch * self.train.grad_accum * dp != self.train.global_batch:
-                raise ConfigError(
-                    f"train.global_batch={self.train.global_batch} != train.micro_batch={self.train.micro_batch} × "
-                    f"train.grad_accum={self.train.grad_accum} × data-parallel size {dp}"
-                )
-            return dp, self.train.grad_accum
-        if self.train.global_batch % per_step:
-            raise ConfigError(
-                f"train.global_batch={self.train.global_batch} is not a multiple of train.micro_batch="
-                f"{self.train.micro_batch} × data-parallel size {dp} (world {world} / tp {tp})"
-            )
-        return dp, self.train.global_batch // per_step
+        return derive_layout(self, world).accumulation()
 
     def peak_lr(self) -> float:
         """The MAE recipe's LR scaling: ``optim.lr`` if set, else base_lr × global_batch / 256."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from maws_scale.config import RunConfig
 from maws_scale.models.checkpointing import checkpointed_blocks, parse_mode
+from maws_scale.parallel.layout import shards_decoder
 
 LN_STATS = 8  # mean + rstd per token, fp32
 
@@ -133,12 +134,11 @@ def estimate(
     if cfg.stage == "mae":
         keep = int(length * (1 - cfg.mae.mask_ratio))
         enc_tokens, dec_tokens = 1 + keep, 1 + length
-        dw = cfg.mae.decoder_width or spec.decoder_width
-        dd = cfg.mae.decoder_depth or spec.decoder_depth
-        dh = cfg.mae.decoder_heads or spec.decoder_heads
+        decoder = cfg.decoder
+        dw = decoder.width
         stacks.append((spec.depth, BlockShape(enc_tokens, width, spec.mlp_hidden, spec.heads, tp)))
-        dec_tp = tp if tp > 1 and dh % tp == 0 and int(dw * spec.mlp_ratio) % tp == 0 else 1
-        stacks.append((dd, BlockShape(dec_tokens, dw, int(dw * spec.mlp_ratio), dh, dec_tp)))
+        dec_tp = tp if shards_decoder(decoder, tp) else 1
+        stacks.append((decoder.depth, BlockShape(dec_tokens, dw, decoder.mlp_hidden, decoder.heads, dec_tp)))
         other += 2 * 8 * length  # gather / unshuffle indices (slices of (B, L) int64 permutations)
         other += enc_tokens * (2 * width * a + LN_STATS)  # final norm input, decoder_embed input
         other += dec_tokens * (2 * dw * a + LN_STATS)  # decoder norm input, decoder_pred input

@@ -6,18 +6,24 @@ vocab-parallel under TP. So the inventory lists every parameter (name, per-rank 
 AdamW group from :func:`maws_scale.parallel.engine.param_groups`), split over TP ranks by the layout
 :mod:`maws_scale.parallel.tp_layout` defines (qkv / fc1 column-split, proj / fc2 weights row-split, the head's classes
 padded to a multiple of tp and split, everything else replicated; the MAE decoder is sharded the same way whenever
-tp divides its heads and MLP width: ``tp_layout.decoder_shardable``, the rule ``parallelize_vit`` applies).
+tp divides its heads and MLP width: ``layout.shards_decoder``, the rule ``parallelize_vit`` applies). The model
+is read once (:class:`ModelInventory`); every TP size's inventory follows from it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
+
+from torch import nn
 
 from maws_scale.config import RunConfig
+from maws_scale.models.registry import DecoderShape
 from maws_scale.parallel.engine import BlockInfo, param_groups
-from maws_scale.parallel.plan import engine_block_info
-from maws_scale.parallel.tp_layout import decoder_shardable, padded_size, shard_kind
+from maws_scale.parallel.layout import shards_decoder
+from maws_scale.parallel.plan import split_block_info
+from maws_scale.parallel.tp_layout import decoder_shape, padded_size, shard_kind
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class ParamEntry:
         return self.group is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: the planner caches on it
 class Inventory:
     """Every parameter of one TP rank, in module order, plus the sizes the engine derives from the model."""
 
@@ -48,30 +54,42 @@ class Inventory:
         None  # the ZeRO bucket sizing the trainer derives (parallel.plan.engine_block_info)
     )
 
-    @property
+    @cached_property
     def numel(self) -> int:
         """Parameters this TP rank holds (sharded slices + replicated)."""
         return sum(e.numel for e in self.entries)
 
-    @property
+    @cached_property
     def trainable_numel(self) -> int:
         return sum(e.numel for e in self.entries if e.trainable)
 
     @property
     def frozen(self) -> list[int]:
-        return [e.numel for e in self.entries if not e.trainable]
+        return list(self._frozen)
+
+    @cached_property
+    def _frozen(self) -> tuple[int, ...]:
+        return tuple(e.numel for e in self.entries if not e.trainable)
 
     def groups(self) -> list[list[int]]:
         """Element counts of the trainable parameters, one list per AdamW group, in the order DeepSpeed flattens."""
+        return [list(g) for g in self._groups]
+
+    @cached_property
+    def _groups(self) -> tuple[tuple[int, ...], ...]:
         count = 1 + max((e.group for e in self.entries if e.group is not None), default=-1)
         out: list[list[int]] = [[] for _ in range(count)]
         for entry in self.entries:
             if entry.group is not None:
                 out[entry.group].append(entry.numel)
-        return [g for g in out if g]
+        return tuple(tuple(g) for g in out if g)
 
     def head_numel(self) -> int:
         """WSP head parameters on this rank (K/tp classes, padded, × (D + 1)); 0 for MAE."""
+        return self._head_numel
+
+    @cached_property
+    def _head_numel(self) -> int:
         return sum(e.numel for e in self.entries if e.name.startswith("head."))
 
 
@@ -84,38 +102,51 @@ def _local_numel(shape: tuple[int, ...], kind: str | None, tp: int) -> int:
     return numel // tp
 
 
+@dataclass(frozen=True, eq=False)
+class ModelInventory:
+    """Every parameter of the whole model, read once off the meta-built model: the inventory at any TP size follows
+    from it without building the model again (:meth:`at`)."""
+
+    params: tuple[tuple[str, tuple[int, ...], int | None], ...]  # name, full shape, AdamW group (None: frozen)
+    num_classes: int | None
+    decoder: DecoderShape | None
+    blocks: BlockInfo | None
+
+    @classmethod
+    def from_model(cls, model: nn.Module, weight_decay: float) -> ModelInventory:
+        groups = param_groups(model, weight_decay)
+        group_of = {name: i for i, g in enumerate(groups) for name in g["names"]}
+        params = tuple((n, tuple(p.shape), group_of.get(n)) for n, p in model.named_parameters())
+        blocks = BlockInfo.from_model(model) if getattr(model, "blocks", None) else None
+        return cls(params, getattr(model, "num_classes", 0) or None, decoder_shape(model), blocks)
+
+    def at(self, tp: int) -> Inventory:
+        """The inventory of one rank of ``tp`` tensor-parallel ranks."""
+        return _inventory_at(self, tp)
+
+
+@lru_cache(maxsize=64)
+def _inventory_at(model: ModelInventory, tp: int) -> Inventory:
+    shard_decoder = shards_decoder(model.decoder, tp)
+    entries = []
+    for name, shape, group in model.params:
+        kind = shard_kind(name, shard_decoder) if tp > 1 else None
+        entries.append(ParamEntry(name, _local_numel(shape, kind, tp), len(shape), group, kind is not None))
+    return Inventory(
+        entries=tuple(entries),
+        tp=tp,
+        full_params=sum(math.prod(shape) for _, shape, _ in model.params),
+        num_classes=model.num_classes,
+        decoder_sharded=shard_decoder,
+        engine_blocks=split_block_info(model.blocks, tp) if model.blocks is not None else None,
+    )
+
+
 def build_inventory(cfg: RunConfig, num_classes: int | None = None, tp: int | None = None) -> Inventory:
     """Inventory of ``cfg``'s model for its stage at tensor-parallel size ``tp`` (default ``parallel.tp``).
 
     ``num_classes`` overrides ``wsp.num_classes`` for WSP. Builds the model on the meta device (no memory)."""
     from maws_scale.model_config import build_model
 
-    tp = tp or cfg.parallel.tp
     model = build_model(cfg, num_classes=num_classes, device="meta")
-    groups = param_groups(model, cfg.optim.weight_decay)
-    group_of = {name: i for i, g in enumerate(groups) for name in g["names"]}
-    shard_decoder = decoder_shardable(model, tp)
-    entries = []
-    full = 0
-    for name, param in model.named_parameters():
-        kind = shard_kind(name, shard_decoder) if tp > 1 else None
-        shape = tuple(param.shape)
-        full += math.prod(shape)
-        entries.append(
-            ParamEntry(
-                name=name,
-                numel=_local_numel(shape, kind, tp),
-                ndim=len(shape),
-                group=group_of.get(name),
-                sharded=kind is not None,
-            )
-        )
-    classes = getattr(model, "num_classes", 0) or None
-    return Inventory(
-        entries=tuple(entries),
-        tp=tp,
-        full_params=full,
-        num_classes=classes,
-        decoder_sharded=shard_decoder,
-        engine_blocks=engine_block_info(model, tp),
-    )
+    return ModelInventory.from_model(model, cfg.optim.weight_decay).at(tp or cfg.parallel.tp)

@@ -39,18 +39,28 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
 
 from maws_scale.bench.activations import ActivationEstimate, estimate
-from maws_scale.bench.inventory import Inventory, build_inventory
+from maws_scale.bench.inventory import Inventory, ModelInventory
 from maws_scale.bench.zero_memory import StateBytes, ZeroSettings, model_state_bytes
 from maws_scale.config import ConfigError, RunConfig
-from maws_scale.models.checkpointing import parse_mode
-from maws_scale.parallel.engine import build_ds_config, uses_zero_init
+from maws_scale.parallel.engine import build_ds_config
+from maws_scale.parallel.layout import (
+    Layout,
+    check_tensor_split,
+    check_world_split,
+    derive_layout,
+    encoder_linear_shapes,
+    offload_modes,
+    uses_zero_init,
+    zero_stages,
+)
 
 GiB = 1 << 30
 # The encoder's FP8 matmuls vs bf16, as the speed model uses it: the datasheet ratio is 2× (H100/H200 dense FP8 1979
@@ -113,29 +123,6 @@ class Hardware:
         return None if self.host_mem is None else self.host_mem // min(self.gpus, self.gpus_per_node)
 
 
-@dataclass(frozen=True)
-class Layout:
-    zero_stage: int
-    tp: int
-    checkpointing: str  # a mode of maws_scale.models.checkpointing
-    offload: str
-    micro_batch: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "checkpointing", parse_mode(self.checkpointing))
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig) -> Layout:
-        p = cfg.parallel
-        return cls(p.zero_stage, p.tp, p.activation_checkpointing, p.offload, cfg.train.micro_batch)
-
-    def label(self) -> str:
-        return (
-            f"zero{self.zero_stage} tp{self.tp} ckpt={self.checkpointing} "
-            f"offload={self.offload} micro={self.micro_batch}"
-        )
-
-
 @dataclass
 class Speed:
     """The speed model's estimate for one step (seconds per GPU) and what follows from it."""
@@ -151,8 +138,9 @@ class Speed:
 
 
 @dataclass
-class Plan:
-    """Memory per GPU (bytes) and the speed estimate of one layout."""
+class MemoryPlan:
+    """Memory per GPU (bytes) and the speed estimate of one layout (the planner's answer; ``parallel.plan``'s
+    ParallelPlan is what a run builds)."""
 
     model: str
     stage: str
@@ -219,7 +207,7 @@ class Plan:
         return {
             "model": self.model,
             "stage": self.stage,
-            "layout": asdict(self.layout),
+            "layout": layout_dict(self.layout),
             "gpus": self.gpus,
             "dp": self.dp,
             "grad_accum": self.grad_accum,
@@ -244,18 +232,33 @@ class Plan:
 
 
 # ----- building blocks --------------------------------------------------------------------------------------------
+def layout_dict(layout: Layout) -> dict[str, Any]:
+    """The searched keys of ``layout`` (as in ``plan --json``) and what the layout derives from them."""
+    return {
+        "zero_stage": layout.zero_stage,
+        "tp": layout.tp,
+        "checkpointing": layout.recompute,
+        "offload": layout.offload,
+        "micro_batch": layout.micro_batch,
+        "dp": layout.dp,
+        "zero_init": layout.zero_init,
+        "fp8_layers": list(layout.fp8_layers),
+        "decoder_sharded": layout.decoder_sharded,
+    }
+
+
 def layout_config(cfg: RunConfig, layout: Layout) -> RunConfig:
     """``cfg`` with ``layout``'s parallel fields and micro-batch (validated; raises ConfigError when invalid)."""
+    return with_layout(cfg, layout.zero_stage, layout.tp, layout.recompute, layout.offload, layout.micro_batch)
+
+
+def with_layout(cfg: RunConfig, zero_stage: int, tp: int, recompute: str | bool, offload: str, micro: int) -> RunConfig:
+    """``cfg`` with these layout keys (validated by RunConfig; ConfigError naming the layout when invalid)."""
     raw = cfg.model_dump(mode="json")
-    raw["parallel"].update(
-        zero_stage=layout.zero_stage,
-        tp=layout.tp,
-        activation_checkpointing=layout.checkpointing,
-        offload=layout.offload,
-    )
-    if (layout.zero_stage, layout.offload) != (cfg.parallel.zero_stage, cfg.parallel.offload):
+    raw["parallel"].update(zero_stage=zero_stage, tp=tp, activation_checkpointing=recompute, offload=offload)
+    if (zero_stage, offload) != (cfg.parallel.zero_stage, cfg.parallel.offload):
         raw["parallel"]["ds_config"] = None  # a pinned template holds the config's own stage: use the shipped one
-    raw["train"]["micro_batch"] = min(layout.micro_batch, raw["train"]["global_batch"])
+    raw["train"]["micro_batch"] = min(micro, raw["train"]["global_batch"])
     raw["train"]["grad_accum"] = None
     try:
         return RunConfig.model_validate(raw)
@@ -263,18 +266,53 @@ def layout_config(cfg: RunConfig, layout: Layout) -> RunConfig:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"layout {layout.label()}: {where + ': ' if where else ''}{message}") from None
+        label = f"zero{zero_stage} tp{tp} ckpt={recompute} offload={offload} micro={micro}"
+        raise ConfigError(f"layout {label}: {where + ': ' if where else ''}{message}") from None
 
 
-@lru_cache(maxsize=64)
-def _inventory_cached(cfg_json: str, num_classes: int | None, tp: int) -> Inventory:
-    return build_inventory(RunConfig.model_validate_json(cfg_json), num_classes, tp)
+def candidate(
+    cfg: RunConfig, gpus: int, zero_stage: int, tp: int, recompute: str | bool, offload: str, micro: int
+) -> Layout:
+    """The :class:`~maws_scale.parallel.layout.Layout` ``make_plan`` would derive for ``cfg`` with these keys on
+    ``gpus`` ranks (ConfigError when the combination is invalid)."""
+    return derive_layout(with_layout(cfg, zero_stage, tp, recompute, offload, micro), gpus)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the planner reads off the meta-built model of one config and stage, once: the parameter inventory (any
+    TP size follows from it), the FLOPs per sample and their breakdown by part."""
+
+    inventory: ModelInventory
+    flops_per_sample: int
+    flops_parts: dict[str, int]
+
+
+@lru_cache(maxsize=32)
+def _facts_cached(cfg_json: str, num_classes: int | None) -> ModelFacts:
+    from maws_scale.models.flops import flops_breakdown, step_flops
+    from maws_scale.train.stages import make_stage
+
+    cfg = RunConfig.model_validate_json(cfg_json)
+    # the trainer's own Stage and its meta-built model: the configured decoder, pooling and head are what count
+    model = make_stage(cfg, num_classes).build_model(device="meta")
+    mask = cfg.mae.mask_ratio if cfg.stage == "mae" else None
+    return ModelFacts(
+        ModelInventory.from_model(model, cfg.optim.weight_decay),
+        step_flops(model, cfg.stage, mask_ratio=mask),
+        flops_breakdown(model, cfg.stage, mask_ratio=mask),
+    )
+
+
+def model_facts(cfg: RunConfig, num_classes: int | None) -> ModelFacts:
+    """The (cached) :class:`ModelFacts` of ``cfg``'s model and stage; the cache key ignores every layout key."""
+    base = RunConfig.model_validate(cfg.model_dump(mode="json", include={"stage", "model", "mae", "wsp", "optim"}))
+    return _facts_cached(base.model_dump_json(), num_classes)
 
 
 def inventory_for(cfg: RunConfig, num_classes: int | None, tp: int) -> Inventory:
-    """The (cached) parameter inventory of ``cfg``'s model at ``tp``; the cache key ignores parallel settings."""
-    base = RunConfig.model_validate(cfg.model_dump(mode="json", include={"stage", "model", "mae", "wsp", "optim"}))
-    return _inventory_cached(base.model_dump_json(), num_classes, tp)
+    """The parameter inventory of ``cfg``'s model at ``tp`` (the model is built once per config and stage)."""
+    return model_facts(cfg, num_classes).inventory.at(tp)
 
 
 def zero_settings(cfg: RunConfig, dp: int, inv: Inventory, device: str = "cuda") -> ZeroSettings:
@@ -283,7 +321,7 @@ def zero_settings(cfg: RunConfig, dp: int, inv: Inventory, device: str = "cuda")
     per_step = cfg.train.micro_batch * dp
     accum = max(1, cfg.train.global_batch // per_step)
     ds = build_ds_config(cfg, dp, accum, inv.engine_blocks, device=device)
-    return ZeroSettings.from_ds_config(ds, zero_init=uses_zero_init(cfg))
+    return ZeroSettings.from_ds_config(ds, zero_init=uses_zero_init(cfg.parallel.zero_stage, cfg.parallel.tp))
 
 
 def resolve_classes(cfg: RunConfig, num_classes: int | None) -> int | None:
@@ -298,63 +336,61 @@ def resolve_classes(cfg: RunConfig, num_classes: int | None) -> int | None:
 def predict_states(cfg: RunConfig, gpus: int, num_classes: int | None = None, rank: int | None = None) -> StateBytes:
     """Model-state bytes the engine holds on data-parallel ``rank`` (None: the largest) of a ``gpus``-GPU job."""
     classes = resolve_classes(cfg, num_classes)
-    tp = cfg.parallel.tp
-    dp = gpus // tp
-    inv = inventory_for(cfg, classes, tp)
-    return model_state_bytes(inv.groups(), inv.frozen, dp, zero_settings(cfg, dp, inv), rank)
+    layout = derive_layout(cfg, gpus)
+    inv = inventory_for(cfg, classes, layout.tp)
+    return model_state_bytes(inv.groups(), inv.frozen, layout.dp, zero_settings(cfg, layout.dp, inv), rank)
+
+
+@lru_cache(maxsize=256)
+def _states(inv: Inventory, dp: int, zs: ZeroSettings) -> StateBytes:
+    """The largest rank's model states (search: layouts that differ in recompute or micro-batch share them)."""
+    return model_state_bytes(inv.groups(), inv.frozen, dp, zs)
 
 
 # ----- plan -------------------------------------------------------------------------------------------------------
 def plan_layout(
     cfg: RunConfig, hw: Hardware, layout: Layout | None = None, num_classes: int | None = None, fused_kernels=True
-) -> Plan:
-    """Memory and speed of ``layout`` (default: the config's own) for ``cfg`` on ``hw``."""
-    from maws_scale.models.flops import flops_breakdown
-    from maws_scale.train.stages import make_stage
-
-    layout = layout or Layout.from_config(cfg)
+) -> MemoryPlan:
+    """Memory and speed of ``layout`` (default: the config's own, :func:`~maws_scale.parallel.layout.derive_layout`
+    on ``hw.gpus``; others: :func:`candidate`) for ``cfg`` on ``hw``."""
+    layout = layout or derive_layout(cfg, hw.gpus)
+    if layout.world_size != hw.gpus:
+        raise ConfigError(f"the layout is for {layout.world_size} GPUs, the hardware has {hw.gpus}")
     lcfg = layout_config(cfg, layout)
+    layout = derive_layout(lcfg, hw.gpus)  # exactly what make_plan derives for the config this plan is of
     classes = resolve_classes(lcfg, num_classes)
-    tp = layout.tp
-    notes: list[str] = []
-    if hw.gpus % tp:
-        raise ConfigError(f"parallel.tp={tp} does not divide --gpus {hw.gpus}")
-    dp = hw.gpus // tp
-    accum = lcfg.train.global_batch / (layout.micro_batch * dp)
-    if accum != int(accum) or accum < 1:
-        notes.append(
-            f"train.global_batch={lcfg.train.global_batch} is not a multiple of micro {layout.micro_batch} × dp {dp}"
-        )
-    inv = inventory_for(lcfg, classes, tp)
-    zs = zero_settings(lcfg, dp, inv, hw.device_type)
-    states = model_state_bytes(inv.groups(), inv.frozen, dp, zs)
-    act = estimate(lcfg, classes, tp=tp, fused_kernels=fused_kernels)
+    return _plan(lcfg, hw, layout, classes, fused_kernels)
 
-    # the trainer's own Stage and its meta-built model: the configured decoder, pooling and head are what count
-    stage = make_stage(lcfg, classes)
-    per_sample = stage.flops_per_sample()
-    mask = lcfg.mae.mask_ratio if lcfg.stage == "mae" else None
-    parts = flops_breakdown(stage.build_model(device="meta"), lcfg.stage, mask_ratio=mask)
-    fp8_per_sample, fp8_fixed = fp8_memory(lcfg, act, tp)
-    plan = Plan(
+
+def _plan(lcfg: RunConfig, hw: Hardware, layout: Layout, classes: int | None, fused_kernels: bool) -> MemoryPlan:
+    """The memory plan of ``layout`` (derived from ``lcfg``, the config with that layout)."""
+    tp, dp = layout.tp, layout.dp
+    notes = [] if layout.batch_problem() is None else [layout.batch_problem()]
+    facts = model_facts(lcfg, classes)
+    inv = facts.inventory.at(tp)
+    zs = zero_settings(lcfg, dp, inv, hw.device_type)
+    states = _states(inv, dp, zs)
+    act = estimate(lcfg, classes, tp=tp, fused_kernels=fused_kernels)
+    fp8_per_sample, fp8_fixed = fp8_memory(lcfg, layout, act)
+    plan = MemoryPlan(
         model=lcfg.model.name,
         stage=lcfg.stage,
         layout=layout,
         gpus=hw.gpus,
         dp=dp,
-        grad_accum=accum,
+        grad_accum=layout.grad_accum,
         params_total=inv.full_params,
         params_per_gpu=inv.numel,
         head_params_per_gpu=inv.head_numel(),
         states=states,
         activations_per_sample=act.per_sample + fp8_per_sample,
         activation=act,
-        flops_per_sample=per_sample,
-        flops_per_step=per_sample * lcfg.train.global_batch,
+        flops_per_sample=facts.flops_per_sample,
+        flops_per_step=facts.flops_per_sample * lcfg.train.global_batch,
         usable=hw.usable,
         global_batch=lcfg.train.global_batch,
         host_limit=hw.host_per_gpu,
-        speed=estimate_speed(lcfg, hw, layout, dp, inv, zs, parts, act),
+        speed=estimate_speed(lcfg, hw, layout, inv, zs, facts.flops_parts, act),
         notes=notes,
         fp8_fixed=fp8_fixed,
     )
@@ -363,23 +399,17 @@ def plan_layout(
     return plan
 
 
-def fp8_linear_flops(cfg: RunConfig, tokens: int) -> int:
-    """Forward FLOPs per sample of the Linear layers ``parallel.fp8`` converts (0 without FP8): the encoder blocks'
-    qkv, proj, fc1, fc2 when their widths are multiples of 16 (:func:`maws_scale.parallel.fp8.fp8_layer`)."""
-    from maws_scale.parallel.fp8 import FP8_MULTIPLE
-
-    spec = cfg.spec
-    width, hidden = spec.width, spec.mlp_hidden
-    if cfg.parallel.fp8 == "none" or width % FP8_MULTIPLE or hidden % FP8_MULTIPLE:
-        return 0
-    return spec.depth * 2 * tokens * width * (4 * width + 2 * hidden)
+def fp8_linear_flops(cfg: RunConfig, layout: Layout, tokens: int) -> int:
+    """Forward FLOPs per sample of the encoder Linears ``parallel.fp8`` converts (``layout.fp8_layers``)."""
+    shapes = encoder_linear_shapes(cfg.spec.width, cfg.spec.mlp_hidden)
+    return cfg.spec.depth * sum(2 * tokens * shapes[name][0] * shapes[name][1] for name in layout.fp8_layers)
 
 
-def fp8_memory(cfg: RunConfig, act: ActivationEstimate, tp: int) -> tuple[float, int]:
+def fp8_memory(cfg: RunConfig, layout: Layout, act: ActivationEstimate) -> tuple[float, int]:
     """FP8 workspace (module docstring): (bytes per sample, fixed bytes); (0, 0) without FP8."""
-    if not fp8_linear_flops(cfg, 1):
+    if not layout.fp8_layers:
         return 0.0, 0
-    hidden, width = cfg.spec.mlp_hidden // tp, cfg.spec.width
+    hidden, width = cfg.spec.mlp_hidden // layout.tp, cfg.spec.width
     return float(FP8_BYTES_PER_HIDDEN * act.tokens_encoder * hidden), 4 * width * hidden
 
 
@@ -387,17 +417,16 @@ def estimate_speed(
     cfg: RunConfig,
     hw: Hardware,
     layout: Layout,
-    dp: int,
     inv: Inventory,
     zs: ZeroSettings,
     parts: dict[str, int],
     act: ActivationEstimate,
 ) -> Speed:
     """The speed model of the module docstring."""
-    tp, micro = layout.tp, layout.micro_batch
+    tp, micro, dp = layout.tp, layout.micro_batch, layout.dp
     samples = cfg.train.global_batch / dp  # per data-parallel rank per step
     micro_steps = max(1.0, samples / micro)
-    decoder_split = inv.decoder_sharded
+    decoder_split = layout.decoder_sharded
     split = parts["encoder"] + parts["head"] + (parts["decoder"] if decoder_split else 0)
     replicated = parts["patch_embed"] + parts["pool"] + (0 if decoder_split else parts["decoder"])
     fwd_per_gpu = samples * (split / tp + replicated)
@@ -407,7 +436,7 @@ def estimate_speed(
     )
     work = 3 * fwd_per_gpu + recompute
     # the FP8 matmuls (forward, backward, and the recomputed share) take 1/speed-up the time: bf16-equivalent work
-    fp8 = samples * fp8_linear_flops(cfg, parts["tokens"]) / tp * (3 + enc_share)
+    fp8 = samples * fp8_linear_flops(cfg, layout, parts["tokens"]) / tp * (3 + enc_share)
     work -= fp8 * (1 - 1 / FP8_MATMUL_SPEEDUP)
     compute = work / (hw.peak_tflops * 1e12 * hw.compute_efficiency) + samples * act.recompute_traffic / (
         hw.hbm_gbps * 1e9
@@ -431,15 +460,14 @@ def estimate_speed(
         a = 4 if cfg.parallel.precision == "fp32" else 2
         per_allreduce = micro * act.tokens_encoder * cfg.spec.width * a * 2 * (tp - 1) / tp
         # collectives inside a recomputed block run again (selective_op recomputes them too)
-        rerun = 1.0 if layout.checkpointing == "selective_op" else enc_share
+        rerun = 1.0 if layout.recompute == "selective_op" else enc_share
         count = (4 + 2 * rerun) * cfg.spec.depth
         exposed += micro_steps * count * per_allreduce / (hw.intra_node_gbps * 1e9)
         if decoder_split:
-            dw = cfg.mae.decoder_width or cfg.spec.decoder_width
-            depth = cfg.mae.decoder_depth or cfg.spec.decoder_depth
-            per_dec = micro * act.tokens_decoder * dw * a * 2 * (tp - 1) / tp
-            rerun = 1.0 if layout.checkpointing == "selective_op" else dec_share
-            exposed += micro_steps * (4 + 2 * rerun) * depth * per_dec / (hw.intra_node_gbps * 1e9)
+            decoder = cfg.decoder
+            per_dec = micro * act.tokens_decoder * decoder.width * a * 2 * (tp - 1) / tp
+            rerun = 1.0 if layout.recompute == "selective_op" else dec_share
+            exposed += micro_steps * (4 + 2 * rerun) * decoder.depth * per_dec / (hw.intra_node_gbps * 1e9)
     if layout.offload != "none":
         part = psi / dp
         exposed += 2 * b * part / (hw.pcie_gbps * 1e9) + part / hw.cpu_adam_rate
@@ -468,7 +496,7 @@ def valid_micro_batches(global_batch: int, dp: int) -> list[int]:
     return [m for m in range(per_rank, 0, -1) if per_rank % m == 0]
 
 
-def best_micro_batch(plan: Plan, global_batch: int) -> int:
+def best_micro_batch(plan: MemoryPlan, global_batch: int) -> int:
     """Largest micro-batch that fits and divides the per-rank share of ``global_batch`` (0 if none)."""
     limit = plan.max_micro_batch()
     return next((m for m in valid_micro_batches(global_batch, plan.dp) if m <= limit), 0)
@@ -478,30 +506,32 @@ CHECKPOINTING_MODES = ("none", "selective_op", "every_k:4", "every_k:2", "full")
 
 
 def candidate_layouts(cfg: RunConfig, hw: Hardware) -> list[Layout]:
-    """ZeRO 0-3 (1-3 for fp32 accumulation of a 16-bit model) × TP (dividing heads, MLP width and the GPU count,
-    within a node) × checkpointing (:data:`CHECKPOINTING_MODES`) × offload; the micro-batch is filled in by
-    :func:`search`."""
+    """Every layout :mod:`maws_scale.parallel.layout` allows: ZeRO stage (:func:`zero_stages`) × TP (a power of two
+    within a node that splits the heads, MLP width and GPU count) × checkpointing (:data:`CHECKPOINTING_MODES`) ×
+    offload (:func:`offload_modes`), at micro-batch 1 (:func:`search` fills in the largest that fits)."""
     spec = cfg.spec
-    tps = [
-        t
-        for t in range(1, min(hw.gpus, hw.gpus_per_node) + 1)
-        if hw.gpus % t == 0 and spec.heads % t == 0 and spec.mlp_hidden % t == 0 and t & (t - 1) == 0
-    ]
+    tps = [t for t in range(1, min(hw.gpus, hw.gpus_per_node) + 1) if t & (t - 1) == 0 and _splits(spec, t, hw.gpus)]
     out = []
-    # DeepSpeed accumulates a 16-bit model's gradients in fp32 (parallel.grad_accum_dtype) only with ZeRO
-    zero0 = cfg.parallel.precision == "fp32" or cfg.parallel.grad_accum_dtype == "model"
-    for zero in (0, 1, 2, 3) if zero0 else (1, 2, 3):
-        offloads = ["none"] + (["optimizer"] if zero >= 1 else []) + (["all"] if zero == 3 else [])
+    for zero in zero_stages(cfg.parallel.precision, cfg.parallel.grad_accum_dtype):
         for tp in tps:
             for ckpt in CHECKPOINTING_MODES:
-                for offload in offloads:
-                    out.append(Layout(zero, tp, ckpt, offload, 1))
+                for offload in offload_modes(zero):
+                    out.append(candidate(cfg, hw.gpus, zero, tp, ckpt, offload, 1))
     return out
+
+
+def _splits(spec: Any, tp: int, gpus: int) -> bool:
+    try:
+        check_tensor_split(spec.heads, spec.mlp_hidden, tp, "the model")
+        check_world_split(gpus, tp)
+    except ConfigError:
+        return False
+    return True
 
 
 @dataclass
 class SearchRow:
-    plan: Plan
+    plan: MemoryPlan
     micro_batch: int
 
     @property
@@ -509,16 +539,26 @@ class SearchRow:
         return self.micro_batch > 0
 
 
-def search(cfg: RunConfig, hw: Hardware, num_classes: int | None = None, fused_kernels: bool = True) -> list[SearchRow]:
+def search(
+    cfg: RunConfig,
+    hw: Hardware,
+    num_classes: int | None = None,
+    fused_kernels: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[SearchRow]:
     """Every candidate layout at its largest fitting micro-batch, fastest (by the speed model) first, then least
-    compute (recompute), then lowest peak; layouts that do not fit at any micro-batch come last."""
+    compute (recompute), then lowest peak; layouts that do not fit at any micro-batch come last. The model is built
+    once (:func:`model_facts`); each layout is evaluated on it analytically. ``progress(i, n)`` after each layout."""
     rows = []
-    for layout in candidate_layouts(cfg, hw):
+    layouts = candidate_layouts(cfg, hw)
+    for i, layout in enumerate(layouts, 1):
         probe = plan_layout(cfg, hw, layout, num_classes, fused_kernels)
         micro = best_micro_batch(probe, cfg.train.global_batch)
         if micro:
-            probe = plan_layout(cfg, hw, Layout(**{**asdict(layout), "micro_batch": micro}), num_classes, fused_kernels)
+            probe = plan_layout(cfg, hw, replace(layout, micro_batch=micro), num_classes, fused_kernels)
         rows.append(SearchRow(probe, micro))
+        if progress is not None:
+            progress(i, len(layouts))
     # fitting first, fastest first; among equally fast layouts (compute hidden behind communication) the one with
     # the least compute (recompute is not free when overlap is imperfect), then the most headroom
     rows.sort(

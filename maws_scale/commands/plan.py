@@ -93,7 +93,7 @@ def fit_hint(cfg, rows) -> str:
     overrides = [
         f"parallel.zero_stage={lay.zero_stage}",
         f"parallel.tp={lay.tp}",
-        f"parallel.activation_checkpointing={lay.checkpointing}",
+        f"parallel.activation_checkpointing={lay.recompute}",
         f"parallel.offload={lay.offload}",
         f"train.micro_batch={best.micro_batch}",
     ]
@@ -172,7 +172,7 @@ def print_search(console: Console, rows, top: int) -> None:
         table.add_row(
             str(lay.zero_stage),
             str(lay.tp),
-            lay.checkpointing,
+            lay.recompute,
             lay.offload,
             str(r.micro_batch),
             _gib(p.peak),

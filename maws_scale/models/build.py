@@ -89,11 +89,12 @@ def build_mae(
     _check_overrides(overrides, (*_ENCODER_OPTIONS, *_MAE_OPTIONS), "build_mae")
     spec = get_spec(name)
     options = {k: v for k, v in overrides.items() if v is not None}
+    decoder = spec.decoder_shape(*(options.pop(f"decoder_{k}", None) for k in ("width", "depth", "heads")))
     kwargs = {
         **_spec_kwargs(spec),
-        "decoder_embed_dim": options.pop("decoder_width", spec.decoder_width),
-        "decoder_depth": options.pop("decoder_depth", spec.decoder_depth),
-        "decoder_num_heads": options.pop("decoder_heads", spec.decoder_heads),
+        "decoder_embed_dim": decoder.width,
+        "decoder_depth": decoder.depth,
+        "decoder_num_heads": decoder.heads,
         "kernels_impl": options.pop("kernels", "auto"),
         "mask_ratio": mask_ratio,
         **options,

@@ -10,6 +10,16 @@ from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
+class DecoderShape:
+    """The MAE decoder's blocks: width, depth, heads and MLP width (the encoder's MLP ratio)."""
+
+    width: int
+    depth: int
+    heads: int
+    mlp_hidden: int
+
+
+@dataclass(frozen=True)
 class ViTSpec:
     """Shape of a ViT encoder and the MAE decoder that goes with it by default."""
 
@@ -31,6 +41,15 @@ class ViTSpec:
     @property
     def head_dim(self) -> int:
         return self.width // self.heads
+
+    def decoder_shape(
+        self, width: int | None = None, depth: int | None = None, heads: int | None = None
+    ) -> DecoderShape:
+        """The MAE decoder for this encoder: the given width / depth / heads (``mae.decoder_*``), else the spec's."""
+        width = width or self.decoder_width
+        return DecoderShape(
+            width, depth or self.decoder_depth, heads or self.decoder_heads, int(width * self.mlp_ratio)
+        )
 
     def num_patches(self, img_size: int | None = None) -> int:
         side = (img_size or self.img_size) // self.patch

@@ -26,6 +26,8 @@ from torch import nn
 
 from maws_scale.config import ConfigError, RunConfig
 from maws_scale.parallel.compile import apply_compile
+from maws_scale.parallel.layout import accumulation_dtype
+from maws_scale.parallel.layout import uses_zero_init as zero_init_rule
 from maws_scale.parallel.thin_step import thin_zero_step
 
 log = logging.getLogger("maws_scale.parallel")
@@ -188,13 +190,7 @@ def _fill_data_types(ds: dict[str, Any], cfg: RunConfig, origin: str) -> None:
     """Gradient accumulation and reduction dtypes. Without them DeepSpeed 0.19.8 uses the model dtype for both, so
     bf16 runs would sum micro-batch gradients and ranks' gradients in bf16."""
     par = cfg.parallel
-    accum = par.precision if par.grad_accum_dtype == "model" else "fp32"
-    if accum == "fp32" and par.precision != "fp32" and par.zero_stage == 0:
-        raise ConfigError(
-            f"parallel.grad_accum_dtype=fp32: DeepSpeed accumulates fp32 gradients of a {par.precision} model only "
-            "with ZeRO (parallel.zero_stage>=1); set parallel.zero_stage>=1, or parallel.grad_accum_dtype=model "
-            f"to accumulate in {par.precision}"
-        )
+    accum = accumulation_dtype(par.precision, par.grad_accum_dtype, par.zero_stage)
     data_types = ds.setdefault("data_types", {})
     _resolve(data_types, "grad_accum_dtype", accum, "data_types.", origin, "parallel.grad_accum_dtype")
     _resolve(ds, "communication_data_type", par.comm_dtype, "", origin, "parallel.comm_dtype")
@@ -433,8 +429,8 @@ def precision_dtype(precision: str) -> torch.dtype:
 # ----- engine -----------------------------------------------------------------------------------------------------
 def uses_zero_init(cfg: RunConfig) -> bool:
     """Whether the model is built under ``deepspeed.zero.Init``: ZeRO-3 without TP (a TP rank builds on meta and
-    materialises only its shard, which the engine then partitions). The planner counts memory by the same rule."""
-    return cfg.parallel.zero_stage == 3 and cfg.parallel.tp == 1
+    materialises only its shard, which the engine then partitions): the rule of :mod:`maws_scale.parallel.layout`."""
+    return zero_init_rule(cfg.parallel.zero_stage, cfg.parallel.tp)
 
 
 @contextlib.contextmanager

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.parallel.layout import FP8_MULTIPLE, fp8_convertible
 
 log = logging.getLogger("maws_scale.parallel")
 
-FP8_MULTIPLE = 16
 MIN_CAPABILITY = (8, 9)
 _ENCODER_BLOCK = re.compile(r"(^|\.)blocks\.\d+\.")  # the encoder's blocks; not ``decoder_blocks.N``
 
@@ -44,8 +44,7 @@ def fp8_layer(module: nn.Module, fqn: str) -> bool:
     return (
         isinstance(module, nn.Linear)
         and _ENCODER_BLOCK.search(fqn) is not None
-        and module.in_features % FP8_MULTIPLE == 0
-        and module.out_features % FP8_MULTIPLE == 0
+        and fp8_convertible(module.in_features, module.out_features)
     )
 
 

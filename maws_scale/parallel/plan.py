@@ -5,7 +5,7 @@
 stages talk to the plan only through the methods below and never ask which one they hold; every TP or ZeRO branch of
 the trainer lives here. Order of use (``train/loop.py``)::
 
-    plan = make_plan(cfg, info)                 # process groups (TP: megatron's)
+    plan = make_plan(cfg, info)                 # its Layout, then process groups from it (TP: megatron's)
     blocks = plan.bucket_blocks(meta_model)     # ZeRO bucket sizes, per TP rank
     model = plan.build(stage.build_model, ds)   # meta → local shard (TP), zero.Init (ZeRO-3), or plain
     stage.bind(plan); stage.initialize_weights(model, plan)   # criterion; MAE → WSP hand-off via plan.load_state
@@ -26,6 +26,7 @@ from torch import nn
 from maws_scale.config import ConfigError, RunConfig
 from maws_scale.parallel.distributed import DistInfo
 from maws_scale.parallel.engine import BlockInfo, model_init_context
+from maws_scale.parallel.layout import Layout, derive_layout
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StateFn = Callable[[], dict[str, torch.Tensor]]
@@ -37,7 +38,11 @@ def engine_block_info(model: nn.Module, tp_size: int) -> BlockInfo | None:
     The trainer and the planner (``bench/planner.py``) both call this."""
     if not getattr(model, "blocks", None):
         return None
-    info = BlockInfo.from_model(model)
+    return split_block_info(BlockInfo.from_model(model), tp_size)
+
+
+def split_block_info(info: BlockInfo, tp_size: int) -> BlockInfo:
+    """A whole model's :class:`BlockInfo` as one of ``tp_size`` TP ranks holds it (matrices split, vectors whole)."""
     if tp_size == 1:
         return info
     return BlockInfo(
@@ -62,10 +67,11 @@ class ParallelPlan:
     tp_size = 1
     mpu: Any = None
 
-    def __init__(self, cfg: RunConfig, info: DistInfo) -> None:
+    def __init__(self, cfg: RunConfig, info: DistInfo, layout: Layout | None = None) -> None:
         self.cfg = cfg
         self.info = info
-        self.dp_rank, self.dp_size = info.rank, info.world_size
+        self.layout = layout or derive_layout(cfg, info.world_size)
+        self.dp_rank, self.dp_size = info.rank, self.layout.dp
         self.model: nn.Module | None = None
 
     # ----- describing ---------------------------------------------------------------------------------------------
@@ -97,8 +103,8 @@ class ParallelPlan:
         apply_fp8(model, self.cfg, self.info.device)
         setter = getattr(model, "set_grad_checkpointing", None)
         if setter is not None:
-            setter(self.cfg.parallel.activation_checkpointing)
-        elif self.cfg.parallel.activation_checkpointing != "none":
+            setter(self.layout.recompute)
+        elif self.layout.recompute != "none":
             raise ConfigError(f"parallel.activation_checkpointing: {type(model).__name__} cannot checkpoint per block")
         self.model = model
         return model
@@ -162,16 +168,18 @@ class TensorParallelPlan(ParallelPlan):
     The model is built on the meta device and materialised directly sharded: each rank allocates only its shard of
     the split layers (and the replicated rest), initialised exactly as the unsharded model would be."""
 
-    def __init__(self, cfg: RunConfig, info: DistInfo) -> None:
-        super().__init__(cfg, info)
+    def __init__(self, cfg: RunConfig, info: DistInfo, layout: Layout | None = None) -> None:
+        super().__init__(cfg, info, layout)  # the layout refuses a world size tp does not divide
         from maws_scale.parallel.mpu import init_model_parallel
 
-        cfg.batch_layout(info.world_size)  # refuses a world size tp does not divide, naming parallel.tp
-        self.mpu = init_model_parallel(cfg.parallel.tp)
-        self.tp_size = cfg.parallel.tp
+        self.layout.accumulation()  # and a batch that does not split, before any group exists
+        self.mpu = init_model_parallel(self.layout.tp)  # the process groups, created from the layout
+        self.tp_size = self.layout.tp
         self.tp_rank = self.mpu.get_tensor_model_parallel_rank()
         self.dp_rank = self.mpu.get_data_parallel_rank()
         self.dp_size = self.mpu.get_data_parallel_world_size()
+        if self.dp_size != self.layout.dp:
+            raise RuntimeError(f"megatron made {self.dp_size} data-parallel ranks; the layout has {self.layout.dp}")
 
     def count_label(self) -> str:
         return " per TP rank"
@@ -251,8 +259,10 @@ def consolidate_checkpoint(info: Any, out: str | Path, meta: dict[str, Any] | No
 
 
 def make_plan(cfg: RunConfig, info: DistInfo) -> ParallelPlan:
-    """The plan for ``cfg.parallel`` on the world ``info`` describes (TP groups are created here)."""
-    return TensorParallelPlan(cfg, info) if cfg.parallel.tp > 1 else ParallelPlan(cfg, info)
+    """The plan for ``cfg.parallel`` on the world ``info`` describes: its :class:`~maws_scale.parallel.layout.Layout`
+    derived (no side effects), then the TP process groups created from it."""
+    layout = derive_layout(cfg, info.world_size)
+    return (TensorParallelPlan if layout.tp > 1 else ParallelPlan)(cfg, info, layout)
 
 
 # ----- copying plain weights in -----------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from typing import Literal
 
 import torch
 
+from maws_scale.models.registry import DecoderShape
+from maws_scale.parallel.layout import shards_decoder
+
 Kind = Literal["qkv", "column", "row", "vocab"]
 PARTITION_DIM: dict[str, int] = {"qkv": 0, "column": 0, "row": 1, "vocab": 0}
 LAYOUT_FILE = "tp_layout.json"
@@ -38,12 +41,16 @@ _BLOCK_PARAM = re.compile(rf"^(?P<stack>blocks|decoder_blocks)\.\d+\.(?P<layer>{
 def decoder_shardable(model, tp_size: int) -> bool:
     """Whether TP shards the MAE decoder: ``tp_size`` > 1 divides the heads and MLP width of every decoder block
     (False without a decoder). ``parallelize_vit(shard_decoder="auto")`` and the planner both decide by this."""
+    return shards_decoder(decoder_shape(model), tp_size)
+
+
+def decoder_shape(model) -> DecoderShape | None:
+    """The MAE decoder of ``model`` as built (None without a decoder, or with blocks of different shapes)."""
     blocks = getattr(model, "decoder_blocks", None) or []
-    return (
-        tp_size > 1
-        and bool(blocks)
-        and all(b.attn.num_heads % tp_size == 0 and b.mlp.fc1.out_features % tp_size == 0 for b in blocks)
-    )
+    shapes = {
+        DecoderShape(b.mlp.fc1.in_features, len(blocks), b.attn.num_heads, b.mlp.fc1.out_features) for b in blocks
+    }
+    return shapes.pop() if len(shapes) == 1 else None
 
 
 def shard_kind(name: str, shard_decoder: bool = False, vocab_head: bool = True) -> Kind | None:

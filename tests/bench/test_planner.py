@@ -15,8 +15,8 @@ from maws_scale.bench.planner import (
     CHECKPOINTING_MODES,
     GiB,
     Hardware,
-    Layout,
     best_micro_batch,
+    candidate,
     parse_bytes,
     plan_layout,
     search,
@@ -151,8 +151,8 @@ def test_largest_micro_batch_is_the_boundary() -> None:
     plan = plan_layout(cfg, hw)
     m = plan.max_micro_batch()
     assert m > 0
-    at = plan_layout(cfg, hw, Layout(1, 1, False, "none", m))
-    above = plan_layout(cfg, hw, Layout(1, 1, False, "none", m + 1))
+    at = plan_layout(cfg, hw, candidate(cfg, hw.gpus, 1, 1, False, "none", m))
+    above = plan_layout(cfg, hw, candidate(cfg, hw.gpus, 1, 1, False, "none", m + 1))
     assert at.fits and not above.fits
     valid = best_micro_batch(plan, 4096)
     assert valid <= m and (4096 // 8) % valid == 0 and 2 * valid > m
@@ -191,9 +191,9 @@ def test_search_ranks_fitting_layouts_by_speed() -> None:
 def test_speed_model_counts_recompute_and_tensor_parallel_split() -> None:
     cfg = cfg_for("model.name=vit_l16", "stage=wsp", "train.global_batch=256")
     hw = Hardware(gpus=8)
-    base = plan_layout(cfg, hw, Layout(1, 1, False, "none", 8))
-    ckpt = plan_layout(cfg, hw, Layout(1, 1, True, "none", 8))
-    tp2 = plan_layout(cfg, hw, Layout(1, 2, False, "none", 8))
+    base = plan_layout(cfg, hw, candidate(cfg, hw.gpus, 1, 1, False, "none", 8))
+    ckpt = plan_layout(cfg, hw, candidate(cfg, hw.gpus, 1, 1, True, "none", 8))
+    tp2 = plan_layout(cfg, hw, candidate(cfg, hw.gpus, 1, 2, False, "none", 8))
     assert base.speed.recompute_flops_per_gpu == 0
     assert ckpt.speed.recompute_flops_per_gpu == pytest.approx(base.speed.useful_flops_per_gpu / 3, rel=0.02)
     assert ckpt.speed.est_images_per_s < base.speed.est_images_per_s
@@ -210,9 +210,9 @@ def test_parse_bytes_and_bad_layouts() -> None:
         parse_bytes("eighty")
     cfg = cfg_for("model.name=vit_b16")
     with pytest.raises(ConfigError, match="tp"):
-        plan_layout(cfg, Hardware(gpus=6), Layout(1, 4, False, "none", 8))
+        plan_layout(cfg, Hardware(gpus=6), candidate(cfg, 6, 1, 4, False, "none", 8))
     with pytest.raises(ConfigError, match="offload"):
-        plan_layout(cfg, Hardware(gpus=4), Layout(0, 1, False, "optimizer", 8))
+        plan_layout(cfg, Hardware(gpus=4), candidate(cfg, 4, 0, 1, False, "optimizer", 8))
 
 
 def test_plan_json_is_one_object(capsys: pytest.CaptureFixture[str]) -> None:
@@ -279,7 +279,9 @@ def test_search_recommends_selective_or_every_k_where_none_does_not_fit_and_full
     """Comm-bound (16 GPUs, 2 nodes): fewer micro-batches per step are faster, so at the per-rank batch of 16 a
     layout that fits without a second micro-batch wins. Memory between selective's peak and no checkpointing's."""
     cfg = cfg_for("model.name=vit_l16", "stage=mae", "train.global_batch=256", "parallel.zero_stage=1")
-    plans = {m: plan_layout(cfg, Hardware(gpus=16), Layout(1, 1, m, "none", 16)) for m in CHECKPOINTING_MODES}
+    plans = {
+        m: plan_layout(cfg, Hardware(gpus=16), candidate(cfg, 16, 1, 1, m, "none", 16)) for m in CHECKPOINTING_MODES
+    }
     assert plans["full"].peak < plans["selective_op"].peak < plans["none"].peak
     assert plans["every_k:2"].peak < plans["every_k:4"].peak < plans["none"].peak
     gpu_mem = (plans["selective_op"].peak + plans["none"].peak) // 2 + 2 * GiB
@@ -289,11 +291,11 @@ def test_search_recommends_selective_or_every_k_where_none_does_not_fit_and_full
         for r in rows
         if r.fits and (r.plan.layout.zero_stage, r.plan.layout.tp, r.plan.layout.offload) == (1, 1, "none")
     ]
-    assert {r.plan.layout.checkpointing for r in same} == set(CHECKPOINTING_MODES)  # none fits at micro 8 only
+    assert {r.plan.layout.recompute for r in same} == set(CHECKPOINTING_MODES)  # none fits at micro 8 only
     best = same[0]
-    assert best.plan.layout.checkpointing in ("selective_op", "every_k:4", "every_k:2"), best.plan.layout
+    assert best.plan.layout.recompute in ("selective_op", "every_k:4", "every_k:2"), best.plan.layout
     assert best.micro_batch == 16
-    by_mode = {r.plan.layout.checkpointing: r for r in same}
+    by_mode = {r.plan.layout.recompute: r for r in same}
     assert by_mode["none"].micro_batch == 8
     assert by_mode["full"].plan.speed.compute_s > best.plan.speed.compute_s  # fits, but recomputes more
 
@@ -301,7 +303,7 @@ def test_search_recommends_selective_or_every_k_where_none_does_not_fit_and_full
 def test_speed_model_charges_each_mode_its_recompute() -> None:
     cfg = cfg_for("model.name=vit_l16", "stage=wsp", "train.global_batch=256")
     hw = Hardware(gpus=8)
-    speed = {m: plan_layout(cfg, hw, Layout(1, 1, m, "none", 8)).speed for m in CHECKPOINTING_MODES}
+    speed = {m: plan_layout(cfg, hw, candidate(cfg, hw.gpus, 1, 1, m, "none", 8)).speed for m in CHECKPOINTING_MODES}
     full = speed["full"].recompute_flops_per_gpu
     assert speed["none"].recompute_flops_per_gpu == speed["selective_op"].recompute_flops_per_gpu == 0
     assert speed["every_k:2"].recompute_flops_per_gpu == pytest.approx(full / 2)  # 12 of 24 blocks

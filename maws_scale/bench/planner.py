@@ -42,6 +42,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -322,6 +323,31 @@ def zero_settings(cfg: RunConfig, dp: int, inv: Inventory, device: str = "cuda")
     accum = max(1, cfg.train.global_batch // per_step)
     ds = build_ds_config(cfg, dp, accum, inv.engine_blocks, device=device)
     return ZeroSettings.from_ds_config(ds, zero_init=uses_zero_init(cfg.parallel.zero_stage, cfg.parallel.tp))
+
+
+# A WSP head for planning when the vocabulary is not on this machine (a cluster path): SWAG / MAWS's IG hashtag
+# vocabulary holds about 27k WordNet-mapped hashtags (Singh et al. 2022, SWAG).
+DEFAULT_WSP_CLASSES = 27_000
+
+
+def planning_classes(cfg: RunConfig, num_classes: int | None = None) -> tuple[int | None, str | None]:
+    """The WSP head size to plan ``cfg`` with, and a note when it is not the config's own: ``num_classes``
+    (``--num-classes``), else ``wsp.num_classes``, else the size of the vocabulary file, else
+    :data:`DEFAULT_WSP_CLASSES` with a note saying so. (None, None) for other stages."""
+    if cfg.stage != "wsp":
+        return None, None
+    if num_classes or cfg.wsp.num_classes:
+        return num_classes or cfg.wsp.num_classes, None
+    from maws_scale.data.labels import VOCAB, load_vocab
+
+    vocab = Path(cfg.wsp.vocab) if cfg.wsp.vocab else Path(cfg.data.path or ".") / VOCAB
+    if vocab.is_file():
+        return len(load_vocab(vocab)), None
+    return DEFAULT_WSP_CLASSES, (
+        f"wsp.num_classes: the vocabulary {vocab} is not on this machine; planned with a head of "
+        f"{DEFAULT_WSP_CLASSES:,} classes (the IG hashtag vocabulary of SWAG/MAWS); set wsp.num_classes or "
+        "--num-classes for your vocabulary"
+    )
 
 
 def resolve_classes(cfg: RunConfig, num_classes: int | None) -> int | None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from maws_scale.commands._common import add_config_arguments, config_from_args
 from maws_scale.commands._intermixed import allow_intermixed
+from maws_scale.config import ConfigError
 
 GPU_PEAKS = {"a100": "A100", "h100": "H100", "h200": "H200"}
 
@@ -28,27 +34,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
     )
     add_config_arguments(parser)
-    parser.add_argument("--gpus", type=int, help="GPUs in the job (default: parallel.world_size, else 1)")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        help="GPUs in the job (default: parallel.world_size, else a jobs/*.yaml launch spec of the config, else 1)",
+    )
     parser.add_argument("--gpu-mem", default="80GiB", help="memory per GPU (default 80GiB)")
     parser.add_argument("--reserve", default="2GiB", help="kept free: CUDA context, NCCL, fragmentation (2GiB)")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
     parser.add_argument("--host-mem", help="CPU memory per node for offloaded states, e.g. 1TiB (default: unchecked)")
     parser.add_argument("--gpu", choices=sorted(GPU_PEAKS), default="h100", help="datasheet peak to use (h100)")
     parser.add_argument("--peak-tflops", type=float, help="override the peak TFLOP/s per GPU")
-    parser.add_argument("--num-classes", type=int, help="WSP head size (default wsp.num_classes)")
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        help="WSP head size (default wsp.num_classes, else the vocabulary's size, else 27,000 with a note)",
+    )
     parser.add_argument("--search", action="store_true", help="search ZeRO × TP × checkpointing × offload × micro")
     parser.add_argument("--top", type=int, default=12, help="rows of the search table (default 12)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.set_defaults(func=run)
 
 
-def hardware_from_args(args: argparse.Namespace, cfg) -> object:
+def hardware_from_args(args: argparse.Namespace, cfg, gpus: int | None = None) -> object:
     from maws_scale.bench.planner import Hardware, parse_bytes
     from maws_scale.track.throughput import datasheet_peak_tflops
 
     peak = args.peak_tflops or datasheet_peak_tflops(GPU_PEAKS[args.gpu], cfg.parallel.precision)
     return Hardware(
-        gpus=args.gpus or cfg.parallel.world_size or 1,
+        gpus=gpus or args.gpus or cfg.parallel.world_size or 1,
         gpu_mem=parse_bytes(args.gpu_mem),
         reserve=parse_bytes(args.reserve),
         gpus_per_node=args.gpus_per_node,
@@ -57,29 +71,139 @@ def hardware_from_args(args: argparse.Namespace, cfg) -> object:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from maws_scale.bench.planner import plan_layout, search
+PLANNED_STAGES = ("mae", "wsp")  # the stages the memory planner models
 
-    cfg = config_from_args(args).resolved()  # a pipeline config: the stage named by `stage=` (default mae)
-    hw = hardware_from_args(args, cfg)
-    fused = cfg.model.kernels != "torch"
-    plan = plan_layout(cfg, hw, num_classes=args.num_classes, fused_kernels=fused)
-    rows = search(cfg, hw, args.num_classes, fused) if args.search else None
+
+def stages_to_plan(cfg, overrides: list[str] | None) -> tuple[list, list[str]]:
+    """(configs, notes): every MAE / WSP stage a pipeline config runs (its ``stages`` sections), or the one stage of a
+    single-stage config or of an explicit ``stage=`` override."""
+    from maws_scale.jobs.spec import command_stages
+
+    explicit = any(o.split("=", 1)[0].strip() == "stage" for o in overrides or [])
+    names = [cfg.stage] if explicit else command_stages(cfg, "pipeline")
+    skipped = [n for n in names if n not in PLANNED_STAGES]
+    notes = [f"stage {', '.join(skipped)}: not planned (the planner models {' and '.join(PLANNED_STAGES)})"] * bool(
+        skipped
+    )
+    planned = [cfg.for_stage(n) if n in cfg.stages else cfg for n in names if n in PLANNED_STAGES]
+    if not planned:
+        raise ConfigError(f"stage={cfg.stage}: the planner models {' and '.join(PLANNED_STAGES)} only")
+    return planned, notes
+
+
+def planned_gpus(args: argparse.Namespace, cfg) -> tuple[int, str | None]:
+    """The GPUs to plan for, and a note saying where the number came from when the command line did not give it:
+    ``--gpus``, ``parallel.world_size``, a launch spec (``jobs/*.yaml``) that runs this config, else 1."""
+    if args.gpus:
+        return args.gpus, None
+    if cfg.parallel.world_size:
+        return cfg.parallel.world_size, None
+    found = launch_world_sizes(args.config)
+    sizes = sorted(set(found.values()))
+    if len(sizes) == 1:
+        specs = ", ".join(sorted(found))
+        return sizes[0], f"planning {sizes[0]} GPUs, the world size of the launch spec {specs}; --gpus plans another"
+    if sizes:
+        listed = ", ".join(f"{path} ({n})" for path, n in sorted(found.items()))
+        return 1, f"planning 1 GPU: launch specs of this config disagree on the world size ({listed}); give --gpus"
+    return 1, "planning 1 GPU: the config sets no parallel.world_size and no launch spec in jobs/ runs it; give --gpus"
+
+
+def launch_world_sizes(config: str | None) -> dict[str, int]:
+    """World size of every launch spec (``jobs/*.yaml`` beside the working directory or the config's folder) whose
+    ``config`` is ``config``."""
+    from maws_scale.jobs.spec import load_job, make_spec
+
+    if not config:
+        return {}
+    target = Path(config).resolve()
+    folders = {Path("jobs").resolve(), target.parent.parent / "jobs"}
+    found: dict[str, int] = {}
+    for path in sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")):
+        try:
+            spec = make_spec(load_job(path), origin=str(path))
+        except ConfigError:
+            continue  # not a launch spec (or a broken one: `launch` reports it)
+        named = Path(spec.config)
+        if target in {named.resolve(), (path.parent.parent / named).resolve()}:
+            found[_shown(path)] = spec.world_size()
+    return found
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@contextmanager
+def search_progress(console: Console, label: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(i, n)`` callback: a rich bar (i/N, ETA) on a terminal, else a plain line every tenth."""
+    if console.is_terminal:
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(label, total=None)
+            yield lambda i, n: bar.update(task, completed=i, total=n)
+        return
+    start = time.perf_counter()
+
+    def line(i: int, n: int) -> None:
+        if i == n or i % max(1, n // 10) == 0:
+            elapsed = time.perf_counter() - start
+            console.print(
+                f"{label}: {i}/{n} layouts, {elapsed:.1f} s, ETA {elapsed / i * (n - i):.1f} s", highlight=False
+            )
+
+    yield line
+
+
+def run(args: argparse.Namespace) -> int:
+    from maws_scale.bench.planner import plan_layout, planning_classes, search
+
+    base = config_from_args(args)  # a pipeline config: every stage it runs (or the one named by `stage=`)
+    configs, notes = stages_to_plan(base, args.overrides)
+    gpus, gpus_note = planned_gpus(args, base)
+    notes += [gpus_note] if gpus_note else []
+    results = []
+    status = Console(stderr=True)
+    for cfg in configs:
+        hw = hardware_from_args(args, cfg, gpus)
+        classes, classes_note = planning_classes(cfg, args.num_classes)
+        fused = cfg.model.kernels != "torch"
+        plan = plan_layout(cfg, hw, num_classes=classes, fused_kernels=fused)
+        plan.notes[:0] = [classes_note] if classes_note else []
+        rows = None
+        if args.search:
+            with search_progress(status, f"plan --search {cfg.stage}") as progress:
+                rows = search(cfg, hw, classes, fused, progress=progress)
+        results.append((cfg, hw, plan, rows))
+    fits = all(plan.fits for _, _, plan, _ in results)
     if args.json:
-        out = {"hardware": vars(hw), "plan": plan.as_dict()}
-        if rows is not None:
-            out["search"] = [{**r.plan.as_dict(), "fits": r.fits} for r in rows]
-            best = next((r for r in rows if r.fits), None)
-            out["best"] = best.plan.as_dict() if best else None
-        print(json.dumps(out))
-        return 0 if plan.fits else 1
+        parts = [stage_json(hw, plan, rows) for _, hw, plan, rows in results]
+        # the first stage's plan at the top level (as for a single-stage config), every stage under "stages"
+        print(json.dumps({**parts[0], "notes": notes, "stages": parts}))
+        return 0 if fits else 1
     console = Console()
-    print_plan(console, plan, hw)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    for cfg, hw, plan, rows in results:
+        print_plan(console, plan, hw)
+        if rows is not None:
+            print_search(console, rows, args.top)
+        if not plan.fits:
+            console.print(f"[yellow]hint:[/] {fit_hint(cfg, rows)}", highlight=False)
+    return 0 if fits else 1
+
+
+def stage_json(hw, plan, rows) -> dict:
+    """One stage's plan (and search) as ``plan --json`` prints it."""
+    out = {"hardware": vars(hw), "plan": plan.as_dict()}
     if rows is not None:
-        print_search(console, rows, args.top)
-    if not plan.fits:
-        console.print(f"[yellow]hint:[/] {fit_hint(cfg, rows)}", highlight=False)
-    return 0 if plan.fits else 1
+        out["search"] = [{**r.plan.as_dict(), "fits": r.fits} for r in rows]
+        best = next((r for r in rows if r.fits), None)
+        out["best"] = best.plan.as_dict() if best else None
+    return out
 
 
 def fit_hint(cfg, rows) -> str:

@@ -133,10 +133,14 @@ def validate_run(spec: LaunchSpec, world_size: int) -> RunConfig:
     return cfg
 
 
+def command_stages(cfg: RunConfig, command: str) -> list[str]:
+    """The stages ``command`` runs: a pipeline config's ``stages`` sections, else ``cfg.stage``."""
+    return list(cfg.stages) if command == "pipeline" and cfg.stages else [cfg.stage]
+
+
 def check_layout(cfg: RunConfig, command: str, world_size: int) -> None:
     """Every stage ``command`` runs must split its global batch over ``world_size`` ranks (ConfigError if not)."""
-    stages = list(cfg.stages) if command == "pipeline" and cfg.stages else [cfg.stage]
-    for stage in stages:
+    for stage in command_stages(cfg, command):
         resolved = cfg.for_stage(stage)
         resolved.batch_layout(world_size)
         if command == "train":

@@ -10,7 +10,7 @@ DEMO_DATA := data/fmnist-mosaic
 MAWS := $(VENV)/bin/maws-scale
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint fashion-mnist clean
+.PHONY: demo test test-fast lint fashion-mnist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ demo: $(VENV)/.demo fashion-mnist $(DEMO_DATA)/.built
 
 test: $(VENV)/.test fashion-mnist
 	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The inner loop: everything but the multi-process (dist) and slow tests; `make test` (and CI) still runs all of them.
+test-fast: $(VENV)/.test fashion-mnist
+	$(PY) -m pytest -m "not dist and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

@@ -64,7 +64,7 @@ def flop_shape(model_or_name: nn.Module | str, img_size: int | None = None, **ov
     mask_ratio, decoder_width, decoder_depth)."""
     if isinstance(model_or_name, (str, ViTSpec)):
         spec = get_spec(model_or_name)
-        dec_width = overrides.pop("decoder_width", None) or spec.decoder_width
+        decoder = spec.decoder_shape(overrides.pop("decoder_width", None), overrides.pop("decoder_depth", None))
         shape = FlopShape(
             width=spec.width,
             depth=spec.depth,
@@ -72,9 +72,9 @@ def flop_shape(model_or_name: nn.Module | str, img_size: int | None = None, **ov
             patch=spec.patch,
             img_size=img_size or spec.img_size,
             in_chans=spec.in_chans,
-            decoder_width=dec_width,
-            decoder_depth=overrides.pop("decoder_depth", None) or spec.decoder_depth,
-            decoder_mlp_hidden=int(dec_width * spec.mlp_ratio),
+            decoder_width=decoder.width,
+            decoder_depth=decoder.depth,
+            decoder_mlp_hidden=decoder.mlp_hidden,
         )
     else:
         model = model_or_name

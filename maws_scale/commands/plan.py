@@ -82,12 +82,11 @@ def stages_to_plan(cfg, overrides: list[str] | None) -> tuple[list, list[str]]:
     explicit = any(o.split("=", 1)[0].strip() == "stage" for o in overrides or [])
     names = [cfg.stage] if explicit else command_stages(cfg, "pipeline")
     skipped = [n for n in names if n not in PLANNED_STAGES]
-    notes = [f"stage {', '.join(skipped)}: not planned (the planner models {' and '.join(PLANNED_STAGES)})"] * bool(
-        skipped
-    )
+    models = " and ".join(PLANNED_STAGES)
+    notes = [f"stage {', '.join(skipped)}: not planned (the planner models {models})"] if skipped else []
     planned = [cfg.for_stage(n) if n in cfg.stages else cfg for n in names if n in PLANNED_STAGES]
     if not planned:
-        raise ConfigError(f"stage={cfg.stage}: the planner models {' and '.join(PLANNED_STAGES)} only")
+        raise ConfigError(f"stage={cfg.stage}: the planner models {models} only")
     return planned, notes
 
 

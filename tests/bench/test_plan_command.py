@@ -71,3 +71,28 @@ def test_a_config_without_a_world_size_says_it_plans_one_gpu(capsys, tmp_path: P
     config.write_text("model: {name: vit_b16}\nstage: mae\ntrain: {global_batch: 64, micro_batch: 8}\n")
     _, data, _ = plan_json(capsys, str(config))
     assert data["hardware"]["gpus"] == 1 and any("planning 1 GPU" in n and "--gpus" in n for n in data["notes"])
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log() -> None:
+    import io
+
+    from rich.console import Console
+
+    from maws_scale.commands.plan import search_progress
+
+    for terminal in (True, False):
+        out = io.StringIO()
+        with search_progress(Console(file=out, force_terminal=terminal, width=100), "plan --search mae") as progress:
+            for i in range(1, 21):
+                progress(i, 20)
+        text = out.getvalue()
+        assert "20/20" in text and ("\x1b[" in text) == terminal
+        if not terminal:  # one plain line per tenth, each with i/N and an ETA
+            lines = text.strip().splitlines()
+            assert len(lines) == 10 and all("layouts" in line and "ETA" in line for line in lines)
+
+
+def test_a_pipeline_config_with_a_lit_stage_says_lit_is_not_planned(capsys) -> None:
+    _, data, _ = plan_json(capsys, str(CONFIGS / "demo_lit.yaml"), "--gpus", "1")
+    assert [s["plan"]["stage"] for s in data["stages"]] == ["mae", "wsp"]
+    assert any("stage lit: not planned" in n for n in data["notes"])

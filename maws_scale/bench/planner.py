@@ -59,7 +59,6 @@ from maws_scale.parallel.layout import (
     derive_layout,
     encoder_linear_shapes,
     offload_modes,
-    uses_zero_init,
     zero_stages,
 )
 
@@ -319,10 +318,10 @@ def inventory_for(cfg: RunConfig, num_classes: int | None, tp: int) -> Inventory
 def zero_settings(cfg: RunConfig, dp: int, inv: Inventory, device: str = "cuda") -> ZeroSettings:
     """The DeepSpeed settings the engine would use for ``cfg`` on ``dp`` data-parallel ranks of ``device``
     (``inv``: the inventory at ``parallel.tp``, whose bucket sizes are the trainer's)."""
-    per_step = cfg.train.micro_batch * dp
-    accum = max(1, cfg.train.global_batch // per_step)
-    ds = build_ds_config(cfg, dp, accum, inv.engine_blocks, device=device)
-    return ZeroSettings.from_ds_config(ds, zero_init=uses_zero_init(cfg.parallel.zero_stage, cfg.parallel.tp))
+    layout = derive_layout(cfg, dp * cfg.parallel.tp)
+    # the engine's accumulation steps (at least 1 where the batch does not split: the plan notes it)
+    ds = build_ds_config(cfg, dp, max(1, int(layout.grad_accum)), inv.engine_blocks, device=device)
+    return ZeroSettings.from_ds_config(ds, zero_init=layout.zero_init)
 
 
 # A WSP head for planning when the vocabulary is not on this machine (a cluster path): SWAG / MAWS's IG hashtag

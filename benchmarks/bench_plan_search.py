@@ -32,6 +32,7 @@ CASES = (
 )
 GPUS = 64
 CLASSES = 27_000
+CHILD = "--child"
 
 
 def child(config: str, stage: str) -> dict[str, float]:
@@ -49,9 +50,9 @@ def run_child(code: str, config: str, stage: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": code, "OMP_NUM_THREADS": "1"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", config, stage], env=env, capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, __file__, CHILD, config, stage], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{config} {stage} in {code}: exit {out.returncode}\n{out.stderr[-2000:]}")
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -66,49 +67,56 @@ def baseline_tree(rev: str, into: Path) -> str:
     return str(into)
 
 
+def measure(codes: list[tuple[str, str]], cases: list[tuple[str, str]], repeats: int) -> list[dict]:
+    """Every case in every code tree, ``repeats`` times; each row keeps its runs and the figures of the fastest."""
+    rows, total = [], len(codes) * len(cases) * repeats
+    for label, code in codes:
+        for config, stage in cases:
+            runs = []
+            for _ in range(repeats):
+                runs.append(run_child(code, config, stage))
+                line = f"{len(rows) * repeats + len(runs)}/{total} {label} {config} {stage}"
+                print(f"{line}: {runs[-1]['process_s']:.1f} s", file=sys.stderr)
+            best = min(runs, key=lambda r: r["process_cpu_s"])
+            rows.append({"code": label, "config": config, "stage": stage, "runs": runs, **best})
+    return rows
+
+
+COLUMNS = (
+    ("layouts", "d"),
+    ("search_s", ".2f"),
+    ("search_cpu_s", ".2f"),
+    ("process_s", ".2f"),
+    ("process_cpu_s", ".2f"),
+)
+
+
 def main() -> None:
+    if sys.argv[1:2] == [CHILD]:
+        print(json.dumps(child(*sys.argv[2:4])))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="runs per row; the table shows the fastest")
     parser.add_argument("--baseline", help="git revision to compare with")
     parser.add_argument("--only", action="append", help="CONFIG:STAGE rows to run (repeatable; default: all)")
     parser.add_argument("--json", default="benchmarks/out/bench_plan_search.json")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(*args.child)))
-        return
-    rows = []
+    cases = [c for c in CASES if not args.only or ":".join(c) in args.only]
     with tempfile.TemporaryDirectory() as tmp:
         codes = [("this tree", str(REPO))]
         if args.baseline:
             codes.append((args.baseline, baseline_tree(args.baseline, Path(tmp))))
-        cases = [c for c in CASES if not args.only or ":".join(c) in args.only]
-        total = len(codes) * len(cases) * args.repeats
-        done = 0
-        for label, code in codes:
-            for config, stage in cases:
-                runs = []
-                for _ in range(args.repeats):
-                    runs.append(run_child(code, config, stage))
-                    done += 1
-                    print(f"{done}/{total} {label} {config} {stage}: {runs[-1]['process_s']:.1f} s", file=sys.stderr)
-                best = min(runs, key=lambda r: r["process_cpu_s"])
-                rows.append({"code": label, "config": config, "stage": stage, "runs": runs, **best})
-    header = f"{'code':<10} {'config':<30} {'stage':<5} {'layouts':>7} {'search s':>9} {'search cpu':>10} "
-    header += f"{'process s':>9} {'process cpu':>11}"
-    print(header)
+        rows = measure(codes, cases, args.repeats)
+    print(f"{'code':<10} {'config':<30} {'stage':<5} " + " ".join(f"{name:>13}" for name, _ in COLUMNS))
     for r in rows:
-        print(
-            f"{r['code']:<10} {r['config']:<30} {r['stage']:<5} {r['layouts']:>7} {r['search_s']:>9.2f} "
-            f"{r['search_cpu_s']:>10.2f} {r['process_s']:>9.2f} {r['process_cpu_s']:>11.2f}"
-        )
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        cells = " ".join(f"{r[name]:>13{fmt}}" for name, fmt in COLUMNS)
+        print(f"{r['code']:<10} {r['config']:<30} {r['stage']:<5} {cells}")
+    from maws_scale.data.shards import write_json_atomic
+
     meta = {"machine": platform.node(), "cpus": os.cpu_count(), "load": os.getloadavg(), "gpus": GPUS}
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    tmp_out.replace(out)
-    print(f"wrote {out}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.json, {"meta": meta, "rows": rows})
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -56,13 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def hardware_from_args(args: argparse.Namespace, cfg, gpus: int | None = None) -> object:
+def hardware_from_args(args: argparse.Namespace, cfg, gpus: int) -> object:
+    """The machine of the command line for ``cfg`` (its precision picks the datasheet peak) on ``gpus`` GPUs."""
     from maws_scale.bench.planner import Hardware, parse_bytes
     from maws_scale.track.throughput import datasheet_peak_tflops
 
     peak = args.peak_tflops or datasheet_peak_tflops(GPU_PEAKS[args.gpu], cfg.parallel.precision)
     return Hardware(
-        gpus=gpus or args.gpus or cfg.parallel.world_size or 1,
+        gpus=gpus,
         gpu_mem=parse_bytes(args.gpu_mem),
         reserve=parse_bytes(args.reserve),
         gpus_per_node=args.gpus_per_node,

@@ -11,7 +11,7 @@ import torch
 from maws_scale.config import ConfigError, RunConfig
 from maws_scale.data.labels import VOCAB, Vocabulary, load_vocab
 from maws_scale.data.order import GlobalOrder
-from maws_scale.data.shards import DatasetError, load_manifest, open_shard
+from maws_scale.data.shards import DatasetError, image_encoding, load_manifest, open_shard
 from maws_scale.data.stream import StreamLoader, StreamSpec
 
 STAGES = ("mae", "wsp", "clip", "eval")
@@ -73,6 +73,7 @@ def build_loader(
         verify_checksums=cfg.data.verify_checksums,
         pad=stage != "eval",
         text=_caption_encoder(cfg, root) if stage == "clip" or captions else None,
+        encoding=image_encoding(manifest),
     )
     return StreamLoader(spec, num_workers=cfg.data.num_workers, infinite=infinite)
 

@@ -74,6 +74,7 @@ class StreamSpec:
     verify_checksums: bool = False
     pad: bool = True
     text: CaptionEncoder | None = None  # image-text stages: one caption per record → ``tokens`` (B, context)
+    encoding: str = "encoded"  # "raw": uint8 HWC pixel records (data/transcode.py), cropped without a decode
 
 
 class _Shards:
@@ -188,6 +189,7 @@ class ShardStream(IterableDataset):
             spec.hflip,
             out=buffer.numpy(),
             sizes=rows["size"],
+            encoding=spec.encoding,
         )
         ok &= rows["ok"]
         for i in np.flatnonzero(~ok):

@@ -38,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-classes", type=int, help="WSP head size (default wsp.num_classes)")
     parser.add_argument("--search", action="store_true", help="search ZeRO × TP × checkpointing × offload × micro")
     parser.add_argument("--top", type=int, default=12, help="rows of the search table (default 12)")
+    parser.add_argument(
+        "--data-rate",
+        type=float,
+        help="img/s per loader worker measured by `maws-scale bench --data`: print the workers per GPU it needs",
+    )
+    parser.add_argument("--cores-per-node", type=int, help="with --data-rate: CPU cores per node (default: this one's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.set_defaults(func=run)
 
@@ -65,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
     fused = cfg.model.kernels != "torch"
     plan = plan_layout(cfg, hw, num_classes=args.num_classes, fused_kernels=fused)
     rows = search(cfg, hw, args.num_classes, fused) if args.search else None
+    feed = data_feed(cfg, hw, plan, args)
     if args.json:
         out = {"hardware": vars(hw), "plan": plan.as_dict()}
+        if feed is not None:
+            out["data_feed"] = {**feed.as_dict(), "line": feed.line()}
         if rows is not None:
             out["search"] = [{**r.plan.as_dict(), "fits": r.fits} for r in rows]
             best = next((r for r in rows if r.fits), None)
@@ -75,11 +84,32 @@ def run(args: argparse.Namespace) -> int:
         return 0 if plan.fits else 1
     console = Console()
     print_plan(console, plan, hw)
+    if feed is not None:
+        console.print(feed.line(), highlight=False)
     if rows is not None:
         print_search(console, rows, args.top)
     if not plan.fits:
         console.print(f"[yellow]hint:[/] {fit_hint(cfg, rows)}", highlight=False)
     return 0 if plan.fits else 1
+
+
+def data_feed(cfg, hw, plan, args: argparse.Namespace):
+    """The data-feed check of ``--data-rate`` (None without it)."""
+    from maws_scale.bench.data_feed import FeedCheck, default_cores
+    from maws_scale.config import ConfigError
+
+    if args.data_rate is None:
+        return None
+    if not args.data_rate > 0:
+        raise ConfigError(f"--data-rate: {args.data_rate} must be a positive img/s per worker")
+    return FeedCheck(
+        worker_img_per_s=args.data_rate,
+        gpu_img_per_s=plan.speed.est_images_per_s / hw.gpus,
+        gpus=hw.gpus,
+        cores_per_node=args.cores_per_node or default_cores(),
+        gpus_per_node=hw.gpus_per_node,
+        num_workers=cfg.data.num_workers,
+    )
 
 
 def fit_hint(cfg, rows) -> str:

@@ -103,3 +103,19 @@ def test_the_loop_warns_once_when_a_window_waits_over_10_percent(caplog):
         assert _window(trainer, 0.01)["data_wait_pct"] > 10
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "data.num_workers=3" in warnings[0] and "--resize" in warnings[0]
+
+
+def test_bench_decode_runs_the_gpu_path_on_cpu(tmp_path: Path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_decode", Path("benchmarks/bench_decode.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "decode.json"
+    argv = ["--device", "cpu", "--images", "24", "--batch", "8", "--batches", "2", "--repeats", "1", "--size", "64"]
+    argv += ["--sides", "96,160"]
+    assert module.main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["rows"]) == {"decode=cpu (PIL, draft)", "decode=gpu on cpu"}
+    assert all(row["images"] == 16 for row in result["rows"].values())
+    assert "not a GPU figure" in result["decoder"] or result["decoder"] == "torchvision.io.decode_jpeg"

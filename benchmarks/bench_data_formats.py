@@ -1,11 +1,11 @@
 """Shard formats side by side in one run: original bytes vs resized at build time vs raw pixels.
 
     .venv/bin/python benchmarks/bench_data_formats.py [--images 400] [--sides 512,1024] [--epochs 10] [--repeats 2]
-        [--resize shorter:256] [--raw 64] [--json benchmarks/out/bench_data_formats.json]
+        [--resize shorter:256[,shorter:224]] [--raw 64] [--json benchmarks/out/bench_data_formats.json]
 
 Writes ``--images`` JPEGs (random crops of the scikit-image / scikit-learn sample photos, longer side in ``--sides``,
 quality 90) as a class-folder tree, then builds it three ways in this process (one core): the original bytes
-(today's default), ``--resize`` (re-encoded JPEG q90), and ``--encoding raw --resize square:<raw>``. For each it
+(today's default), each ``--resize`` (re-encoded JPEG q90), and ``--encoding raw --resize square:<raw>``. For each it
 reports build images per CPU-second, bytes on disk and bytes per image (and the TB for 3 B images), then the
 loader's images per CPU-second (main process + 1 DataLoader worker, as benchmarks/bench_loader.py measures it)
 with the MAE recipe (RandomResizedCrop 0.2–1 + flip) at 224 px and at the raw side, all loaders round-robin, best
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--sides", default="512,1024", help="min,max of the JPEGs' longer side in pixels")
-    parser.add_argument("--resize", default="shorter:256", help="the resized set's --resize")
+    parser.add_argument("--resize", default="shorter:256", help="the resized sets' --resize, comma separated")
     parser.add_argument("--raw", type=int, default=64, help="side of the raw-pixel set (square:N) and its output")
     parser.add_argument("--batch", type=int, default=256, help="micro-batch of every loader (256)")
     parser.add_argument("--epochs", type=int, default=10, help="passes over the images per loader measurement")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     low, high = (int(v) for v in args.sides.split(","))
     formats = {
         "original bytes": ImageFormat(),
-        f"resize {args.resize}": ImageFormat(args.resize),
+        **{f"resize {spec}": ImageFormat(spec) for spec in args.resize.split(",")},
         f"raw square:{args.raw}": ImageFormat(f"square:{args.raw}", encoding="raw"),
     }
     builds: dict[str, dict] = {}

@@ -3,8 +3,8 @@ torchvision.io.decode_jpeg's interface, crop + antialiased bicubic resize + flip
 decoder on device "cpu", against the PIL path. Tolerance against PIL's full decode (``draft=False``): mean
 |difference| ≤ 0.5 level and 99.9 % of values within 3 levels (PIL rounds to uint8 between its horizontal and
 vertical passes; the device path keeps float32). Against the CPU loader's fast path, which decodes large crops at
-1/2–1/8 scale (libjpeg DCT scaling, ``draft``), mean ≤ 4 levels (1.5–2.6 seen). The crop boxes are identical (asserted); a box
-off by a few pixels or a wrong flip differs by 15–90 levels on average."""
+1/2–1/8 scale (libjpeg DCT scaling, ``draft``), mean ≤ 4 levels (1.5–2.6 seen). The crop boxes are identical
+(asserted); a box off by a few pixels or a wrong flip differs by 15–90 levels on average."""
 
 from __future__ import annotations
 

@@ -28,6 +28,9 @@ EXTRAS["dev"] = [
     "torchao>=0.18,<0.19",
 ]
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# data.decode=gpu: torchvision.io.decode_jpeg on CUDA. Not in "all": torchvision must be the build made for the
+# installed torch (install it with the cluster's torch; the lent GPU image has it)
+EXTRAS["gpu-decode"] = ["torchvision>=0.19"]
 
 setup(
     name="maws-scale",

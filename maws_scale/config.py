@@ -104,6 +104,9 @@ class DataConfig(_Section):
     hflip: bool = True
     verify_checksums: bool = Field(False, description="sha256 each shard when a loader worker opens it (slow at scale)")
     synthetic: bool = Field(False, description="random tensors instead of data (throughput benchmarks only)")
+    decode: Literal["cpu", "gpu"] = Field(
+        "cpu", description="gpu: JPEGs decoded, cropped and resized on the GPU (torchvision; docs/data.md)"
+    )
 
     @model_validator(mode="after")
     def _check_crop(self) -> DataConfig:

@@ -42,6 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", metavar="DIR", help="write a torch.profiler Chrome trace per rank into DIR")
     parser.add_argument("--peak-tflops", type=float, help="peak TFLOP/s per device for MFU (default: datasheet)")
     parser.add_argument("--num-classes", type=int, help="WSP head size (default wsp.num_classes, else 1000)")
+    feed = parser.add_argument_group("data feed (--data): is the loader fast enough for the planned step rate?")
+    feed.add_argument(
+        "--data",
+        action="store_true",
+        help="measure the config's loader (img/s per worker, its transforms) instead of training steps, and print "
+        "the workers per GPU the planner's step rate needs against the cores per GPU",
+    )
+    feed.add_argument("--data-batches", type=int, default=20, help="--data: timed loader batches (default 20)")
+    feed.add_argument("--gpus", type=int, help="--data: GPUs of the planned job (default parallel.world_size, else 64)")
+    feed.add_argument("--gpus-per-node", type=int, default=8, help="--data: GPUs per node (default 8)")
+    feed.add_argument("--cores-per-node", type=int, help="--data: CPU cores per node (default: this machine's)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--out", help="JSON result file (default <output_dir>/bench/bench.json)")
     parser.set_defaults(func=run)
@@ -52,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from maws_scale.config import ConfigError
 
     cfg = config_from_args(args).resolved()  # a pipeline config: the stage named by `stage=` (default mae)
+    if args.data:
+        return run_data_feed(cfg, args)
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError("--steps must be at least 1 and --warmup at least 0")
     opts = BenchOptions(
@@ -71,6 +84,38 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print_summary(Console(), summary)
+    return 0
+
+
+def run_data_feed(cfg, args: argparse.Namespace) -> int:
+    """``bench --data``: the loader's measured rate per worker against the planner's step rate."""
+    from maws_scale.bench.data_feed import FeedCheck, default_cores, measure_worker_rate, planned_gpu_rate
+    from maws_scale.config import ConfigError
+
+    if args.data_batches < 1 or args.gpus_per_node < 1 or (args.gpus is not None and args.gpus < 1):
+        raise ConfigError("--data-batches, --gpus and --gpus-per-node must be at least 1")
+    gpus = args.gpus or cfg.parallel.world_size or 64
+    measured = measure_worker_rate(cfg, batches=args.data_batches)
+    check = FeedCheck(
+        worker_img_per_s=measured["img_per_cpu_s"],
+        gpu_img_per_s=planned_gpu_rate(cfg, gpus, args.gpus_per_node),
+        gpus=gpus,
+        cores_per_node=args.cores_per_node or default_cores(),
+        gpus_per_node=args.gpus_per_node,
+        num_workers=cfg.data.num_workers,
+    )
+    if args.json:
+        print(json.dumps({"loader": measured, "feed": check.as_dict(), "line": check.line()}))
+        return 0
+    console = Console()
+    console.print(
+        f"[bold]{cfg.model_label}[/] {measured['stage']} loader on {cfg.data.path}: {measured['images']} images at "
+        f"{measured['img_size']} px (crop {tuple(cfg.data.crop_scale)}, flip {cfg.data.hflip}, decode "
+        f"{cfg.data.decode}) in {measured['cpu_s']:.2f} CPU-s → {measured['img_per_cpu_s']:,.0f} img/s per worker"
+        + (f"; bad records {measured['bad_records']}" if measured["bad_records"] else ""),
+        highlight=False,
+    )
+    console.print(check.line(), highlight=False)
     return 0
 
 

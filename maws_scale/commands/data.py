@@ -53,6 +53,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fashion-mnist: from the tags; emoji: always)",
     )
     build.add_argument("--vendor", help="emoji: artwork vendor(s), e.g. google or apple,google,twitter")
+    fmt = build.add_argument_group("image format (folder, jsonl, webdataset; see docs/data.md 'feeding the GPUs')")
+    fmt.add_argument(
+        "--resize",
+        default="none",
+        help="shorter:N | max:N (keep aspect) | square:N (centre square) | none (default: bytes as found); "
+        "never upscales",
+    )
+    fmt.add_argument("--jpeg-quality", type=int, help="quality of resized JPEGs (default 90)")
+    fmt.add_argument(
+        "--encoding", choices=("encoded", "raw"), default="encoded", help="raw: uint8 HWC pixels (needs --resize)"
+    )
     build.set_defaults(func=_build)
 
     merge = actions.add_parser("merge", help="write one manifest over the parts of partitioned builds")
@@ -90,10 +101,22 @@ def _logging() -> None:
     )
 
 
+def _image_format(args: argparse.Namespace):
+    """The --resize/--jpeg-quality/--encoding format (ValueError naming the option)."""
+    from maws_scale.data.transcode import ImageFormat
+
+    image = ImageFormat(args.resize, args.jpeg_quality, args.encoding)
+    if not image.is_default and args.source in ("fashion-mnist", "emoji"):
+        raise ValueError(f"--resize/--encoding: the {args.source} source makes its own images; use folder, jsonl "
+                         "or webdataset")  # fmt: skip
+    return image
+
+
 def _source(args: argparse.Namespace):
     from maws_scale.data import sources
     from maws_scale.data.fashion_mnist import FashionMNISTSource
 
+    image = _image_format(args)
     if args.source == "fashion-mnist":
         return FashionMNISTSource(
             args.input, args.split, args.variant, args.noise, args.limit, args.seed, captions=args.captions
@@ -105,10 +128,10 @@ def _source(args: argparse.Namespace):
             raise ValueError("--vendor: the emoji source needs one of apple, google, twitter, facebook")
         return EmojiSource(args.input, args.vendor)
     if args.source == "folder":
-        return sources.FolderSource(args.input, args.tags, captions=args.captions)
+        return sources.FolderSource(args.input, args.tags, captions=args.captions, image=image)
     if args.source == "jsonl":
-        return sources.JsonlSource(args.input, captions=args.captions)
-    return sources.WebDatasetSource(args.input, captions=args.captions)
+        return sources.JsonlSource(args.input, captions=args.captions, image=image)
+    return sources.WebDatasetSource(args.input, captions=args.captions, image=image)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -117,6 +140,11 @@ def _build(args: argparse.Namespace) -> int:
 
     _logging()
     err = Console(stderr=True, soft_wrap=True)
+    try:
+        _image_format(args)
+    except ValueError as error:  # bad usage: refused before anything is read or written
+        err.print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
     try:
         if args.partitions is not None or args.partition is not None or args.local or args.slurm:
             return _build_parts(args, err)

@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--search", action="store_true", help="search ZeRO × TP × checkpointing × offload × micro")
     parser.add_argument("--top", type=int, default=12, help="rows of the search table (default 12)")
+    parser.add_argument(
+        "--data-rate",
+        type=float,
+        help="img/s per loader worker measured by `maws-scale bench --data`: print the workers per GPU it needs",
+    )
+    parser.add_argument("--cores-per-node", type=int, help="with --data-rate: CPU cores per node (default: this one's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.set_defaults(func=run)
 
@@ -177,18 +183,20 @@ def run(args: argparse.Namespace) -> int:
         if args.search:
             with search_progress(status, f"plan --search {cfg.stage}") as progress:
                 rows = search(cfg, hw, classes, fused, progress=progress)
-        results.append((cfg, hw, plan, rows))
-    fits = all(plan.fits for _, _, plan, _ in results)
+        results.append((cfg, hw, plan, rows, data_feed(cfg, hw, plan, args)))
+    fits = all(plan.fits for _, _, plan, _, _ in results)
     if args.json:
-        parts = [stage_json(hw, plan, rows) for _, hw, plan, rows in results]
+        parts = [stage_json(hw, plan, rows, feed) for _, hw, plan, rows, feed in results]
         # the first stage's plan at the top level (as for a single-stage config), every stage under "stages"
         print(json.dumps({**parts[0], "notes": notes, "stages": parts}))
         return 0 if fits else 1
     console = Console()
     for note in notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
-    for cfg, hw, plan, rows in results:
+    for cfg, hw, plan, rows, feed in results:
         print_plan(console, plan, hw)
+        if feed is not None:
+            console.print(feed.line(), highlight=False)
         if rows is not None:
             print_search(console, rows, args.top)
         if not plan.fits:
@@ -196,14 +204,35 @@ def run(args: argparse.Namespace) -> int:
     return 0 if fits else 1
 
 
-def stage_json(hw, plan, rows) -> dict:
-    """One stage's plan (and search) as ``plan --json`` prints it."""
+def stage_json(hw, plan, rows, feed=None) -> dict:
+    """One stage's plan (and search, and data-feed check) as ``plan --json`` prints it."""
     out = {"hardware": vars(hw), "plan": plan.as_dict()}
+    if feed is not None:
+        out["data_feed"] = {**feed.as_dict(), "line": feed.line()}
     if rows is not None:
         out["search"] = [{**r.plan.as_dict(), "fits": r.fits} for r in rows]
         best = next((r for r in rows if r.fits), None)
         out["best"] = best.plan.as_dict() if best else None
     return out
+
+
+def data_feed(cfg, hw, plan, args: argparse.Namespace):
+    """The data-feed check of ``--data-rate`` (None without it)."""
+    from maws_scale.bench.data_feed import FeedCheck, default_cores
+    from maws_scale.config import ConfigError
+
+    if args.data_rate is None:
+        return None
+    if not args.data_rate > 0:
+        raise ConfigError(f"--data-rate: {args.data_rate} must be a positive img/s per worker")
+    return FeedCheck(
+        worker_img_per_s=args.data_rate,
+        gpu_img_per_s=plan.speed.est_images_per_s / hw.gpus,
+        gpus=hw.gpus,
+        cores_per_node=args.cores_per_node or default_cores(),
+        gpus_per_node=hw.gpus_per_node,
+        num_workers=cfg.data.num_workers,
+    )
 
 
 def fit_hint(cfg, rows) -> str:

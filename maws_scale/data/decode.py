@@ -135,6 +135,17 @@ def _boxes(sizes: np.ndarray, u: np.ndarray | None, scale: tuple[float, float]) 
     return center_params(sizes) if u is None else random_resized_crop_params(sizes, u, scale)
 
 
+def crop_plan(
+    sizes: np.ndarray, positions: np.ndarray, seed: int, train: bool, scale: tuple[float, float], hflip: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(crop boxes (B, 4), flips (B,), uniforms or None) for images of ``sizes`` (B, 2) at stream ``positions``:
+    the one rule every decode path (PIL, raw pixels, GPU) crops by, so that they and a resumed run agree."""
+    u = uniforms(seed, positions, 4 * ATTEMPTS + 1) if train else None
+    boxes = _boxes(sizes, u, scale)
+    flips = (u[:, -1] < 0.5) if (u is not None and hflip) else np.zeros(len(sizes), dtype=bool)
+    return boxes, flips, u
+
+
 def decode_batch(
     images: Sequence[bytes | None],
     positions: np.ndarray,
@@ -146,14 +157,18 @@ def decode_batch(
     draft: bool = True,
     out: np.ndarray | None = None,
     sizes: np.ndarray | None = None,
+    encoding: str = "encoded",
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """Decode and augment a batch into ``out`` (uint8 (B, size, size, 3), allocated when None: channels last, so
     each image is one contiguous write); return (out, ok mask (B,), failure reason per sample). Failed rows are
     zero. ``sizes`` (B, 2) = stored (width, height), -1 where unknown: with them the crops are drawn for the whole
     batch before anything is opened, and each image is opened and decoded in one pass (a wrong stored size is
-    noticed and its crop redrawn)."""
+    noticed and its crop redrawn). ``encoding="raw"``: the bytes are uint8 (height, width, 3) pixels of the stored
+    size (a record of another length is ``corrupt_image``); nothing is decoded."""
     n = len(images)
     batch = np.empty((n, size, size, 3), dtype=np.uint8) if out is None else out
+    if encoding == "raw":
+        return _raw_batch(images, positions, seed, size, train, scale, hflip, batch, sizes)
     ok = np.zeros(n, dtype=bool)
     reasons: list[str | None] = [None] * n
     opened: list[Image.Image | None] = [None] * n
@@ -168,9 +183,7 @@ def decode_batch(
         except Exception as err:  # PIL raises many types on hostile input; each one is counted by the caller
             reasons[i] = error_reason(err)
     sizes[(sizes <= 0).any(axis=1)] = 1  # failed rows: any box will do
-    u = uniforms(seed, positions, 4 * ATTEMPTS + 1) if train else None
-    boxes = _boxes(sizes, u, scale)
-    flips = (u[:, -1] < 0.5) if (u is not None and hflip) else np.zeros(n, dtype=bool)
+    boxes, flips, u = crop_plan(sizes, positions, seed, train, scale, hflip)
     for i in range(n):
         if reasons[i] is not None or not images[i]:
             reasons[i] = reasons[i] or "empty_image"
@@ -187,6 +200,54 @@ def decode_batch(
             reasons[i] = error_reason(err)
             batch[i] = 0
     return batch, ok, reasons
+
+
+def _raw_batch(
+    images: Sequence[bytes | None],
+    positions: np.ndarray,
+    seed: int,
+    size: int,
+    train: bool,
+    scale: tuple[float, float],
+    hflip: bool,
+    batch: np.ndarray,
+    sizes: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """decode_batch for raw-pixel records: crop, resize and flip the stored arrays."""
+    n = len(images)
+    sizes = np.full((n, 2), -1, dtype=np.int64) if sizes is None else np.array(sizes, dtype=np.int64)
+    reasons: list[str | None] = [None] * n
+    for i in range(n):
+        if not images[i]:
+            reasons[i] = "empty_image"
+        elif (sizes[i] <= 0).any() or len(images[i]) != int(sizes[i, 0]) * int(sizes[i, 1]) * 3:
+            reasons[i] = "corrupt_image"  # a raw record must hold exactly width × height × 3 bytes
+    ok = np.array([r is None for r in reasons], dtype=bool)
+    sizes[~ok] = 1
+    boxes, flips, _ = crop_plan(sizes, positions, seed, train, scale, hflip)
+    for i, (size_i, box, flip) in enumerate(zip(sizes.tolist(), boxes.astype(np.int64).tolist(), flips.tolist())):
+        if ok[i]:
+            crop_pixels_into(images[i], tuple(size_i), box, batch[i], flip)
+        else:
+            batch[i] = 0
+    return batch, ok, reasons
+
+
+def crop_pixels_into(
+    pixels: bytes, size: tuple[int, int], box: Sequence[int], out: np.ndarray, flip: bool = False
+) -> None:
+    """Crop ``box`` (left, top, width, height; integers) from raw uint8 RGB ``pixels`` of ``size`` (width,
+    height), resize it bicubic to ``out``'s (H, W, 3) shape (PIL, read straight from the bytes), mirror it if
+    ``flip``, write it there. A box that is the whole image at the output size is a copy."""
+    left, top, w, h = box
+    if (left, top, w, h) == (0, 0, *size) and size == (out.shape[1], out.shape[0]):
+        crop = np.frombuffer(pixels, dtype=np.uint8).reshape(out.shape)
+    else:
+        image = Image.frombuffer("RGB", size, pixels, "raw", "RGB", 0, 1)
+        crop = np.asarray(
+            image.resize((out.shape[1], out.shape[0]), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
+        )
+    out[:] = crop[:, ::-1] if flip else crop
 
 
 def normalize_on_device(

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.data.gpu_decode import JpegDecoder, torchvision_decoder
 from maws_scale.data.labels import VOCAB, Vocabulary, load_vocab
 from maws_scale.data.order import GlobalOrder
-from maws_scale.data.shards import DatasetError, load_manifest, open_shard
+from maws_scale.data.shards import DatasetError, image_encoding, load_manifest, open_shard
 from maws_scale.data.stream import StreamLoader, StreamSpec
 
 STAGES = ("mae", "wsp", "clip", "eval")
@@ -26,6 +27,8 @@ def build_loader(
     path: str | None = None,
     infinite: bool = True,
     captions: bool = False,
+    device: str | torch.device | None = None,
+    jpeg_decoder: JpegDecoder | None = None,
 ) -> StreamLoader | SyntheticLoader:
     """A resumable loader of uint8 image batches for ``stage`` ("mae", "wsp" or "eval") on data-parallel ``rank``.
 
@@ -34,7 +37,8 @@ def build_loader(
     shuffle or augment (centre crop) and, with ``infinite=False``, makes one ordered pass in which every sample
     is seen once across the ranks. "clip" (and "eval" with ``captions``) adds ``tokens`` (B, context) from one
     caption per record, tokenized with the tokenizer stored with the *training* set (``data.path``). Raises
-    ConfigError naming the key or file when the data cannot be used.
+    ConfigError naming the key or file when the data cannot be used. With ``data.decode=gpu`` JPEGs are decoded on
+    ``device`` (default: the current CUDA device) by ``jpeg_decoder`` (default: torchvision's ``decode_jpeg``).
     """
     if stage not in STAGES:
         raise ConfigError(f"stage: unknown data stage '{stage}' (known: {', '.join(STAGES)})")
@@ -73,8 +77,33 @@ def build_loader(
         verify_checksums=cfg.data.verify_checksums,
         pad=stage != "eval",
         text=_caption_encoder(cfg, root) if stage == "clip" or captions else None,
+        encoding=image_encoding(manifest),
     )
-    return StreamLoader(spec, num_workers=cfg.data.num_workers, infinite=infinite)
+    if cfg.data.decode == "gpu":
+        device, jpeg_decoder = _device_decoder(spec, device, jpeg_decoder)
+    return StreamLoader(
+        spec, num_workers=cfg.data.num_workers, infinite=infinite, device=device, jpeg_decoder=jpeg_decoder
+    )
+
+
+def _device_decoder(
+    spec: StreamSpec, device: str | torch.device | None, jpeg_decoder: JpegDecoder | None
+) -> tuple[str | torch.device, JpegDecoder]:
+    """The device and decoder of ``data.decode=gpu`` (ConfigError when this process cannot decode on a GPU)."""
+    if spec.encoding == "raw":
+        raise ConfigError(
+            f"data.decode: gpu, but {spec.root} holds raw pixels (nothing to decode); use data.decode=cpu"
+        )
+    spec.decode = "gpu"
+    if device is None:
+        if not torch.cuda.is_available():
+            raise ConfigError("data.decode: gpu needs a CUDA device in this process; use data.decode=cpu")
+        device = torch.device("cuda", torch.cuda.current_device())
+    decoder = jpeg_decoder or torchvision_decoder()
+    if decoder is None:
+        raise ConfigError("data.decode: gpu needs torchvision (pip install 'maws-scale[gpu-decode]'); torchvision "
+                          "does not import here")  # fmt: skip
+    return device, decoder
 
 
 def _vocab(cfg: RunConfig, stage: str, root: str) -> Vocabulary | None:

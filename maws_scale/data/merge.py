@@ -1,8 +1,9 @@
 """``maws-scale data merge``: one manifest over the parts of one or more partitioned builds.
 
 Every part must be complete (have its manifest), each build's parts ``0 … K-1`` must all be present exactly once, and
-all parts must agree on schema and label map; otherwise the merge refuses and names the part. Shards are not moved:
-the merged manifest lists them by their path relative to the output (``part-00002-of-00004/shard-00007.arrow``).
+all parts must agree on schema, label map and image format (``--resize``/``--encoding``); otherwise the merge
+refuses and names the part. Shards are not moved: the merged manifest lists them by their path relative to the output
+(``part-00002-of-00004/shard-00007.arrow``).
 To add data later, build the new input as another partitioned build (with the same ``--label-map``) and merge both.
 """
 
@@ -16,6 +17,9 @@ from typing import Any
 from maws_scale import __version__
 from maws_scale.data.partition import LABELS, load_label_map, parse_part_dirname, part_dirname
 from maws_scale.data.shards import MANIFEST, DatasetError, Manifest, ShardInfo, load_manifest
+from maws_scale.data.transcode import ImageFormat
+
+DEFAULT_IMAGE = ImageFormat().describe()
 
 
 def find_parts(build: Path) -> list[Path]:
@@ -90,6 +94,15 @@ def merge_parts(output: str | os.PathLike, builds: list[str | os.PathLike] | Non
                 first = (part, manifest)
             _same_schema(part, manifest, *first)
             options = _base_options(manifest)
+            image, first_image = (
+                options.get("image", DEFAULT_IMAGE),
+                _base_options(first[1]).get("image", DEFAULT_IMAGE),
+            )
+            if image != first_image:
+                raise DatasetError(
+                    f"{part}: built with image format {image} but {first[0]} with {first_image}; one data set, one "
+                    "--resize/--jpeg-quality/--encoding (rebuild the odd parts)"
+                )
             if build_options is None:
                 build_options = (part, options)
             elif options != build_options[1]:

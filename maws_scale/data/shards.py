@@ -2,7 +2,9 @@
 
 A dataset is a directory holding ``shard-NNNNN.arrow`` files (Arrow IPC *file* format, memory-mappable, record
 batches of a few hundred rows) and ``manifest.json`` (shard list, record counts, byte sizes, sha256, schema
-version, how it was built). Images are stored as the encoded bytes they came in (JPEG/PNG); nothing is re-encoded.
+version, how it was built). Images are stored as the encoded bytes they came in (JPEG/PNG), unless the build was
+given a ``--resize`` (resized images re-encoded as JPEG) or ``--encoding raw`` (uint8 HWC pixels, ``width`` ×
+``height`` × 3 bytes); ``build.options.image`` in the manifest says which (see data/transcode.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ SCHEMA = pa.schema(
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("captions", pa.list_(pa.string())),  # image-text sets only (see data/text.py)
+        # sets built with a --resize / --encoding (data/transcode.py): the size before, and the rule applied
+        pa.field("orig_width", pa.int32()),
+        pa.field("orig_height", pa.int32()),
+        pa.field("resize", pa.string()),
     ],
     metadata={"maws_scale.schema_version": str(SCHEMA_VERSION)},
 )
@@ -48,6 +54,11 @@ REQUIRED = ("key", "image", "tags")
 
 class DatasetError(RunError):
     """A dataset directory or shard that cannot be used; the message names the file."""
+
+
+def image_encoding(manifest: Manifest) -> str:
+    """How the manifest's images are stored: "encoded" (JPEG/PNG/... bytes) or "raw" (uint8 HWC pixels)."""
+    return str(manifest.build.get("options", {}).get("image", {}).get("encoding", "encoded"))
 
 
 def shard_name(index: int) -> str:

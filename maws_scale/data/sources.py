@@ -1,7 +1,8 @@
 """Sources for the shard builder: image folders, JSONL manifests, webdataset tar shards.
 
-Image bytes are stored exactly as found (never re-encoded); the header is parsed to record width/height and to
-reject files that are not images. Anything skipped is counted by reason and logged with its file or line: one bad
+Image bytes are stored exactly as found unless the source is given an :class:`ImageFormat` (``--resize``,
+``--encoding raw``: see data/transcode.py); the header is parsed to record width/height and to reject files that
+are not images. Anything skipped is counted by reason and logged with its file or line: one bad
 input (a name that is not UTF-8, a non-integer or out-of-range label, tags that are not a list of strings, an
 undecodable line, a key seen before) never stops a build. EXIF orientation is not applied (pixels as stored).
 """
@@ -14,13 +15,14 @@ import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from maws_scale.data.build import group_by_size
 from maws_scale.data.decode import open_image
 from maws_scale.data.text import captions_from_json, captions_from_text, clean_captions, decode_caption_bytes
+from maws_scale.data.transcode import ImageFormat
 
 if TYPE_CHECKING:
     from maws_scale.data.partition import Partition
@@ -64,10 +66,12 @@ def image_record(
     where: str,
     skipped: Counter,
     captions: list[Any] | None = None,
+    image_format: ImageFormat | None = None,
 ):
     """A record for encoded image bytes, or None (counted, logged) when the metadata cannot be stored
-    (``bad_record``), the bytes are not a readable image, or — when ``captions`` is given (an image-text source) —
-    none of its captions is usable (``no_caption``)."""
+    (``bad_record``), the bytes are not a readable image (with a non-default ``image_format``: not decodable, as
+    the image is resized or converted here), or — when ``captions`` is given (an image-text source) — none of its
+    captions is usable (``no_caption``)."""
     if (problem := metadata_problem(key, tags, label)) is not None:
         skipped["bad_record"] += 1
         log.warning("skipping %s: %s", printable(where), problem)
@@ -79,15 +83,25 @@ def image_record(
             log.warning("skipping %s: no usable caption", printable(where))
             return None
     try:
-        width, height = open_image(data).size
+        opened = open_image(data)
+        width, height = opened.size
+        if image_format is not None and not image_format.is_default:
+            data, (new_w, new_h), applied = image_format.apply(data, opened)
     except Exception as err:  # PIL raises several types on non-images
         skipped["unreadable_image"] += 1
         log.warning("skipping %s: not a readable image (%s)", printable(where), err)
         return None
     record = {"key": key, "image": data, "tags": tags, "label": label, "width": width, "height": height}
+    if image_format is not None and not image_format.is_default:
+        record.update(width=new_w, height=new_h, orig_width=width, orig_height=height, resize=applied)
     if captions is not None:
         record["captions"] = captions
     return record
+
+
+def _image_options(image_format: ImageFormat) -> dict[str, Any]:
+    """The source description's ``image`` entry; absent for the default (so plans of older builds still match)."""
+    return {} if image_format.is_default else {"image": image_format.describe()}
 
 
 def sidecar_captions(image: Path, skipped: Counter) -> list[Any]:
@@ -178,9 +192,15 @@ class FolderSource:
     captions: bool = False
     name: str = "folder"
     classes: tuple[str, ...] | None = None  # the global label map (partitioned builds); default: sorted class folders
+    image: ImageFormat = field(default_factory=ImageFormat)
 
     def describe(self) -> dict[str, Any]:
-        return {"root": self.root, "tags_file": self.tags_file, **({"captions": True} if self.captions else {})}
+        return {
+            "root": self.root,
+            "tags_file": self.tags_file,
+            **({"captions": True} if self.captions else {}),
+            **_image_options(self.image),
+        }
 
     def class_names(self) -> list[str]:
         """The class folders in sorted order (label = position); ValueError when there are none."""
@@ -231,7 +251,9 @@ class FolderSource:
             data = _read(root / rel, skipped)
             if data is not None:
                 caps = sidecar_captions(root / rel, skipped) if self.captions else None
-                record = image_record(_folder_key(rel), data, list(tags), label, str(root / rel), skipped, caps)
+                record = image_record(
+                    _folder_key(rel), data, list(tags), label, str(root / rel), skipped, caps, self.image
+                )
                 if record:
                     yield record
 
@@ -246,9 +268,14 @@ class JsonlSource:
     manifest: str
     captions: bool = False
     name: str = "jsonl"
+    image: ImageFormat = field(default_factory=ImageFormat)
 
     def describe(self) -> dict[str, Any]:
-        return {"manifest": self.manifest, **({"captions": True} if self.captions else {})}
+        return {
+            "manifest": self.manifest,
+            **({"captions": True} if self.captions else {}),
+            **_image_options(self.image),
+        }
 
     def _base(self) -> Path:
         path = Path(self.manifest)
@@ -316,7 +343,7 @@ class JsonlSource:
             data = _read(base / image, skipped)
             if data is not None:
                 caps = list(caps) if caps is not None else None
-                record = image_record(key, data, list(tags), label, str(base / image), skipped, caps)
+                record = image_record(key, data, list(tags), label, str(base / image), skipped, caps, self.image)
                 if record:
                     yield record
 
@@ -331,9 +358,10 @@ class WebDatasetSource:
     path: str
     captions: bool = False
     name: str = "webdataset"
+    image: ImageFormat = field(default_factory=ImageFormat)
 
     def describe(self) -> dict[str, Any]:
-        return {"path": self.path, **({"captions": True} if self.captions else {})}
+        return {"path": self.path, **({"captions": True} if self.captions else {}), **_image_options(self.image)}
 
     def plan(self, shard_size: int, part: Partition | None = None) -> tuple[list[Any], Counter]:
         root = Path(self.path)
@@ -349,7 +377,7 @@ class WebDatasetSource:
         for tar_path in task:
             try:
                 with tarfile.open(tar_path, "r|*") as tar:
-                    for record in self._samples(tar, tar_path, skipped):
+                    for record in self._samples(tar, tar_path, skipped, self.image):
                         if record["key"] in seen:
                             skipped["duplicate_key"] += 1
                             log.warning("%s: key %r seen before, skipped", tar_path, printable(record["key"]))
@@ -360,7 +388,9 @@ class WebDatasetSource:
                 skipped["unreadable_tar"] += 1
                 log.warning("%s: unreadable tar after some records (%s)", tar_path, err)
 
-    def _samples(self, tar: tarfile.TarFile, tar_path: str, skipped: Counter) -> Iterator[dict[str, Any]]:
+    def _samples(
+        self, tar: tarfile.TarFile, tar_path: str, skipped: Counter, image_format: ImageFormat
+    ) -> Iterator[dict[str, Any]]:
         current: str | None = None
         parts: dict[str, bytes] = {}
         for member in tar:
@@ -371,7 +401,7 @@ class WebDatasetSource:
             key = f"{folder}/{stem}" if folder else stem
             if key != current:
                 if current is not None:
-                    record = self._record(current, parts, tar_path, skipped, self.captions)
+                    record = self._record(current, parts, tar_path, skipped, self.captions, image_format)
                     if record:
                         yield record
                 current, parts = key, {}
@@ -379,13 +409,18 @@ class WebDatasetSource:
             if handle is not None and dot:
                 parts[ext.lower()] = handle.read()
         if current is not None:
-            record = self._record(current, parts, tar_path, skipped, self.captions)
+            record = self._record(current, parts, tar_path, skipped, self.captions, image_format)
             if record:
                 yield record
 
     @staticmethod
     def _record(
-        key: str, parts: dict[str, bytes], tar_path: str, skipped: Counter, want_captions: bool = False
+        key: str,
+        parts: dict[str, bytes],
+        tar_path: str,
+        skipped: Counter,
+        want_captions: bool = False,
+        image_format: ImageFormat | None = None,
     ) -> dict[str, Any] | None:
         image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
         if image is None:
@@ -417,4 +452,4 @@ class WebDatasetSource:
             skipped["bad_metadata"] += 1
             log.warning("%s: sample %s has unreadable metadata (%s), skipped", tar_path, printable(key), err)
             return None
-        return image_record(key, image, tags, label, where, skipped, caps)
+        return image_record(key, image, tags, label, where, skipped, caps, image_format)

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from maws_scale.data.decode import decode_batch
+from maws_scale.data.gpu_decode import JpegDecoder, decode_on_device, pack_jobs, plan_device_batch
 from maws_scale.data.labels import Vocabulary
 from maws_scale.data.order import GlobalOrder
 from maws_scale.data.shards import BinaryColumn, DatasetError, Manifest, check_schema, open_shard, sha256_file
@@ -74,6 +75,8 @@ class StreamSpec:
     verify_checksums: bool = False
     pad: bool = True
     text: CaptionEncoder | None = None  # image-text stages: one caption per record → ``tokens`` (B, context)
+    encoding: str = "encoded"  # "raw": uint8 HWC pixel records (data/transcode.py), cropped without a decode
+    decode: str = "cpu"  # "gpu": JPEGs are decoded on the device by the main process (data/gpu_decode.py)
 
 
 class _Shards:
@@ -178,17 +181,25 @@ class ShardStream(IterableDataset):
         buffer = torch.empty(shape, dtype=torch.uint8)
         if get_worker_info() is not None:
             buffer.share_memory_()
-        _, ok, reasons = decode_batch(
-            rows["image"],
-            positions,
-            spec.order.seed,
-            spec.img_size,
-            spec.train,
-            spec.crop_scale,
-            spec.hflip,
-            out=buffer.numpy(),
-            sizes=rows["size"],
-        )
+        device_jobs, fallbacks = {}, 0
+        if spec.decode == "gpu":
+            ok, reasons, device_jobs, fallbacks = plan_device_batch(
+                rows["image"], positions, spec.order.seed, spec.img_size, spec.train, spec.crop_scale, spec.hflip,
+                buffer.numpy(), rows["size"],
+            )  # fmt: skip
+        else:
+            _, ok, reasons = decode_batch(
+                rows["image"],
+                positions,
+                spec.order.seed,
+                spec.img_size,
+                spec.train,
+                spec.crop_scale,
+                spec.hflip,
+                out=buffer.numpy(),
+                sizes=rows["size"],
+                encoding=spec.encoding,
+            )
         ok &= rows["ok"]
         for i in np.flatnonzero(~ok):
             reason = rows["reason"][i] or reasons[i] or "bad_record"
@@ -221,6 +232,10 @@ class ShardStream(IterableDataset):
         out["sample_ids"] = positions
         keep = _keep_index(ok, n, spec.pad)
         result: dict[str, Any] = {"_end": self.consumed_after(batch), "_errors": dict(errors), "_batch": batch}
+        if fallbacks:
+            result["_cpu_fallback"] = fallbacks
+        if device_jobs and keep.size and (jobs := pack_jobs(device_jobs, keep)) is not None:
+            result["_device_jpeg"] = jobs
         if keep.size == 0:
             result["_empty"] = True
             return result
@@ -325,8 +340,13 @@ class StreamLoader:
         infinite: bool = True,
         prefetch_factor: int = 2,
         pin_memory: bool | None = None,
+        device: str | torch.device | None = None,
+        jpeg_decoder: JpegDecoder | None = None,
     ):
+        """``device``/``jpeg_decoder``: where and with what the JPEGs of a ``decode="gpu"`` spec are decoded."""
         self.spec = spec
+        self.device, self.jpeg_decoder = device, jpeg_decoder
+        self.cpu_fallbacks = 0  # decode="gpu": records decoded on the CPU instead (not JPEG, or refused)
         self.num_workers = num_workers
         # page-locked batches make the trainer's non_blocking copies asynchronous; default: where CUDA is
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -401,6 +421,9 @@ class StreamLoader:
             self._errors.update(errors)
             self.consumed = int(item.pop("_end"))
             item.pop("_batch")
+            self.cpu_fallbacks += item.pop("_cpu_fallback", 0)
+            if (jobs := item.pop("_device_jpeg", None)) is not None and not item.get("_empty"):
+                item = self._decode_on_device(item, jobs)
             if item.pop("_empty", False):
                 streak.update(errors)
                 if limit is not None and streak.total() >= limit:
@@ -411,6 +434,37 @@ class StreamLoader:
                 if isinstance(value, np.ndarray):
                     item[name] = torch.from_numpy(value).pin_memory() if self.pin_memory else torch.from_numpy(value)
             yield item
+
+    def _decode_on_device(self, item: dict[str, Any], jobs: dict[str, Any]) -> dict[str, Any]:
+        """Decode a batch's JPEGs on ``self.device``; a sample neither decoder can read is dropped, or (training)
+        replaced by another sample of the batch, and counted."""
+        spec = self.spec
+        assert self.device is not None and self.jpeg_decoder is not None, "decode=gpu needs a device and decoder"
+        images, failed, fallbacks, reasons = decode_on_device(
+            item["images"], jobs, self.device, self.jpeg_decoder, spec.order.seed, spec.train, spec.crop_scale,
+            spec.hflip,
+        )  # fmt: skip
+        item["images"] = images
+        self.cpu_fallbacks += fallbacks
+        if not failed:
+            return item
+        self._errors.update(reasons)
+        for slot, reason in zip(failed, reasons):
+            log.warning("skipping record %r: %s", item["keys"][slot], reason)
+        n = len(item["keys"])
+        ok = np.ones(n, dtype=bool)
+        ok[failed] = False
+        keep = _keep_index(ok, n, spec.pad)
+        if keep.size == 0:
+            return {"_empty": True}
+        for name, value in item.items():
+            if isinstance(value, list):
+                item[name] = [value[i] for i in keep]
+            elif isinstance(value, torch.Tensor):
+                item[name] = value[torch.from_numpy(keep).to(value.device)]
+            elif isinstance(value, np.ndarray):
+                item[name] = value[keep]
+        return item
 
     def _stalled(self, streak: Counter) -> DataStallError:
         reasons = ", ".join(f"{reason} {count}" for reason, count in streak.most_common())

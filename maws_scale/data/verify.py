@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from maws_scale.data.decode import error_reason, open_image
-from maws_scale.data.shards import DatasetError, ShardInfo, check_schema, load_manifest, open_shard, sha256_file
+from maws_scale.data.shards import (
+    DatasetError,
+    ShardInfo,
+    check_schema,
+    image_encoding,
+    load_manifest,
+    open_shard,
+    sha256_file,
+)
 
 
 @dataclass
@@ -23,10 +31,15 @@ class ShardReport:
     examples: list[str] = field(default_factory=list)  # "key: reason" for the first few bad records
 
 
-def check_image(data: bytes | None) -> str | None:
-    """None when the bytes decode fully, else the reason (JPEGs decode at 1/8 scale: every byte is still read)."""
+def check_image(data: bytes | None, raw_size: tuple[int | None, int | None] | None = None) -> str | None:
+    """None when the bytes decode fully, else the reason (JPEGs decode at 1/8 scale: every byte is still read).
+    ``raw_size`` (width, height): the record holds raw uint8 pixels, which must be exactly width × height × 3."""
     if not data:
         return "empty_image"
+    if raw_size is not None:
+        width, height = raw_size
+        ok = width is not None and height is not None and width > 0 and height > 0 and len(data) == width * height * 3
+        return None if ok else "corrupt_image"
     try:
         image = open_image(data)
         if image.format == "JPEG":
@@ -37,7 +50,7 @@ def check_image(data: bytes | None) -> str | None:
     return None
 
 
-def verify_shard(root: str, info: ShardInfo, decode: bool = True) -> ShardReport:
+def verify_shard(root: str, info: ShardInfo, decode: bool = True, encoding: str = "encoded") -> ShardReport:
     """Check one shard against its manifest entry; record-level problems are counted, shard-level ones named."""
     path = Path(root) / info.file
     report = ShardReport(info.file)
@@ -63,8 +76,11 @@ def verify_shard(root: str, info: ShardInfo, decode: bool = True) -> ShardReport
     for batch in table.to_batches():
         keys = batch.column("key").to_pylist()
         images = batch.column("image").to_pylist() if decode else [b"x"] * batch.num_rows
+        raw = encoding == "raw" and "width" in batch.schema.names and "height" in batch.schema.names
+        sizes = zip(batch.column("width").to_pylist(), batch.column("height").to_pylist()) if raw else None
         for key, image in zip(keys, images):
-            reason = "bad_record" if not key else check_image(image) if decode else None
+            raw_size = next(sizes) if sizes is not None else (None, None) if encoding == "raw" else None
+            reason = "bad_record" if not key else check_image(image, raw_size) if decode else None
             if reason:
                 bad[reason] += 1
                 if len(report.examples) < 5:
@@ -76,15 +92,20 @@ def verify_shard(root: str, info: ShardInfo, decode: bool = True) -> ShardReport
 def verify_dataset(root: str | os.PathLike, workers: int = 1, decode: bool = True) -> dict[str, Any]:
     """Verify every shard of a data set; return a JSON-able summary (``ok`` False on any shard-level problem)."""
     manifest = load_manifest(root)
+    encoding = [image_encoding(manifest)] * len(manifest.shards)
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             reports = list(
                 pool.map(
-                    verify_shard, [str(root)] * len(manifest.shards), manifest.shards, [decode] * len(manifest.shards)
+                    verify_shard,
+                    [str(root)] * len(manifest.shards),
+                    manifest.shards,
+                    [decode] * len(manifest.shards),
+                    encoding,
                 )
             )
     else:
-        reports = [verify_shard(str(root), s, decode) for s in manifest.shards]
+        reports = [verify_shard(str(root), s, decode, encoding[0]) for s in manifest.shards]
     bad: Counter = Counter()
     for report in reports:
         bad.update(report.bad)

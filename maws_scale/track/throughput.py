@@ -206,3 +206,24 @@ class ThroughputMeter:
         if reset:
             self.reset()
         return result
+
+
+DATA_WAIT_WARN_PCT = 10.0
+
+
+def data_wait_advice(wait_pct: float, num_workers: int, decode: str = "cpu") -> str | None:
+    """The one-time warning when the trainer waited for data more than ``DATA_WAIT_WARN_PCT`` % of a logging
+    window (None below it): what to change, most direct first."""
+    if not wait_pct > DATA_WAIT_WARN_PCT:
+        return None
+    ways = [
+        f"more loader workers (data.num_workers={num_workers}; `maws-scale bench --data CONFIG` says how many)",
+        "shards resized at build time (`data build --resize shorter:256`)",
+        "raw-pixel shards for low resolutions (`data build --encoding raw --resize square:N`)",
+    ]
+    if decode != "gpu":
+        ways.append("JPEG decode on the GPU (data.decode=gpu)")
+    return (
+        f"data wait {wait_pct:.0f}% of the last logging window (above {DATA_WAIT_WARN_PCT:.0f}%): the GPUs wait for "
+        "the loader. Ways out: " + "; ".join(ways) + " (docs/data.md, 'feeding the GPUs'). Warned once per stage."
+    )

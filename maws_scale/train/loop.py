@@ -45,6 +45,7 @@ from maws_scale.parallel.waits import wait_for_rank0
 from maws_scale.track.mlflow import make_tracker, mlflow_metric_names, save_loss_curve
 from maws_scale.track.throughput import (
     ThroughputMeter,
+    data_wait_advice,
     datasheet_peak_tflops,
     device_name,
     measure_peak_tflops,
@@ -132,6 +133,7 @@ class Trainer:
         self._unconfirmed: Path | None = None  # the last checkpoint saved or loaded, until a finite step follows it
         # data wait and ETA (reset when the loop starts; bench drives train_step without it)
         self.data_wait, self._clock, self._start_step, self._last_log = 0.0, time.perf_counter(), 0, None
+        self._warned_data_wait = False
 
     # ----- set-up -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -456,6 +458,10 @@ class Trainer:
         now = time.perf_counter()
         since = now - (self._last_log or self._clock)
         wait = 100.0 * self.data_wait / since if since > 0 else 0.0
+        advice = data_wait_advice(wait, self.cfg.data.num_workers, self.cfg.data.decode)
+        if advice and self._last_log is not None and self.info.is_main and not self._warned_data_wait:
+            self._warned_data_wait = True  # not in the first window: it holds the loader's start-up
+            log.warning(advice)
         self.data_wait, self._last_log = 0.0, now
         done = self.step - self._start_step
         eta = (now - self._clock) / done * (self.total_steps - self.step) if done else float("nan")

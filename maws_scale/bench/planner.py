@@ -49,8 +49,9 @@ from maws_scale.bench.activations import ActivationEstimate, estimate
 from maws_scale.bench.inventory import Inventory, build_inventory
 from maws_scale.bench.zero_memory import StateBytes, ZeroSettings, model_state_bytes
 from maws_scale.config import ConfigError, RunConfig
-from maws_scale.models.checkpointing import parse_mode
-from maws_scale.parallel.engine import build_ds_config, uses_zero_init
+from maws_scale.models.recompute import parse_mode
+from maws_scale.parallel.ds_config import build_ds_config
+from maws_scale.parallel.engine import uses_zero_init
 
 GiB = 1 << 30
 # The encoder's FP8 matmuls vs bf16, as the speed model uses it: the datasheet ratio is 2× (H100/H200 dense FP8 1979
@@ -117,7 +118,7 @@ class Hardware:
 class Layout:
     zero_stage: int
     tp: int
-    checkpointing: str  # a mode of maws_scale.models.checkpointing
+    checkpointing: str  # a mode of maws_scale.models.recompute
     offload: str
     micro_batch: int
 

@@ -34,6 +34,7 @@ import hashlib
 import importlib
 import inspect
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -144,14 +145,35 @@ PINNED: tuple[Pinned, ...] = (
 )
 
 
-def pinned_problems() -> list[str]:
-    """What differs from the code every patch was written against (empty when nothing does)."""
-    return [problem for pin in PINNED if (problem := pin.problem()) is not None]
+def pinned_problems(patch: str | None = None) -> list[str]:
+    """What differs from the code every patch (or only ``patch``) was written against (empty when nothing does)."""
+    pins = [pin for pin in PINNED if patch is None or pin.patch == patch]
+    return [problem for pin in pins if (problem := pin.problem()) is not None]
+
+
+_checked: set[str] = set()
+
+
+def warn_if_changed(patch: str) -> list[str]:
+    """Once per process and patch, when it is applied: a RuntimeWarning naming what differs from the code it was
+    written against (another DeepSpeed / megatron-core / torch than ``constraints.txt`` pins); → the problems."""
+    if patch in _checked:
+        return []
+    _checked.add(patch)
+    problems = pinned_problems(patch)
+    if problems:
+        warnings.warn(
+            "maws-scale was tested with the versions constraints.txt pins; " + "; ".join(problems),
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return problems
 
 
 # ----- 1. step guard ----------------------------------------------------------------------------------------------
 def route_optimizer_step(optimizer: torch.optim.Optimizer, step: Callable[..., Any]) -> Callable[..., Any]:
     """Make ``optimizer.step`` (what DeepSpeed calls) run ``step``; → the original bound ``step``."""
+    warn_if_changed(STEP)
     original = optimizer.step
     optimizer.step = step  # instance attribute: DeepSpeed calls optimizer.step()
     return original
@@ -160,6 +182,7 @@ def route_optimizer_step(optimizer: torch.optim.Optimizer, step: Callable[..., A
 # ----- 2. compile -------------------------------------------------------------------------------------------------
 def keep_eager(layer: nn.Module) -> None:
     """Keep ``layer.forward`` out of Dynamo's graphs (megatron's collectives inside autograd Functions)."""
+    warn_if_changed(COMPILE)
     layer.forward = torch.compiler.disable(layer.forward)
 
 
@@ -215,6 +238,7 @@ def install_megatron_cpu() -> bool:
     if megatron_cpu_installed():
         return True
     megatron_random = importlib.import_module("megatron.core.tensor_parallel.random")
+    warn_if_changed(MEGATRON_CPU)
     _patch(torch.cuda, "current_device", _cpu_current_device)
     _patch(torch.cuda, "get_rng_state", _cpu_get_rng_state)
     _patch(torch.cuda, "set_rng_state", _cpu_set_rng_state)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -97,3 +99,17 @@ def test_the_pinned_versions_are_the_ones_constraints_txt_pins():
     constraints = (Path(__file__).parents[2] / "constraints.txt").read_text().split()
     for pin in patches.PINNED:
         assert f"{pin.package}=={pin.version}" in constraints, pin.package
+
+
+def test_applying_a_patch_over_changed_code_warns_once(monkeypatch):
+    """A run on another DeepSpeed than the pinned one says so when the step guard is installed (once per process)."""
+    pin = next(p for p in patches.PINNED if p.patch == patches.STEP)
+    changed = patches.Pinned(pin.patch, pin.package, "0.0.1", pin.target, pin.sha256)
+    monkeypatch.setattr(patches, "PINNED", (changed,))
+    monkeypatch.setattr(patches, "_checked", set())
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.warns(RuntimeWarning, match=r"step guard .*written against 0.0.1"):
+        patches.route_optimizer_step(optimizer, lambda *a, **k: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        patches.route_optimizer_step(optimizer, lambda *a, **k: None)  # checked once

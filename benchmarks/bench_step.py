@@ -6,16 +6,20 @@
 
 Each case runs ``maws-scale bench ... --baseline --json`` in a fresh process (under torchrun for ``--nproc`` > 1 or a
 multi-rank case), ``--repeat`` times; the row is the repeat with the median ratio to the baseline (median img/s
-without one). Prints a table and rewrites the
+without one). With the baseline each row also gives the step's **overhead per parameter tensor**: (our step − the
+plain loop's step) ÷ the number of trainable parameter tensors, in ms, by wall clock and by process CPU time, so that
+it can be scaled to a model with more tensors (DeepSpeed's step costs a fixed amount of Python per tensor). Prints a
+table and rewrites the
 JSON after every case; a failing case is reported with the tail of its stderr (in the JSON's ``failed``) and the
 others still run (exit 1). ``--cases`` selects cases by name, ``--no-baseline`` skips the baseline, ``--set KEY=VALUE``
 (repeatable) adds a config override to every case and to its name (``--set model.compile=blocks``: the compiled run).
 
-- ``cpu``: vit_tiny_p8 on this 2-core machine: fp32 MAE and WSP at ZeRO-0/1/2 on one rank (the step ratio of #15),
-  bf16 ZeRO-2, bf16 ZeRO-3 on 2 ranks. Inside each process ours and the plain loop (same model class, loss, optimizer,
-  batches) run interleaved step by step after 25 warm-up steps (``maws-scale bench --baseline``); the row is the
-  repeat with the median ratio. The CPU is shared: the ratio of process CPU time per step is reported beside the
-  wall-clock one, and the load average with each.
+- ``cpu``: two model sizes on this 2-core machine, vit_tiny_p8 (MAE: 108 parameter tensors) and vit_small_p8 (MAE:
+  156), fp32 MAE at ZeRO-0/1/2 on one rank (the overhead per tensor of #29); then vit_tiny_p8 bf16 ZeRO-2 and bf16
+  ZeRO-3 on 2 ranks. Inside each process ours and the plain loop (same model class, loss, optimizer, batches) run
+  interleaved step by step after 25 warm-up steps (``maws-scale bench --baseline``); the row is the repeat with the
+  median ratio. The CPU is shared: process CPU time is reported beside the wall clock, and the load average with
+  each.
 - ``gpu``: the issue's cases — vit_l16, vit_h14, vit_2b14 MAE and WSP at the largest micro-batch the planner says fits
   the device (ZeRO-1, no TP or offload, checkpointing as the planner prefers; the largest power of two at or below
   its micro-batch), and vit_6.5b14 MAE with ZeRO-3 + optimizer offload — with the
@@ -49,18 +53,18 @@ class Case:
 
 
 def cpu_cases() -> list[Case]:
-    """The step ratio of #15: fp32, ZeRO-0/1/2, one rank, MAE and WSP; then bf16 ZeRO-2 and ZeRO-3 on 2 ranks."""
+    """The overhead per parameter tensor of #29: fp32 MAE, ZeRO-0/1/2, one rank, two model sizes; then bf16 ZeRO-2
+    and ZeRO-3 on 2 ranks."""
     common = ["optim.impl=torch", "tracking.enabled=false", "train.global_batch=16", "train.micro_batch=16"]
     cases = []
-    for stage in ("mae", "wsp"):
+    for model in ("vit_tiny_p8", "vit_small_p8"):
         for zero in (0, 1, 2):
             cases.append(
                 Case(
-                    f"vit_tiny_p8 {stage.upper()} fp32 zero{zero}",
+                    f"{model} MAE fp32 zero{zero}",
                     [
-                        "model.name=vit_tiny_p8",
-                        f"stage={stage}",
-                        "wsp.num_classes=1000",
+                        f"model.name={model}",
+                        "stage=mae",
                         "parallel.precision=fp32",
                         f"parallel.zero_stage={zero}",
                         *common,
@@ -207,8 +211,22 @@ def run_case(
     return json.loads(out.read_text())
 
 
+def overhead_ms_per_tensor(result: dict) -> dict[str, float | None]:
+    """(our step − the plain loop's step) ÷ trainable parameter tensors, ms, by wall clock and by CPU time per rank."""
+    base = result.get("baseline") or {}
+    tensors = base.get("param_tensors")
+    if not tensors:
+        return {"wall": None, "cpu": None}
+    ours_cpu = statistics.mean(result["cpu_s_per_rank"])
+    return {
+        "wall": 1e3 * (result["step_s"] - base["step_s"]) / tensors,
+        "cpu": 1e3 * (ours_cpu - base["cpu_s"]) / tensors,
+    }
+
+
 def row(case: Case, result: dict) -> dict:
     base = result.get("baseline") or {}
+    overhead = overhead_ms_per_tensor(result)
     checks = {}
     if "mfu" in case.targets:
         checks["mfu"] = result["mfu"] is not None and result["mfu"] >= case.targets["mfu"]
@@ -224,6 +242,11 @@ def row(case: Case, result: dict) -> dict:
         "baseline_images_per_s": base.get("images_per_s_per_device", 0.0) * result["world_size"],
         "speedup": base.get("speedup"),
         "speedup_cpu_time": base.get("speedup_cpu_time"),
+        "step_ms": 1e3 * result["step_s"],
+        "baseline_step_ms": 1e3 * base["step_s"] if base else None,
+        "param_tensors": base.get("param_tensors"),
+        "overhead_ms_per_tensor": overhead["wall"],
+        "overhead_ms_per_tensor_cpu_time": overhead["cpu"],
         "speedups_over_repeats": None,
         "load_average": result.get("load_average"),
         "peak_mem_gib": result["peak_mem_bytes"] / 2**30,
@@ -309,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['case']:<48} micro {r['micro_batch']:>4}  {r['images_per_s']:>10.2f} img/s  "
                 f"MFU {fmt(r['mfu'], '.1%'):>6} (device peak {fmt(r['mfu_measured_peak'], '.1%')})  "
                 f"baseline {r['baseline_images_per_s']:>10.2f} img/s  speed-up {fmt(r['speedup'], '.2f')}× "
-                f"(CPU time {fmt(r['speedup_cpu_time'], '.2f')}×)  peak {r['peak_mem_gib']:.3f} GiB "
+                f"(CPU time {fmt(r['speedup_cpu_time'], '.2f')}×)  "
+                f"overhead {fmt(r['overhead_ms_per_tensor'], '.3f')} ms/tensor "
+                f"(CPU time {fmt(r['overhead_ms_per_tensor_cpu_time'], '.3f')}, {r['param_tensors']} tensors)  "
+                f"peak {r['peak_mem_gib']:.3f} GiB "
                 f"(planner {r['planner_error_pct']:+.0f}%)  load {fmt((r['load_average'] or [None])[0], '.1f')}  "
                 f"{r['meets_targets'] or ''}",
                 flush=True,

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         f"output_dir={out_dir}",
     ]
     if args.gpu_settings and args.zero in (1, 2):
-        from maws_scale.parallel.engine import load_template
+        from maws_scale.parallel.ds_config import load_template
 
         template, _ = load_template(load_config(None, overrides))
         template["zero_optimization"].update(overlap_comm=True, contiguous_gradients=True)

@@ -1,1 +1,1 @@
-"""DeepSpeed config templates (JSON); "auto" values are filled from the RunConfig by parallel/engine.py."""
+"""DeepSpeed config templates (JSON); "auto" values are filled from the RunConfig by parallel/ds_config.py."""

@@ -1,8 +1,9 @@
-"""Config checks of the image-text stages (clip, mae_clip, lit), run by RunConfig's validator.
+"""The text tower of the image-text stages (clip, mae_clip, lit): its shape, and the checks of it.
 
-They compare the text tower with the tokenizer stored with the training data (``data.path``'s manifest), so a
-tower that cannot embed the tokenizer's ids, or a context longer than its position table, is refused before any
-process starts, with the key named.
+:func:`check_clip` is pure (RunConfig's validator runs it). :func:`check_clip_data` compares the tower with the
+tokenizer stored with the training data (``data.path``'s manifest), so a tower that cannot embed the tokenizer's
+ids, or a context longer than its position table, is refused, with the key named, before the first step
+(``train/preflight.py``). :func:`text_shape` is what the model and the synthetic loader build on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from maws_scale.config import RunConfig
 
 CLIP_STAGES = ("clip", "mae_clip", "lit")
+SYNTHETIC_VOCAB = 4096  # a tower without a vocabulary of its own and no tokenizer (synthetic data)
 
 
 def text_spec(cfg: RunConfig) -> TextSpec:
@@ -45,8 +47,20 @@ def tower_vocab(cfg: RunConfig, tokenizer_vocab: int | None = None) -> int | Non
     return cfg.clip.text_vocab or text_spec(cfg).vocab_size or tokenizer_vocab
 
 
+def text_shape(cfg: RunConfig) -> tuple[int, int]:
+    """(vocab size, position-table length) of the text tower of ``cfg`` (ConfigError naming the key)."""
+    from maws_scale.config import ConfigError
+
+    try:
+        spec, shape = text_spec(cfg), tokenizer_shape(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    vocab = tower_vocab(cfg, shape[0] if shape else None) or SYNTHETIC_VOCAB
+    return vocab, cfg.clip.context_length or spec.context_length
+
+
 def check_clip(cfg: RunConfig) -> None:
-    """Raise ValueError naming the key when an image-text stage cannot run as configured."""
+    """Raise ValueError naming the key when an image-text stage cannot run as configured (reads no file)."""
     if cfg.stage not in CLIP_STAGES:
         return
     spec = text_spec(cfg)
@@ -54,7 +68,13 @@ def check_clip(cfg: RunConfig) -> None:
         raise ValueError(f"clip.text_model: width {spec.width} is not divisible by {spec.heads} heads")
     if cfg.parallel.tp != 1:
         raise ValueError(f"parallel.tp={cfg.parallel.tp}: stage {cfg.stage} runs with tp=1 (data parallel + ZeRO)")
-    table = cfg.clip.context_length or spec.context_length
+
+
+def check_clip_data(cfg: RunConfig) -> None:
+    """Raise ValueError naming the key when the text tower cannot read the tokenizer of ``data.path``."""
+    if cfg.stage not in CLIP_STAGES:
+        return
+    table = cfg.clip.context_length or text_spec(cfg).context_length
     shape = tokenizer_shape(cfg)
     if shape is None:
         return

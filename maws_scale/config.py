@@ -16,8 +16,8 @@ from typing import Any, Literal, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from maws_scale.models.checkpoint_modes import parse_mode as parse_checkpointing
-from maws_scale.models.registry import MODELS, DecoderShape, UnknownModelError, ViTSpec, get_spec
+from maws_scale.models.recompute_modes import parse_mode as parse_recompute
+from maws_scale.models.registry import DecoderShape, UnknownModelError, ViTSpec, get_spec
 
 
 class ConfigError(ValueError):
@@ -172,7 +172,7 @@ class ParallelConfig(_Section):
     activation_checkpointing: str = Field(
         "none",
         description="none | full | every_k:<k> | selective_op (true/false = full/none); "
-        "see maws_scale.models.checkpointing",
+        "see maws_scale.models.recompute",
     )
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     grad_accum_dtype: Literal["fp32", "model"] = Field(
@@ -192,7 +192,7 @@ class ParallelConfig(_Section):
     @field_validator("activation_checkpointing", mode="before")
     @classmethod
     def _checkpointing_mode(cls, value: Any) -> str:
-        return parse_checkpointing(value)
+        return parse_recompute(value)
 
 
 class TrackingConfig(_Section):
@@ -292,7 +292,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_clip(self) -> RunConfig:
-        from maws_scale.clip_checks import check_clip  # the image-text stages' checks (reads the data's tokenizer)
+        from maws_scale.clip_checks import check_clip  # the image-text stages' pure checks (their data: preflight)
 
         check_clip(self)
         return self
@@ -537,7 +537,3 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
-
-
-def known_models() -> list[str]:
-    return list(MODELS)

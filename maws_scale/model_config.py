@@ -64,5 +64,5 @@ def build_model(
         model = build_wsp(cfg.spec, classes, pool=pool, device=device, dtype=dtype, **common)
     else:
         raise ValueError(f"stage: no model for stage '{cfg.stage}'")
-    model.set_grad_checkpointing(cfg.parallel.activation_checkpointing)
+    model.set_recompute(cfg.parallel.activation_checkpointing)
     return model

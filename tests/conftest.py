@@ -54,8 +54,6 @@ SLOW_TESTS = (
     "tests/bench/test_bench.py::test_bench_wsp_profile_trace",  # 46 s
     "tests/jobs/test_launch.py::test_json_dry_run_is_the_only_thing_on_stdout",  # 26 s
     "tests/jobs/test_launch.py::test_launch_sh_wraps_the_launcher",  # 22 s
-    "tests/parallel/test_thin_step.py::test_the_default_bf16_zero1_optimizer_is_left_alone_without_a_warning",  # 22 s
-    "tests/parallel/test_thin_step.py::test_a_universal_checkpoint_loads_into_the_shared_master",  # 11 s
     "tests/bench/test_release.py::test_releasing_the_engine_frees_the_optimizer_and_the_model",  # 11 + 8 s
     "tests/parallel/test_step_guard.py::test_the_norm_is_torchs_total_norm_and_a_non_finite_gradient_skips_the_step",
     "tests/bench/test_baseline.py::test_fused_adamw_on_cpu_under_every_zero_stage",  # 10 + 4 + 4 + 3 s

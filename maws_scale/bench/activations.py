@@ -18,7 +18,7 @@ prediction, the torch reference ops also keep the gather sources (L·w·a, L·w_
 (4·L·p²C); for WSP the normed tokens the pooled feature is a view of, and the fp32 soft-target cross-entropy
 (log-softmax output and the fp32 targets, 8·K/t). With activation checkpointing (per block, non-reentrant) each
 checkpointed block keeps only its input (T·w·a) and one block's activations are alive again while it is recomputed
-in backward; which blocks are checkpointed comes from :func:`maws_scale.models.checkpointing.checkpointed_blocks`
+in backward; which blocks are checkpointed comes from :func:`maws_scale.models.recompute.recomputed_blocks`
 (the rule the model runs). ``selective_op`` keeps, besides the input, the outputs of the matmuls and the attention
 op: qkv (3w/t), attention (w/t, + the fused log-sum-exp, or math attention's scores H/t·T in the model dtype), fc1
 (m/t), and proj and fc2 (w each: a row-parallel output is whole before its all-reduce): (3w + (4w + m)/t)·a per
@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from maws_scale.config import RunConfig
-from maws_scale.models.checkpointing import checkpointed_blocks, parse_mode
+from maws_scale.models.recompute import parse_mode, recomputed_blocks
 from maws_scale.parallel.layout import shards_decoder
 
 LN_STATS = 8  # mean + rstd per token, fp32
@@ -158,7 +158,7 @@ def estimate(
     shares = [0.0, 0.0]
     for i, (depth, shape) in enumerate(stacks):
         full = block_bytes(shape, a, attn, par, qkn)
-        n = sum(checkpointed_blocks(mode, depth))
+        n = sum(recomputed_blocks(mode, depth))
         if mode == "selective_op":
             kept = shape.tokens * selective_bytes_per_token(shape, a, attn)
             traffic += n * shape.tokens * recompute_bytes_per_token(shape, a)

@@ -1,7 +1,7 @@
 """The plain-PyTorch loop ``maws-scale bench --baseline`` times beside our stack, step by step in the same process.
 
 Same model (the stage's own ``build_model``: our class, attention backend, kernels and checkpointing mode), same
-batches, same loss (the stage's ``loss``), same optimizer (:func:`maws_scale.parallel.engine.build_optimizer`, same
+batches, same loss (the stage's ``loss``), same optimizer (:func:`maws_scale.parallel.optimizer.build_optimizer`, same
 parameter groups and implementation), fp32 weights with ``torch.autocast`` for bf16 / fp16. What it leaves out is
 what our step adds: DeepSpeed (ZeRO partitioning, gradient buckets, its mixed-precision optimizer), the skip guard,
 the LR schedule, the loss reductions. Several ranks: ``DistributedDataParallel`` (``no_sync`` on all but the last
@@ -32,7 +32,7 @@ class PlainLoop:
     """One optimizer step per :meth:`step` of the stage's model in a plain PyTorch loop (see the module docstring)."""
 
     def __init__(self, cfg: RunConfig, stage: Any, batches: list[dict], accum: int, device: torch.device) -> None:
-        from maws_scale.parallel.engine import build_optimizer
+        from maws_scale.parallel.optimizer import build_optimizer
 
         torch.manual_seed(cfg.seed)
         self.stage, self.accum, self.device = stage, accum, device

@@ -3,7 +3,7 @@
 The planner needs more than a count: ZeRO partitions each AdamW parameter group separately, in module order, and its
 per-rank sizes depend on where partition boundaries fall; ZeRO-3 keeps small vectors resident; the WSP head is
 vocab-parallel under TP. So the inventory lists every parameter (name, per-rank element count, ndim, trainable, its
-AdamW group from :func:`maws_scale.parallel.engine.param_groups`), split over TP ranks by the layout
+AdamW group from :func:`maws_scale.parallel.optimizer.param_groups`), split over TP ranks by the layout
 :mod:`maws_scale.parallel.tp_layout` defines (qkv / fc1 column-split, proj / fc2 weights row-split, the head's classes
 padded to a multiple of tp and split, everything else replicated; the MAE decoder is sharded the same way whenever
 tp divides its heads and MLP width: ``layout.shards_decoder``, the rule ``parallelize_vit`` applies). The model
@@ -20,8 +20,9 @@ from torch import nn
 
 from maws_scale.config import RunConfig
 from maws_scale.models.registry import DecoderShape
-from maws_scale.parallel.engine import BlockInfo, param_groups
+from maws_scale.parallel.ds_config import BlockInfo
 from maws_scale.parallel.layout import shards_decoder
+from maws_scale.parallel.optimizer import param_groups
 from maws_scale.parallel.plan import split_block_info
 from maws_scale.parallel.tp_layout import decoder_shape, padded_size, shard_kind
 

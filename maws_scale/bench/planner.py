@@ -51,7 +51,7 @@ from maws_scale.bench.activations import ActivationEstimate, estimate
 from maws_scale.bench.inventory import Inventory, ModelInventory
 from maws_scale.bench.zero_memory import StateBytes, ZeroSettings, model_state_bytes
 from maws_scale.config import ConfigError, RunConfig
-from maws_scale.parallel.engine import build_ds_config
+from maws_scale.parallel.ds_config import build_ds_config
 from maws_scale.parallel.layout import (
     Layout,
     check_tensor_split,

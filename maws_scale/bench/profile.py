@@ -297,6 +297,7 @@ def run_bench(cfg: RunConfig, opts: BenchOptions, info: DistInfo | None = None) 
             "model_class": f"{type(plain.model).__module__}.{type(plain.model).__qualname__}",
             "optimizer": f"{type(plain.optimizer).__module__}.{type(plain.optimizer).__qualname__}",
             "micro_batch": bcfg.train.micro_batch,
+            "param_tensors": sum(1 for p in plain.model.parameters() if p.requires_grad),  # the same model as ours
             "step_s_list": times.b_s,
             "cpu_s_list": times.b_cpu_s,
             "images_per_step": bcfg.train.micro_batch * trainer.accum,

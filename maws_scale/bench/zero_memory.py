@@ -22,8 +22,7 @@ that *touches* its part whole (``grads_in_partition``), so boundary parameters c
 parameter to a multiple of N; vectors at or below ``stage3_param_persistence_threshold`` stay resident in full on
 every rank (the engine persists every bias and norm) — when the model was built under ``deepspeed.zero.Init``,
 which the engine does without TP; a model partitioned afterwards (TP) keeps nothing resident. fp32 training keeps
-a separate fp32 master copy from stage 1 on, except ZeRO-1/2 on one data-parallel rank, whose master is the model's
-own storage (``parallel/thin_step.py::shares_fp32_master``).
+a separate fp32 master copy from stage 1 on, on any number of data-parallel ranks (DeepSpeed's own step).
 
 Buffers: ZeRO-1/2 gradient buckets, ``reduce_bucket_size`` elements (two with ``overlap_comm``); ZeRO-3 one reduce
 bucket plus gathered parameters, bounded by ``stage3_max_live_parameters + stage3_prefetch_bucket_size`` (and by the
@@ -40,8 +39,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
-
-from maws_scale.parallel.thin_step import shares_fp32_master
 
 DEFAULT_SUB_GROUP = 1_000_000_000
 DEFAULT_BUCKET = 500_000_000  # DeepSpeed's own default reduce/allgather bucket size
@@ -79,7 +76,7 @@ class ZeroSettings:
 
     @classmethod
     def from_ds_config(cls, ds: dict[str, Any], zero_init: bool = True) -> ZeroSettings:
-        """Read a filled DeepSpeed config (as :func:`maws_scale.parallel.engine.build_ds_config` returns it);
+        """Read a filled DeepSpeed config (as :func:`maws_scale.parallel.ds_config.build_ds_config` returns it);
         ``zero_init``: whether the model is built under ``deepspeed.zero.Init`` (the engine does so without TP)."""
         zero = ds.get("zero_optimization", {})
         precision = "fp32"
@@ -197,11 +194,10 @@ def _stage12(groups: list[list[int]], frozen: int, dp: int, rank: int, b: int, z
     states = 4 * part + 8 * part
     if zs.offload_optimizer:
         return StateBytes(b * (flat + frozen), 0, 0, 0, buckets, 0, host=states + 4 * part)
-    shared = shares_fp32_master(dp, zs.stage, b, zs.offload_optimizer)  # the optimizer steps the model's own storage
     return StateBytes(
         params=b * (flat + frozen),
         grads=b * touching,
-        master=0 if shared else 4 * part,
+        master=4 * part,
         moments=8 * part,
         buffers=buckets,
         step_temp=4 * part,

@@ -54,7 +54,7 @@ def _export_step(args: argparse.Namespace, step_dir: Path, console: Console) -> 
     import tempfile
 
     from maws_scale.config import ConfigError, load_config
-    from maws_scale.parallel.plan import consolidate_checkpoint
+    from maws_scale.parallel.consolidate import consolidate_checkpoint
     from maws_scale.train.checkpoint import read_checkpoint
     from maws_scale.train.loop import weights_meta
 

@@ -168,7 +168,7 @@ class SyntheticLoader(SyntheticLoaderState):
         self.num_classes = (cfg.wsp.num_classes or 1000) if stage == "wsp" else None
         self.text_shape = None
         if stage == "clip":
-            from maws_scale.train.clip_stages import text_shape
+            from maws_scale.clip_checks import text_shape
 
             self.text_shape = text_shape(cfg)  # (vocab, context): random ids between the special tokens and vocab
         self.epoch_size = 1 << 30

@@ -111,7 +111,7 @@ class CLIP(nn.Module):
     # ----- training helpers --------------------------------------------------------------------------------------
     @property
     def blocks(self) -> nn.ModuleList:
-        """The larger tower's blocks: what ZeRO-3 bucket sizes are measured on (``parallel/engine.BlockInfo``)."""
+        """The larger tower's blocks: what ZeRO-3 bucket sizes are measured on (``parallel/ds_config.BlockInfo``)."""
 
         def size(blocks: nn.ModuleList) -> int:
             return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in blocks[0].parameters())
@@ -119,9 +119,9 @@ class CLIP(nn.Module):
         image, text = self.visual.blocks, self.text.blocks
         return text if len(text) and size(text) > size(image) else image
 
-    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
-        self.visual.set_grad_checkpointing(enable)
-        self.text.set_grad_checkpointing(enable)
+    def set_recompute(self, enable: bool | str = True) -> None:
+        self.visual.set_recompute(enable)
+        self.text.set_recompute(enable)
 
     def no_weight_decay(self) -> set[str]:
         names = {f"visual.{n}" for n in self.visual.no_weight_decay()}

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from maws_scale.models.attention import Backend
-from maws_scale.models.checkpointing import parse_mode, run_blocks
 from maws_scale.models.heads import AttentionPool, Pool, check_pool, pool_tokens
 from maws_scale.models.init import draw_init_seed
 from maws_scale.models.layers import PatchEmbed, layer_norm, make_blocks
+from maws_scale.models.recompute import parse_mode, run_blocks
 
 
 class TokenEncoder(nn.Module):
@@ -53,7 +53,7 @@ class TokenEncoder(nn.Module):
         self.img_size = img_size
         self.in_chans = in_chans
         self.global_pool = check_pool(pool) if pool is not None else None
-        self.checkpointing = "none"
+        self.recompute_mode = "none"
         self.block_args = dict(qkv_bias=qkv_bias, qk_norm=qk_norm, norm_bias=norm_bias, backend=attention)
         self.parallel_block = parallel_block
 
@@ -68,8 +68,8 @@ class TokenEncoder(nn.Module):
 
     # ----- forward ----------------------------------------------------------------------------------------------
     def run_blocks(self, x: torch.Tensor, blocks: nn.ModuleList | None = None) -> torch.Tensor:
-        """Apply ``blocks`` (default: the encoder's), checkpointed as :attr:`checkpointing` says (training only)."""
-        return run_blocks(self.blocks if blocks is None else blocks, x, self.checkpointing)
+        """Apply ``blocks`` (default: the encoder's), recomputed as :attr:`recompute_mode` says (training only)."""
+        return run_blocks(self.blocks if blocks is None else blocks, x, self.recompute_mode)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images → (B, 1+L, D) tokens after the final norm (every patch, no masking)."""
@@ -90,15 +90,15 @@ class TokenEncoder(nn.Module):
         return pool_tokens(tokens, self.global_pool, self.num_prefix_tokens, self.attn_pool)
 
     # ----- training helpers -------------------------------------------------------------------------------------
-    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
-        """Activation checkpointing of the blocks: ``True`` / ``"full"``, ``False`` / ``"none"``, ``"every_k:<k>"``
-        or ``"selective_op"`` (:mod:`maws_scale.models.checkpointing`)."""
-        self.checkpointing = parse_mode(enable)
+    def set_recompute(self, enable: bool | str = True) -> None:
+        """Activation recompute of the blocks: ``True`` / ``"full"``, ``False`` / ``"none"``, ``"every_k:<k>"``
+        or ``"selective_op"`` (:mod:`maws_scale.models.recompute`)."""
+        self.recompute_mode = parse_mode(enable)
 
     @property
-    def grad_checkpointing(self) -> bool:
+    def recomputes(self) -> bool:
         """Whether any block is checkpointed."""
-        return self.checkpointing != "none"
+        return self.recompute_mode != "none"
 
     def set_attention_backend(self, backend: Backend) -> None:
         """Switch every attention op in the model (``auto | xformers | sdpa | math``)."""

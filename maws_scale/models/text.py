@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maws_scale.models.checkpointing import parse_mode, run_blocks
 from maws_scale.models.layers import Attention, Block, layer_norm
+from maws_scale.models.recompute import parse_mode, run_blocks
 from maws_scale.models.text_registry import TextSpec
 
 PAD_ID = 0
@@ -62,7 +62,7 @@ class TextTransformer(nn.Module):
             raise ValueError(f"clip.text_pool: unknown pooling '{pool}' (known: eot, first)")
         self.vocab_size, self.context_length, self.width = vocab_size, context_length, width
         self.pool, self.causal = pool, causal
-        self.checkpointing = "none"
+        self.recompute_mode = "none"
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.zeros(context_length, width))
         self.blocks = nn.ModuleList(TextBlock(width, heads, mlp_ratio) for _ in range(depth))
@@ -92,13 +92,13 @@ class TextTransformer(nn.Module):
             block.apply(init_module)
         init_module(self.ln_final)
 
-    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
-        """Activation checkpointing of the blocks (modes of :mod:`maws_scale.models.checkpointing`)."""
-        self.checkpointing = parse_mode(enable)
+    def set_recompute(self, enable: bool | str = True) -> None:
+        """Activation recompute of the blocks (modes of :mod:`maws_scale.models.recompute`)."""
+        self.recompute_mode = parse_mode(enable)
 
     @property
-    def grad_checkpointing(self) -> bool:
-        return self.checkpointing != "none"
+    def recomputes(self) -> bool:
+        return self.recompute_mode != "none"
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         batch, length = tokens.shape
@@ -110,7 +110,7 @@ class TextTransformer(nn.Module):
         x = self.token_embedding(tokens) + self.positional_embedding[:length]
         valid = tokens != PAD_ID
         mask = None if self.causal else valid[:, None, None, :]
-        x = run_blocks(self.blocks, x, self.checkpointing, mask, self.causal)
+        x = run_blocks(self.blocks, x, self.recompute_mode, mask, self.causal)
         x = self.ln_final(x)
         if self.pool == "first":
             return x[:, 0]

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from maws_scale.config import RunConfig
+from maws_scale.parallel.patches import keep_eager
 
 log = logging.getLogger("maws_scale.parallel")
 
@@ -44,7 +45,7 @@ def compile_blocks(model: nn.Module, backend: Any = "inductor") -> int:
     for block in blocks:
         for layer in block.modules():  # tensor parallelism's megatron layers stay eager (see the module docstring)
             if any(c.__module__.startswith("megatron.") for c in type(layer).__mro__):
-                layer.forward = torch.compiler.disable(layer.forward)
+                keep_eager(layer)  # parallel/patches.py
         # the forward, not the module call: hooks around it (ZeRO-3's gather / release) stay eager, outside the graph
         block.forward = torch.compile(block.forward, backend=backend, dynamic=False)
     return len(blocks)

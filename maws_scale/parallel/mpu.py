@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from maws_scale.parallel import megatron_compat
+from maws_scale.parallel import patches
 
 
 class ModelParallelUnit:
@@ -93,7 +93,7 @@ def init_model_parallel(tp_size: int) -> ModelParallelUnit:
     world = dist.get_world_size()
     if tp_size < 1 or world % tp_size:
         raise ValueError(f"parallel.tp={tp_size} does not divide the world size {world}")
-    megatron_compat.install()
+    patches.install_megatron_cpu()
     if ps.model_parallel_is_initialized():
         current = ps.get_tensor_model_parallel_world_size()
         if current != tp_size:

@@ -1,16 +1,18 @@
-"""The one parallel seam: how a run's model is built, split, given its first weights, checkpointed and consolidated.
+"""The one parallel seam: how a run's model is built, split, given its first weights, put in a DeepSpeed engine,
+checkpointed, resumed and consolidated.
 
 :func:`make_plan` returns a :class:`ParallelPlan` (data parallel over the whole world, DeepSpeed ZeRO 0-3) or a
 :class:`TensorParallelPlan` (megatron-core TP inside DeepSpeed's data-parallel groups). The training loop and the
 stages talk to the plan only through the methods below and never ask which one they hold; every TP or ZeRO branch of
-the trainer lives here. Order of use (``train/loop.py``)::
+the trainer lives here or in the modules it calls (DeepSpeed's config: ``ds_config.py``; its checkpoint files:
+``ds_checkpoint.py``; consolidation: ``consolidate.py``). Order of use (``train/loop.py``)::
 
-    plan = make_plan(cfg, info)                 # its Layout, then process groups from it (TP: megatron's)
-    blocks = plan.bucket_blocks(meta_model)     # ZeRO bucket sizes, per TP rank
-    model = plan.build(stage.build_model, ds)   # meta → local shard (TP), zero.Init (ZeRO-3), or plain
+    plan = make_plan(cfg, info)                          # its Layout, then process groups from it (TP: megatron's)
+    plan.configure_engine(meta_model, accum, resume)     # the DeepSpeed config: buckets per TP rank, load mode
+    model = plan.build(stage.build_model)                # meta → local shard (TP), zero.Init (ZeRO-3), or plain
     stage.bind(plan); stage.initialize_weights(model, plan)   # criterion; MAE → WSP hand-off via plan.load_state
-    engine = initialize_engine(model, cfg, ds, plan.mpu)
-    ... plan.checkpoint_meta(), plan.checkpoint_files(), plan.consolidate(...)
+    engine, guard = plan.initialize_engine(model)
+    ... plan.save_engine(...), plan.load_checkpoint(...), plan.checkpoint_meta(), plan.consolidate(...)
 """
 
 from __future__ import annotations
@@ -24,9 +26,15 @@ import torch.distributed as dist
 from torch import nn
 
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.parallel import ds_checkpoint
+from maws_scale.parallel.consolidate import consolidate_checkpoint, write_state_dict
 from maws_scale.parallel.distributed import DistInfo
-from maws_scale.parallel.engine import BlockInfo, model_init_context
+from maws_scale.parallel.ds_checkpoint import SavedCheckpoint
+from maws_scale.parallel.ds_config import BlockInfo, build_ds_config, write_ds_config
+from maws_scale.parallel.engine import initialize_engine, model_init_context
 from maws_scale.parallel.layout import Layout, derive_layout
+from maws_scale.parallel.optimizer import optimizer_impl
+from maws_scale.parallel.step_guard import StepGuard
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StateFn = Callable[[], dict[str, torch.Tensor]]
@@ -73,11 +81,13 @@ class ParallelPlan:
         self.layout = layout or derive_layout(cfg, info.world_size)
         self.dp_rank, self.dp_size = info.rank, self.layout.dp
         self.model: nn.Module | None = None
+        self.ds_config: dict[str, Any] = {}
+        self.universal = False  # the engine loads universal checkpoints (a resume on another DP size)
 
     # ----- describing ---------------------------------------------------------------------------------------------
     def describe(self) -> str:
-        """The layout for the start-up line, e.g. ``dp 4 × tp 2``."""
-        return f"dp {self.dp_size} × tp {self.tp_size}"
+        """The layout for the start-up line, e.g. ``dp 4 × tp 2, ZeRO 1``."""
+        return f"dp {self.dp_size} × tp {self.tp_size}, ZeRO {self.cfg.parallel.zero_stage}"
 
     def count_label(self) -> str:
         """What a parameter count of this rank's model means."""
@@ -87,11 +97,52 @@ class ParallelPlan:
         """ZeRO bucket sizes from the model built on the meta device (:func:`engine_block_info`)."""
         return engine_block_info(meta_model, self.tp_size)
 
+    # ----- the engine ---------------------------------------------------------------------------------------------
+    def configure_engine(self, meta_model: nn.Module, grad_accum: int, resume: SavedCheckpoint | None) -> None:
+        """Fill the DeepSpeed config of this run: buckets sized on ``meta_model`` (the model on the meta device), and
+        the engine's load mode (universal when ``resume`` was written on another data-parallel size at ZeRO 1-3)."""
+        self.ds_config = build_ds_config(
+            self.cfg,
+            self.dp_size,
+            grad_accum,
+            self.bucket_blocks(meta_model),
+            client_optimizer=optimizer_impl(self.cfg),
+        )
+        self.universal = resume is not None and ds_checkpoint.needs_conversion(resume.meta, self.dp_size)
+        if self.universal:
+            self.ds_config.update(ds_checkpoint.universal_config(True))
+
+    def write_engine_config(self, folder: Path) -> Path:
+        """Write the filled DeepSpeed config into ``folder`` for the record; → its path."""
+        return write_ds_config(self.ds_config, folder / "ds_config.json")
+
+    def initialize_engine(self, model: nn.Module) -> tuple[Any, StepGuard]:
+        """The DeepSpeed engine around the built ``model`` with the configured config; → (engine, step guard)."""
+        return initialize_engine(model, self.cfg, self.ds_config, self.mpu)
+
+    def save_engine(self, engine: Any, parent: Path, tag: str, trainer_state: dict[str, Any]) -> None:
+        """Collective: the engine's files of a step checkpoint into ``parent/tag`` (``parallel/ds_checkpoint.py``)."""
+        ds_checkpoint.save_engine(engine, parent, tag, trainer_state)
+
+    def load_checkpoint(self, engine: Any, guard: StepGuard, checkpoint: SavedCheckpoint) -> str:
+        """Collective: load a step checkpoint's model and optimizer into ``engine``, converting it first where this
+        layout needs it; → how it was loaded (for the log line)."""
+        return ds_checkpoint.load_engine(
+            engine,
+            guard,
+            checkpoint,
+            universal=self.universal,
+            dp_size=self.dp_size,
+            rank=self.info.rank,
+            wait_minutes=self.cfg.parallel.wait_minutes,
+        )
+
     # ----- building -----------------------------------------------------------------------------------------------
-    def build(self, build_model: Callable[..., nn.Module], ds_config: dict[str, Any]) -> nn.Module:
+    def build(self, build_model: Callable[..., nn.Module], ds_config: dict[str, Any] | None = None) -> nn.Module:
         """Build the model for this rank: under ``deepspeed.zero.Init`` for ZeRO-3 (partitioned as it is built), plain
-        otherwise; then per-block activation checkpointing. ``build_model(device=None)`` builds the whole model."""
-        with model_init_context(self.cfg, ds_config):
+        otherwise; then per-block activation recompute. ``build_model(device=None)`` builds the whole model;
+        ``ds_config``: the DeepSpeed config (default: the one :meth:`configure_engine` filled)."""
+        with model_init_context(self.cfg, self.ds_config if ds_config is None else ds_config):
             model = build_model()
         return self._finish_build(model)
 
@@ -101,7 +152,7 @@ class ParallelPlan:
         from maws_scale.parallel.fp8 import apply_fp8
 
         apply_fp8(model, self.cfg, self.info.device)
-        setter = getattr(model, "set_grad_checkpointing", None)
+        setter = getattr(model, "set_recompute", None)
         if setter is not None:
             setter(self.layout.recompute)
         elif self.layout.recompute != "none":
@@ -137,19 +188,17 @@ class ParallelPlan:
             )
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        """What every ``step_*`` checkpoint records about the layout (in its ``checkpoint.json``)."""
-        return {"tp_size": self.tp_size}
+        """What every ``step_*`` checkpoint records about the layout (in its marker)."""
+        return {**ds_checkpoint.layout_meta(self.dp_size, self.cfg.parallel.zero_stage), "tp_size": self.tp_size}
 
     def checkpoint_files(self) -> dict[str, str]:
         """Extra files (name → text) written into every ``step_*`` checkpoint directory by rank 0."""
         return {}
 
-    def consolidate(self, engine: Any, final: Any, out: Path, meta: dict[str, Any]) -> None:
+    def consolidate(self, engine: Any, final: SavedCheckpoint, out: Path, meta: dict[str, Any]) -> None:
         """Write the final weights as one plain fp32 state dict ``out`` (collective: every rank calls it)."""
         if self.info.is_main:
-            from maws_scale.train.checkpoint import consolidate
-
-            consolidate(final, out, extra_meta=meta)
+            consolidate_checkpoint(final, out, meta)
 
     def data_parallel_sum(self, value: float) -> float:
         """``value`` summed over the data-parallel ranks (each data stream counted once)."""
@@ -184,7 +233,7 @@ class TensorParallelPlan(ParallelPlan):
     def count_label(self) -> str:
         return " per TP rank"
 
-    def build(self, build_model: Callable[..., nn.Module], ds_config: dict[str, Any]) -> nn.Module:
+    def build(self, build_model: Callable[..., nn.Module], ds_config: dict[str, Any] | None = None) -> nn.Module:
         """Meta build, then :func:`~maws_scale.parallel.tensor_parallel.parallelize_vit` materialises the local
         shard on the device. ZeRO (any stage) partitions it further when the engine wraps it."""
         from megatron.core import parallel_state as ps
@@ -208,7 +257,7 @@ class TensorParallelPlan(ParallelPlan):
 
     def load_state(self, module: nn.Module, state_fn: StateFn) -> None:
         """Every rank reads the plain state and keeps its shard of each sharded tensor."""
-        from maws_scale.parallel.tensor_parallel import load_plain_state_dict
+        from maws_scale.parallel.tp_checkpoint import load_plain_state_dict
 
         load_plain_state_dict(module, state_fn(), strict=False)
 
@@ -218,7 +267,7 @@ class TensorParallelPlan(ParallelPlan):
         return self.model.tp_layout
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"tp_size": self.tp_size, "tp_layout": True}
+        return {**super().checkpoint_meta(), "tp_layout": True}
 
     def checkpoint_files(self) -> dict[str, str]:
         """``tp_layout.json`` in every step checkpoint: ``maws-scale export`` consolidates it offline."""
@@ -226,10 +275,9 @@ class TensorParallelPlan(ParallelPlan):
 
         return {LAYOUT_FILE: self._layout().to_json()}
 
-    def consolidate(self, engine: Any, final: Any, out: Path, meta: dict[str, Any]) -> None:
+    def consolidate(self, engine: Any, final: SavedCheckpoint, out: Path, meta: dict[str, Any]) -> None:
         """The TP shards merged live (collective over the TP group, ZeRO-3 partitions gathered)."""
-        from maws_scale.parallel.tensor_parallel import gather_tensor_parallel_state_dict
-        from maws_scale.train.checkpoint import write_state_dict
+        from maws_scale.parallel.tp_checkpoint import gather_tensor_parallel_state_dict
 
         state = gather_tensor_parallel_state_dict(engine.module, dst=0)
         if self.info.is_main:
@@ -239,23 +287,6 @@ class TensorParallelPlan(ParallelPlan):
 
     def _data_parallel_group(self) -> Any:
         return self.mpu.get_data_parallel_group()
-
-
-def consolidate_checkpoint(info: Any, out: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Offline, in one process: any ``step_*`` checkpoint (``train.checkpoint.CheckpointInfo``) → one plain fp32
-    state dict ``out`` (+ JSON sidecar). A tensor-parallel checkpoint is merged by the layout saved in it, at
-    whatever TP size it was written; others go through :func:`maws_scale.train.checkpoint.consolidate`."""
-    from maws_scale.parallel.tp_layout import LAYOUT_FILE
-    from maws_scale.train.checkpoint import consolidate, write_state_dict
-
-    if not (info.path / LAYOUT_FILE).is_file():
-        return consolidate(info, out, extra_meta=meta)
-    from maws_scale.parallel.tp_checkpoint import consolidate_deepspeed_checkpoint
-
-    state = consolidate_deepspeed_checkpoint(info.path.parent, tag=info.path.name)
-    return write_state_dict(
-        state, out, {**(meta or {}), "source": str(info.path), "step": info.step, "from": "offline TP merge"}
-    )
 
 
 def make_plan(cfg: RunConfig, info: DistInfo) -> ParallelPlan:

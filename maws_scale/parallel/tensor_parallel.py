@@ -37,13 +37,7 @@ from megatron.core.tensor_parallel.layers import (
 from torch import nn
 
 from maws_scale.models.init import full_linear
-from maws_scale.parallel import megatron_compat
-from maws_scale.parallel.tp_checkpoint import (
-    consolidate_deepspeed_checkpoint,
-    gather_tensor_parallel_state_dict,
-    load_plain_state_dict,
-    local_shards,
-)
+from maws_scale.parallel import patches
 from maws_scale.parallel.tp_layout import (
     PARTITION_DIM,
     SHARDED_LAYERS,
@@ -52,21 +46,9 @@ from maws_scale.parallel.tp_layout import (
     copy_shard_,
     decoder_shardable,
     padded_size,
-    shard_state_dict,
 )
 
-__all__ = [
-    "ColumnLinear",
-    "RowLinear",
-    "check_divisible",
-    "consolidate_deepspeed_checkpoint",
-    "decoder_shardable",
-    "gather_tensor_parallel_state_dict",
-    "load_plain_state_dict",
-    "local_shards",
-    "parallelize_vit",
-    "shard_state_dict",
-]
+__all__ = ["ColumnLinear", "RowLinear", "check_divisible", "parallelize_vit"]
 
 
 class ColumnLinear(ColumnParallelLinear):
@@ -215,7 +197,7 @@ def parallelize_vit(
     if shard_decoder == "auto":
         shard_decoder = decoder_shardable(model, tp_size)
     check_divisible(model, tp_size, shard_decoder)
-    megatron_compat.install()
+    patches.install_megatron_cpu()
     layout = TPLayout.for_state_dict(model.state_dict(), tp_size, shard_decoder)
     stacks = ["blocks", "decoder_blocks"] if shard_decoder else ["blocks"]
     # one scratch buffer for the full weight of each meta layer in turn: drawing them into fresh tensors leaves the

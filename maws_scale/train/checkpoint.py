@@ -1,14 +1,16 @@
-"""Checkpoints for exact resume, written atomically; consolidation to one fp32 state dict.
+"""The trainer's checkpoints: the step folders, their markers and health, the trainer's own state, written atomically.
 
 Layout of ``checkpoint.dir`` (one per stage)::
 
     step_00000200/            a complete checkpoint (renamed into place only once every rank has written)
         complete              marker (JSON: step, world layout, time)
         trainer_state.pt      step, schedule, data-loader position, counters (also in DeepSpeed's client_state)
-        mp_rank_00_model_states.pt, *optim_states.pt   DeepSpeed's save_checkpoint (client_state inside)
         rank_00000.pt         per-rank state: RNG (torch, CUDA, numpy, python) and the data loader
+        ...                   the engine's own files, written by the ``write_engine`` the trainer passes to
+                              :meth:`CheckpointManager.save` (only ``parallel/`` knows their format)
     .tmp-step_00000300/       a save in progress (ignored, removed by the next save)
-    .universal/step_00000200/ DeepSpeed universal checkpoint, made on demand for a resume on another DP size
+    .<kind>/step_00000200/    a copy derived from ``step_00000200`` by parallel/ (e.g. a conversion for another
+                              layout); deleted with the checkpoint it was made from
 
 A save writes into ``.tmp-<tag>/<tag>``, every rank barriers, rank 0 writes ``complete`` (with the size of every
 file) and renames the directory into place; ``resume: auto`` takes the newest directory with a marker whose files
@@ -29,6 +31,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +41,8 @@ import torch
 import torch.distributed as dist
 
 from maws_scale.config import ConfigError
-from maws_scale.errors import RunError, write_error
-from maws_scale.parallel.waits import DEFAULT_WAIT_MINUTES, wait_for_rank0
-from maws_scale.train.bf16_checkpoint import bf16_optimizer_shards, bf16_optimizer_state
+from maws_scale.errors import write_error
+from maws_scale.files import torch_save, write_text_atomic
 
 log = logging.getLogger("maws_scale.train")
 
@@ -48,8 +50,8 @@ MARKER = "complete"
 HEALTHY = "healthy"
 TAG_RE = re.compile(r"^step_(\d+)$")
 TMP_PREFIX = ".tmp-"
-UNIVERSAL_DIR = ".universal"
 TRAINER_STATE = "trainer_state.pt"
+CONSOLIDATED = "consolidated.pt"  # a stage's final weights, one plain fp32 state dict
 
 
 def tag_for(step: int) -> str:
@@ -99,10 +101,6 @@ class CheckpointInfo:
     @property
     def dp_size(self) -> int:
         return int(self.meta.get("dp_size", self.world_size))
-
-    @property
-    def zero_stage(self) -> int:
-        return int(self.meta.get("zero_stage", 0))
 
     @property
     def healthy(self) -> bool:
@@ -186,20 +184,21 @@ class CheckpointManager:
     def mark_healthy(self, path: Path) -> None:
         """Record that the step after checkpoint ``path`` was finite (rank 0 writes; no collective)."""
         if _rank() == 0 and path.is_dir() and not (path / HEALTHY).is_file():
-            _write_atomic(path / HEALTHY, json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+            write_text_atomic(path / HEALTHY, json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
 
     # ----- saving -------------------------------------------------------------------------------------------------
     def save(
         self,
-        engine: Any,
+        write_engine: Callable[[Path, str], None],
         step: int,
         trainer_state: dict[str, Any],
         rank_state: dict[str, Any],
         meta: dict[str, Any],
         files: dict[str, str] | None = None,
     ) -> Path:
-        """Collective: every rank calls it. ``trainer_state`` (step, schedule, loader, counters; rank 0's) goes into
-        DeepSpeed's client_state and ``trainer_state.pt``; ``rank_state`` and the RNG states into ``rank_NNNNN.pt``;
+        """Collective: every rank calls it. ``write_engine(parent, tag)`` writes the engine's files into ``parent/tag``
+        (every rank); ``trainer_state`` (step, schedule, loader, counters; rank 0's) goes into ``trainer_state.pt``;
+        ``rank_state`` and the RNG states into ``rank_NNNNN.pt``;
         ``files`` (name → text, e.g. the parallel layout) beside them, listed in the marker like the rest.
         Returns the final checkpoint directory."""
         tag = tag_for(step)
@@ -213,32 +212,31 @@ class CheckpointManager:
             tmp_parent.mkdir()
         _barrier()
         try:
-            client = _client_state(trainer_state)
-            engine.save_checkpoint(str(tmp_parent), tag=tag, client_state=client, save_latest=False)
-            _save({**rank_state, "rng": rng_state()}, tmp_parent / tag / f"rank_{rank:05d}.pt")
+            write_engine(tmp_parent, tag)
+            torch_save({**rank_state, "rng": rng_state()}, tmp_parent / tag / f"rank_{rank:05d}.pt")
         except (OSError, RuntimeError) as err:  # disk full: torch names neither the cause nor the file
             raise write_error(tmp_parent / tag, err, "checkpoint") from err
         _barrier()
         if rank == 0:
             try:
-                _save(trainer_state, tmp_parent / tag / TRAINER_STATE)
+                torch_save(trainer_state, tmp_parent / tag / TRAINER_STATE)
                 for name, text in (files or {}).items():
                     (tmp_parent / tag / name).write_text(text)
                 files = {p.name: p.stat().st_size for p in sorted((tmp_parent / tag).iterdir()) if p.is_file()}
                 marker = {**meta, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files}
-                _write_atomic(tmp_parent / tag / MARKER, json.dumps(marker, indent=2))
+                write_text_atomic(tmp_parent / tag / MARKER, json.dumps(marker, indent=2))
             except (OSError, RuntimeError) as err:
                 raise write_error(tmp_parent / tag, err, "checkpoint") from err
             if final.exists():  # e.g. the same step reached again after a rollback
                 shutil.rmtree(final)
             os.replace(tmp_parent / tag, final)
-            shutil.rmtree(tmp_parent)  # DeepSpeed also drops its zero_to_fp32.py script there
+            shutil.rmtree(tmp_parent)  # the engine may drop more there (DeepSpeed: its zero_to_fp32.py script)
             self.prune(step)
         _barrier()
         return final
 
     def prune(self, current: int | None = None) -> None:
-        """Delete all but the newest ``keep_last`` complete checkpoints (and their universal conversions); the newest
+        """Delete all but the newest ``keep_last`` complete checkpoints (and the copies derived from them); the newest
         healthy checkpoint is always kept, the rollback target after a divergence. With ``current`` (the step just
         saved), checkpoints past it go first: they belong to an abandoned attempt (a resume from an older
         checkpoint), and keeping them would make keep-last delete the checkpoint just written."""
@@ -247,44 +245,19 @@ class CheckpointManager:
             stale = [info for info in found if info.step > current]
             found = [info for info in found if info.step <= current]
             for info in stale:
-                shutil.rmtree(info.path, ignore_errors=True)
-                shutil.rmtree(self.root / UNIVERSAL_DIR / info.path.name, ignore_errors=True)
+                self._delete(info)
         healthy = self.latest_healthy()
         for info in found[: max(0, len(found) - self.keep_last)]:
             if healthy is not None and info.path == healthy.path:
                 continue
-            shutil.rmtree(info.path, ignore_errors=True)
-            shutil.rmtree(self.root / UNIVERSAL_DIR / info.path.name, ignore_errors=True)
+            self._delete(info)
 
-    # ----- loading ------------------------------------------------------------------------------------------------
-    def universal_path(self, info: CheckpointInfo) -> Path:
-        return info.path.parent / UNIVERSAL_DIR / info.path.name
-
-    def make_universal(self, info: CheckpointInfo, wait_minutes: float = DEFAULT_WAIT_MINUTES) -> Path:
-        """Collective: rank 0 converts ``info`` to a DeepSpeed universal checkpoint (once; cached beside it) while the
-        others wait in a gloo barrier of ``wait_minutes`` (the conversion of a large model outlasts NCCL's timeout)."""
-        out = self.universal_path(info)
-        if _rank() == 0 and not (out / MARKER).is_file():
-            shutil.rmtree(out, ignore_errors=True)
-            _convert_to_universal(info.path, out)
-            (out / MARKER).write_text(json.dumps(info.meta))
-        wait_for_rank0(wait_minutes)
-        return out
-
-
-def _client_state(trainer_state: dict[str, Any]) -> dict[str, Any]:
-    """DeepSpeed client_state: our trainer state, plus the universal-checkpoint info DeepSpeed's converter requires
-    (no tensor-parallel slicing patterns: parameters are whole within each model-parallel rank)."""
-    from deepspeed.checkpoint.constants import (
-        UNIVERSAL_CHECKPOINT_INFO,
-        UNIVERSAL_CHECKPOINT_VERSION_KEY,
-        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
-    )
-
-    return {
-        "trainer": trainer_state,
-        UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
-    }
+    def _delete(self, info: CheckpointInfo) -> None:
+        """Delete checkpoint ``info`` and the copies derived from it (``.<kind>/<tag>``, module docstring)."""
+        shutil.rmtree(info.path, ignore_errors=True)
+        for derived in self.root.glob(f".*/{info.path.name}"):
+            if not derived.parent.name.startswith(TMP_PREFIX):
+                shutil.rmtree(derived, ignore_errors=True)
 
 
 def load_trainer_state(info: CheckpointInfo) -> dict[str, Any]:
@@ -298,119 +271,3 @@ def load_rank_state(info: CheckpointInfo, rank: int) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _convert_to_universal(src: Path, out: Path) -> None:
-    from argparse import Namespace
-
-    from deepspeed.checkpoint import ds_to_universal
-
-    args = Namespace(
-        input_folder=str(src),
-        output_folder=str(out),
-        num_extract_workers=max(1, min(4, (os.cpu_count() or 2) // 2)),
-        num_merge_workers=1,
-        keep_temp_folder=False,
-        strict=True,
-        inject_missing_state=False,
-    )
-    ds_to_universal.main(args)
-
-
-def _save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a Python file, so a failed write raises OSError with its errno (given a path, torch
-    raises ``enforce fail at inline_container.cc`` without the cause)."""
-    with open(path, "wb") as handle:
-        torch.save(obj, handle)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-# ----- consolidation ----------------------------------------------------------------------------------------------
-CONSOLIDATED = "consolidated.pt"
-
-
-def consolidate(info: CheckpointInfo, out: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
-    """Write the checkpoint's model as one fp32 state dict (``torch.save`` of name → tensor) plus a JSON sidecar.
-
-    ZeRO 1-3: ``deepspeed.utils.zero_to_fp32`` merges the fp32 master partitions (DeepSpeed's BF16_Optimizer, used
-    for bf16 ZeRO-1 with fp32 accumulation: :mod:`maws_scale.train.bf16_checkpoint`). ZeRO 0: the module state saved
-    by DeepSpeed (fp32 runs keep fp32 weights there). Runs on one process; the file appears atomically.
-    """
-    if any(info.path.glob("*mp_rank_01_*")):
-        raise ConfigError(
-            f"{info.path}: the checkpoint holds the shards of several model-parallel ranks; consolidate it with "
-            "`maws-scale export` (maws_scale.parallel.plan.consolidate_checkpoint), which merges them by its layout"
-        )
-    if info.zero_stage in (1, 2) and bf16_optimizer_shards(info.path):  # ZeRO-1, bf16, fp32 accumulation
-        module = torch.load(info.path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-        state = {**module, **bf16_optimizer_state(info.path, module)}
-    elif info.zero_stage >= 1:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(str(info.path.parent), tag=info.path.name)
-        _add_frozen_tensors(info, state)
-    else:
-        saved = torch.load(info.path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-        state = dict(saved["module"])
-        _use_fp32_masters(info, saved, state)
-    meta = {**(extra_meta or {}), "source": str(info.path), "step": info.step}
-    return write_state_dict(state, out, meta)
-
-
-def _add_frozen_tensors(info: CheckpointInfo, state: dict[str, torch.Tensor]) -> None:
-    """Frozen parameters (e.g. MAE's fixed sin-cos position tables) have no fp32 master copy, and ZeRO-1 does not
-    record them for zero_to_fp32: take them from the module state DeepSpeed saved beside the optimizer shards."""
-    files = sorted(info.path.glob("*mp_rank_00_model_states.pt"))
-    if not files:
-        return
-    module = torch.load(files[0], map_location="cpu", weights_only=False).get("module") or {}
-    for key, value in module.items():
-        if key not in state and torch.is_tensor(value) and value.numel() > 0:
-            state[key] = value
-
-
-def write_state_dict(state: dict[str, torch.Tensor], out: str | Path, meta: dict[str, Any]) -> Path:
-    """Save ``state`` as fp32 CPU tensors to ``out`` (atomically) with a JSON sidecar ``out.json``; → ``out``.
-
-    Refuses (RuntimeError, nothing written) weights with non-finite values: they are never a usable result."""
-    state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state.items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise RunError(
-            f"{out}: not written: {len(bad)} of {len(state)} tensors hold non-finite values ({', '.join(bad[:5])}"
-            f"{', ...' if len(bad) > 5 else ''}); the run diverged, lower the LR or clip the gradients"
-        )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        _save(state, tmp)
-        meta = {**meta, "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values()))}
-        _write_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2))
-        os.replace(tmp, out)
-    except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
-        raise write_error(out, err, "consolidated weights") from err
-    return out
-
-
-def _use_fp32_masters(info: CheckpointInfo, saved: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-    """ZeRO-0 with bf16/fp16: the module holds 16-bit weights; DeepSpeed's mixed-precision optimizer keeps the fp32
-    masters in ``fp32_groups`` (one list per parameter group, in the order the trainer recorded)."""
-    optimizer = saved.get("optimizer")
-    groups = optimizer.get("fp32_groups") if isinstance(optimizer, dict) else None
-    path = info.path / TRAINER_STATE
-    if not groups or not path.is_file():
-        return
-    names = torch.load(path, map_location="cpu", weights_only=False).get("param_group_names")
-    if not names or [len(g) for g in names] != [len(g) for g in groups]:
-        return
-    for group_names, tensors in zip(names, groups):
-        for name, tensor in zip(group_names, tensors):
-            if name in state and tuple(state[name].shape) == tuple(tensor.shape):
-                state[name] = tensor

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from maws_scale.clip_checks import text_spec, tokenizer_shape, tower_vocab
+from maws_scale.clip_checks import text_shape, text_spec
 from maws_scale.config import ConfigError, RunConfig
 from maws_scale.kernels.masking import mask_noise
 from maws_scale.train.contrastive import clip_loss
@@ -23,19 +23,6 @@ from maws_scale.train.stages import Stage
 
 if TYPE_CHECKING:
     from maws_scale.parallel.plan import ParallelPlan
-
-SYNTHETIC_VOCAB = 4096
-
-
-def text_shape(cfg: RunConfig) -> tuple[int, int]:
-    """(vocab size, position-table length) of the text tower of ``cfg``."""
-    spec = text_spec(cfg)
-    try:
-        shape = tokenizer_shape(cfg)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    vocab = tower_vocab(cfg, shape[0] if shape else None) or SYNTHETIC_VOCAB
-    return vocab, cfg.clip.context_length or spec.context_length
 
 
 def build_clip_model(cfg: RunConfig, device: str | torch.device | None = None) -> nn.Module:
@@ -57,7 +44,7 @@ def build_clip_model(cfg: RunConfig, device: str | torch.device | None = None) -
     with torch.device(device) if device is not None else nullcontext():
         text = TextTransformer.from_spec(spec, vocab, context)
         model = CLIP(visual, text, cfg.clip.embed_dim or spec.width, lock_image=cfg.stage == "lit")
-    model.set_grad_checkpointing(cfg.parallel.activation_checkpointing)
+    model.set_recompute(cfg.parallel.activation_checkpointing)
     return model
 
 

@@ -31,16 +31,10 @@ from maws_scale.errors import RunError, write_error
 from maws_scale.kernels.dispatch import check_kernels
 from maws_scale.models.attention import pin_attention_backends
 from maws_scale.parallel.distributed import DistInfo, init_distributed
-from maws_scale.parallel.engine import (
-    build_ds_config,
-    global_grad_norm,
-    initialize_engine,
-    optimizer_impl,
-    repair_optimizer_after_load,
-    set_lr,
-    write_ds_config,
-)
+from maws_scale.parallel.engine import set_lr
+from maws_scale.parallel.optimizer import optimizer_impl
 from maws_scale.parallel.plan import full_numel, make_plan
+from maws_scale.parallel.step_guard import global_grad_norm
 from maws_scale.parallel.waits import wait_for_rank0
 from maws_scale.track.mlflow import make_tracker, mlflow_metric_names, save_loss_curve
 from maws_scale.track.throughput import (
@@ -149,29 +143,20 @@ class Trainer:
             self._stage = make_stage(cfg, num_classes)
         self.stage = self._stage
 
-        self.plan = make_plan(cfg, info)  # the one parallel seam: TP groups, build, criterion, load, consolidate
-        self.ds_config = build_ds_config(
-            cfg,
-            self.dp_size,
-            self.accum,
-            self.plan.bucket_blocks(self.stage.build_model(device="meta")),
-            client_optimizer=optimizer_impl(cfg),
-        )
-        self.elastic = self.resume is not None and self._needs_universal(self.resume)
-        if self.elastic:
-            self.ds_config["checkpoint"] = {"load_universal": True}
+        self.plan = make_plan(cfg, info)  # the one parallel seam: groups, engine, build, load, save, consolidate
+        self.plan.configure_engine(self.stage.build_model(device="meta"), self.accum, self.resume)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        model = self.plan.build(self.stage.build_model, self.ds_config)
+        model = self.plan.build(self.stage.build_model)
         pin_attention_backends(model, info.device)  # decided here, never inside a (checkpointed) forward
         if getattr(model, "kernels_impl", None) == "auto":
             check_kernels(info.device, self.dtype)  # a kernel that fails to compile: torch references, one warning
         self.stage.bind(self.plan)
         if self.resume is None:
             self.stage.initialize_weights(model, self.plan)
-        self.engine, self.guard = initialize_engine(model, cfg, self.ds_config, self.plan.mpu)
-        # One stream per data-parallel rank: the TP ranks of a group hold the same activations and must drop the same
-        # samples (drop-path), exactly as the TP=1 run would.
+        self.engine, self.guard = self.plan.initialize_engine(model)
+        # One stream per data-parallel rank: the ranks that share a data-parallel rank (model-parallel shards) hold the
+        # same activations and must drop the same samples (drop-path), exactly as one unsplit rank would.
         torch.manual_seed(cfg.seed + 1 + self.plan.dp_rank)
 
         self.loader = self.loader_factory(cfg, self.stage.data_stage, self.plan.dp_rank, self.plan.dp_size)
@@ -203,10 +188,6 @@ class Trainer:
                 f"not '{self.cfg.stage}'"
             )
 
-    def _needs_universal(self, info: CheckpointInfo) -> bool:
-        """ZeRO 1-3 partitions optimizer state by data-parallel rank: another DP size needs a universal checkpoint."""
-        return info.dp_size != self.dp_size and info.zero_stage >= 1
-
     def _total_steps(self) -> int:
         train = self.cfg.train
         if train.steps is not None:
@@ -215,11 +196,12 @@ class Trainer:
 
     def _start_tracking(self) -> None:
         cfg, info = self.cfg, self.info
+        self.engine_record: Path | None = None  # the engine's filled config, written for the record
         if info.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self.engine_record = self.plan.write_engine_config(self.dir)
             (self.dir / "config.yaml").write_text(cfg.to_yaml())
             trim_metrics(self.dir / "metrics.jsonl", self.resume.step if self.resume is not None else 0)
-            write_ds_config(self.ds_config, self.dir / "ds_config.json")
         precision = cfg.parallel.precision
         name = device_name(info.device)
         self.datasheet_peak = cfg.tracking.peak_tflops or datasheet_peak_tflops(name, precision)
@@ -260,7 +242,8 @@ class Trainer:
             }
         )
         self.tracker.log_artifact(self.dir / "config.yaml")
-        self.tracker.log_artifact(self.dir / "ds_config.json")
+        if self.engine_record is not None:
+            self.tracker.log_artifact(self.engine_record)
         if self.stage.init_report is not None and info.is_main:
             path = self.dir / "handoff.json"
             path.write_text(json.dumps(self.stage.init_report, indent=2))
@@ -288,15 +271,13 @@ class Trainer:
         meta = {
             "stage": self.cfg.stage,
             "world_size": self.info.world_size,
-            "dp_size": self.dp_size,
             **self.plan.checkpoint_meta(),
-            "zero_stage": self.cfg.parallel.zero_stage,
             "precision": self.cfg.parallel.precision,
             "model": self.cfg.model.name,
         }
         state = self._trainer_state()
         path = self.manager.save(
-            self.engine,
+            lambda parent, tag: self.plan.save_engine(self.engine, parent, tag, state),
             self.step,
             state,
             rank_state={"loader": state["loader"]},
@@ -307,18 +288,7 @@ class Trainer:
         return path
 
     def _load(self, info: CheckpointInfo) -> None:
-        if self._needs_universal(info):
-            path = self.manager.make_universal(info, self.cfg.parallel.wait_minutes)
-            self.engine._config.load_universal_checkpoint = True
-        else:
-            path = info.path
-            self.engine._config.load_universal_checkpoint = False
-        loaded, _ = self.engine.load_checkpoint(
-            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
-        )
-        if loaded is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
-        repair_optimizer_after_load(self.engine, self.guard)
+        how = self.plan.load_checkpoint(self.engine, self.guard, info)
         state = load_trainer_state(info)
         self.step = int(state["step"])
         self.loader.load_state_dict(state["loader"])  # global sample position: valid on any DP size
@@ -331,7 +301,6 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + 1 + self.plan.dp_rank + 7919 * self.step)
         self._unconfirmed = info.path
         if self.info.is_main:
-            how = "universal checkpoint, new DP size" if self._needs_universal(info) else "exact"
             console.print(f"{self._tag} resumed from {info.path} at step {self.step} ({how})")
 
     def _rollback(self) -> None:
@@ -450,7 +419,7 @@ class Trainer:
             f"{self._tag} {cfg.model_label}: {params / 1e6:,.3f} M parameters{per} | world {self.info.world_size} = "
             f"{self.plan.describe()}, global batch {cfg.train.global_batch} = micro "
             f"{cfg.train.micro_batch} × accum {self.accum} × dp {self.dp_size} | {self.total_steps} steps{start} | "
-            f"zero {cfg.parallel.zero_stage}, {cfg.parallel.precision} | out {self.dir} | {tracking}"
+            f"{cfg.parallel.precision} | out {self.dir} | {tracking}"
         )
 
     def _timing(self) -> dict[str, float]:

@@ -3,7 +3,8 @@
 ``preflight(cfgs, world_size)`` raises :class:`~maws_scale.config.ConfigError` naming the key when a stage of the
 run could not finish: a ``parallel.world_size`` the launcher did not make, ``model.kernels=triton`` where Triton
 cannot run, ``parallel.fp8`` where FP8 cannot run (or torchao is missing), an output or checkpoint directory that
-cannot be written, a data set, evaluation set or WSP vocabulary that is missing or malformed.
+cannot be written, a data set, evaluation set or WSP vocabulary that is missing or malformed, a text tower that
+cannot read the data set's tokenizer.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def preflight(
             check_data(cfg, "data.path", cfg.data.path)
             if cfg.stage == "wsp":
                 check_vocab(cfg)
+            check_text_tower(cfg)
     if evaluate is not None and evaluate.eval.enabled and evaluate.data.eval_path and not evaluate.data.synthetic:
         check_data(evaluate, "data.eval_path", evaluate.data.eval_path)
         if evaluate.eval.train_path:
@@ -104,6 +106,16 @@ def check_data(cfg: RunConfig, key: str, path: str | None) -> None:
         load_manifest(path)
     except DatasetError as err:
         raise ConfigError(f"{key}: {err}") from None
+
+
+def check_text_tower(cfg: RunConfig) -> None:
+    """The image-text stages: the text tower against the tokenizer stored with ``data.path`` (read from disk)."""
+    from maws_scale.clip_checks import check_clip_data
+
+    try:
+        check_clip_data(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_vocab(cfg: RunConfig) -> None:

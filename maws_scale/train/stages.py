@@ -115,7 +115,7 @@ class WSPStage(Stage):
         self.criterion = criterion
 
     def bind(self, plan: ParallelPlan | None) -> None:
-        """The plan's classification loss (vocab-parallel under TP) becomes this stage's criterion."""
+        """The plan's classification loss (vocab-parallel when the head is sharded) becomes this stage's criterion."""
         super().bind(plan)
         self.criterion = plan.classification_loss() if plan is not None else None
 

@@ -13,7 +13,7 @@ from maws_scale.bench import profile
 from maws_scale.bench.baseline import PlainLoop, interleave
 from maws_scale.bench.profile import BenchOptions, bench_config, loader_factory
 from maws_scale.config import ConfigError, load_config
-from maws_scale.parallel.engine import build_optimizer
+from maws_scale.parallel.optimizer import build_optimizer
 from maws_scale.train.loop import Trainer
 
 

@@ -75,9 +75,12 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 def test_zero_stages_match_planner_and_zero3_partitions(two_ranks: list[dict], tmp_path: Path) -> None:
     two = two_ranks[: len(RUNS)]
-    one = launch(tmp_path, 1, RUNS[1:5])  # ZeRO 1, 2, 3 on one rank; fp32 ZeRO-2 (its master is the model)
+    one = launch(tmp_path, 1, RUNS[1:5])  # ZeRO 1, 2, 3 on one rank; fp32 ZeRO-2
     check(two)
     check(one)
+    # fp32 ZeRO-2 on one rank keeps DeepSpeed's separate fp32 master: master + moments = 12 B/param, 3× the params
+    fp32_one = one[3]["ranks"][0]["measured"]
+    assert fp32_one["optimizer"] >= 2.5 * fp32_one["params"], fp32_one
     single = model_states(one[2]["ranks"][0])
     for rank in two[3]["ranks"]:
         assert model_states(rank) <= 0.55 * single, (model_states(rank), single)

@@ -24,7 +24,7 @@ from maws_scale.bench.planner import (
 )
 from maws_scale.bench.zero_memory import ZeroSettings, model_state_bytes, partition_touching
 from maws_scale.config import ConfigError, load_config
-from maws_scale.models.checkpointing import checkpointed_blocks
+from maws_scale.models.recompute import recomputed_blocks
 from maws_scale.parallel.tp_layout import shard_kind
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -312,7 +312,7 @@ def test_speed_model_charges_each_mode_its_recompute() -> None:
     assert speed["none"].compute_s < speed["selective_op"].compute_s < speed["full"].compute_s
     # the planner's block rule is the model's
     act = estimate(cfg, checkpointing="every_k:3")
-    assert act.recomputed[0] == sum(checkpointed_blocks("every_k:3", 24)) / 24
+    assert act.recomputed[0] == sum(recomputed_blocks("every_k:3", 24)) / 24
 
 
 @pytest.mark.parametrize(("stage", "ckpt"), [("mae", False), ("wsp", True)])

@@ -130,7 +130,7 @@ def test_xformers_under_activation_checkpointing_trains(pinned):
         model = build_encoder("vit_micro_p4", attention="xformers")
         if pinned:
             pin_attention_backends(model, "cpu")
-        model.set_grad_checkpointing(True)
+        model.set_recompute(True)
         images = torch.randn(2, 3, model.img_size, model.img_size)
         for _ in range(3):
             model(images).sum().backward()

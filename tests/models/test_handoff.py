@@ -115,7 +115,7 @@ def test_build_model_reads_every_config_field():
     block = mae.blocks[1]
     assert block.parallel and block.attn.backend == "math" and block.attn.qkv.bias is None
     assert block.norm1.bias is None and block.drop_path1.p == pytest.approx(0.1)
-    assert isinstance(block.attn.q_norm, torch.nn.LayerNorm) and mae.grad_checkpointing
+    assert isinstance(block.attn.q_norm, torch.nn.LayerNorm) and mae.recomputes
     wsp = build_model(
         cfg.for_stage("wsp").model_copy(update={"model": cfg.model.model_copy(update={"pool": "gap"})}), 17
     )

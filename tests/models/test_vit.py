@@ -131,11 +131,11 @@ def test_grad_checkpointing_gives_same_grads(pool):
     model(x).square().sum().backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    model.set_grad_checkpointing(True)
+    model.set_recompute(True)
     calls = []
     handle = torch.utils.checkpoint.checkpoint
     try:
-        import maws_scale.models.checkpointing as vit_module
+        import maws_scale.models.recompute as vit_module
 
         vit_module.checkpoint = lambda fn, *a, **kw: calls.append(kw) or handle(fn, *a, **kw)
         model(x).square().sum().backward()

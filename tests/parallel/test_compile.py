@@ -54,7 +54,7 @@ def _fresh_dynamo():
 def test_compiled_model_matches_eager_losses_and_gradients(stage, mode, checkpointing):
     eager, compiled = _model(stage), _model(stage)
     for m in (eager, compiled):
-        m.set_grad_checkpointing(checkpointing)
+        m.set_recompute(checkpointing)
     counter = CompileCounterWithBackend("aot_eager")
     if mode == "blocks":
         compile_blocks(compiled, counter)
@@ -74,7 +74,7 @@ def test_blocks_compile_once_per_stack_whatever_the_depth(depth):
     """One graph for the encoder's blocks and one for the decoder's (another width), at any depth, over two steps
     with activation checkpointing (the recompute reuses the graph): compile time does not grow with depth."""
     model = _model("mae", depth)
-    model.set_grad_checkpointing(True)
+    model.set_recompute(True)
     counter = CompileCounterWithBackend("aot_eager")
     assert compile_blocks(model, counter) == depth + model.decoder_depth
     for _ in range(2):

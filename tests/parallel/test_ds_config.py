@@ -10,15 +10,8 @@ from torch import nn
 
 from maws_scale.config import ConfigError, load_config
 from maws_scale.models import build_mae
-from maws_scale.parallel.engine import (
-    BlockInfo,
-    build_ds_config,
-    build_optimizer,
-    fill_ds_config,
-    load_template,
-    optimizer_impl,
-    param_groups,
-)
+from maws_scale.parallel.ds_config import BlockInfo, build_ds_config, fill_ds_config, load_template
+from maws_scale.parallel.optimizer import build_optimizer, optimizer_impl, param_groups
 
 TEMPLATES = ["zero0.json", "zero1.json", "zero2.json", "zero3.json", "zero3_offload.json"]
 

@@ -7,7 +7,8 @@ import torch
 
 from maws_scale.config import ConfigError, load_config
 from maws_scale.models import build_mae
-from maws_scale.parallel.engine import BlockInfo, build_ds_config, initialize_engine
+from maws_scale.parallel.ds_config import BlockInfo, build_ds_config
+from maws_scale.parallel.engine import initialize_engine
 
 
 def cfg_for(*overrides: str):

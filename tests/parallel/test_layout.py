@@ -12,7 +12,7 @@ from maws_scale.bench.planner import Hardware, inventory_for, plan_layout, plann
 from maws_scale.config import ConfigError, RunConfig, load_config
 from maws_scale.jobs.spec import load_job, make_spec
 from maws_scale.parallel.distributed import DistInfo
-from maws_scale.parallel.engine import build_ds_config
+from maws_scale.parallel.ds_config import build_ds_config
 from maws_scale.parallel.fp8 import fp8_layer
 from maws_scale.parallel.layout import derive_layout
 from maws_scale.parallel.plan import ParallelPlan, make_plan

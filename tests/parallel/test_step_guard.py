@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from maws_scale.parallel.engine import StepGuard
+from maws_scale.parallel.step_guard import StepGuard
 
 
 def guarded(seed: int = 0) -> tuple[nn.Module, StepGuard]:

@@ -154,7 +154,7 @@ def test_inventory_split_at_tp4():
 
 def test_local_shards_of_a_plain_model_is_the_state_dict():
     """The engine calls local_shards on whatever model it has; without TP it must hand the tensors back untouched."""
-    from maws_scale.parallel.tensor_parallel import local_shards
+    from maws_scale.parallel.tp_checkpoint import local_shards
 
     model = build_wsp("vit_micro_p4", 3)
     state = model.state_dict()

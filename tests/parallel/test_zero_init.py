@@ -11,7 +11,8 @@ import torch
 
 from maws_scale.config import load_config
 from maws_scale.models import build_mae
-from maws_scale.parallel.engine import BlockInfo, build_ds_config, model_init_context
+from maws_scale.parallel.ds_config import BlockInfo, build_ds_config
+from maws_scale.parallel.engine import model_init_context
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

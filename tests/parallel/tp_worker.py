@@ -30,11 +30,11 @@ from maws_scale.models.registry import get_spec  # noqa: E402
 from maws_scale.parallel.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from maws_scale.parallel.mpu import destroy_model_parallel, init_model_parallel  # noqa: E402
 from maws_scale.parallel.plan import make_plan  # noqa: E402
-from maws_scale.parallel.tensor_parallel import (  # noqa: E402
+from maws_scale.parallel.tensor_parallel import parallelize_vit  # noqa: E402
+from maws_scale.parallel.tp_checkpoint import (  # noqa: E402
     consolidate_deepspeed_checkpoint,
     gather_tensor_parallel_state_dict,
     load_plain_state_dict,
-    parallelize_vit,
 )
 from maws_scale.parallel.tp_layout import TPLayout, merge_state_dicts, shard_state_dict  # noqa: E402
 from maws_scale.parallel.tp_loss import VocabParallelSoftTargetCE, gather_logits  # noqa: E402
@@ -106,7 +106,7 @@ def equivalence(args) -> None:
     group, tp_rank = mpu.get_tensor_model_parallel_group(), mpu.get_tensor_model_parallel_rank()
     ref = build(args.stage, args.classes, drop_path=args.drop_path)
     tp = parallelize_vit(copy.deepcopy(ref), group, shard_decoder=not args.replicate_decoder)
-    tp.set_grad_checkpointing(args.checkpointing)  # recomputation re-runs the TP collectives and drop-path draws
+    tp.set_recompute(args.checkpointing)  # recomputation re-runs the TP collectives and drop-path draws
     if args.compile:  # model.compile=blocks on the sharded blocks (aot_eager: no C++ build), against eager TP=1
         from maws_scale.parallel.compile import compile_blocks
 
@@ -401,14 +401,14 @@ def meta_init(args) -> None:
 
 
 def compat(args) -> None:
-    """megatron paths that need CUDA on their own, run on CPU through megatron_compat (2 ranks)."""
+    """megatron paths that need CUDA on their own, run on CPU through parallel/patches.py (2 ranks)."""
     from megatron.core import tensor_parallel as mtp
     from megatron.core.model_parallel_config import ModelParallelConfig
 
-    from maws_scale.parallel import megatron_compat
+    from maws_scale.parallel import patches
 
     mpu = init_model_parallel(dist.get_world_size())  # installs the compat layer
-    if not megatron_compat.is_installed():
+    if not patches.megatron_cpu_installed():
         raise AssertionError("init_model_parallel did not install the CPU compatibility layer")
     tp_rank = mpu.get_tensor_model_parallel_rank()
     # gather_output=True allocates its output with torch.cuda.current_device()

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from maws_scale.config import ConfigError
+from maws_scale.parallel.consolidate import consolidate_checkpoint
+from maws_scale.parallel.ds_checkpoint import save_engine
 from maws_scale.train.checkpoint import (
     MARKER,
     CheckpointManager,
-    consolidate,
     load_rank_state,
     load_trainer_state,
     read_checkpoint,
@@ -41,9 +42,15 @@ class FakeEngine:
             raise KeyboardInterrupt("killed while writing")
 
 
+def writer(engine: FakeEngine, trainer_state: dict):
+    """What the trainer passes to ``CheckpointManager.save``: the engine's files, through parallel/."""
+    return lambda parent, tag: save_engine(engine, parent, tag, trainer_state)
+
+
 def save(manager: CheckpointManager, engine: FakeEngine, step: int) -> Path:
     meta = {"stage": "mae", "world_size": 1, "dp_size": 1, "zero_stage": 0, "precision": "fp32"}
-    return manager.save(engine, step, {"step": step, "loader": {"consumed": 8 * step}}, {"loader": step}, meta)
+    state = {"step": step, "loader": {"consumed": 8 * step}}
+    return manager.save(writer(engine, state), step, state, {"loader": step}, meta)
 
 
 def test_save_is_complete_and_readable(tmp_path):
@@ -52,7 +59,7 @@ def test_save_is_complete_and_readable(tmp_path):
     assert path == tmp_path / "ckpt" / "step_00000005"
     assert json.loads((path / MARKER).read_text())["step"] == 5
     info = read_checkpoint(path)
-    assert (info.step, info.dp_size, info.zero_stage) == (5, 1, 0)
+    assert (info.step, info.dp_size, info.meta["zero_stage"]) == (5, 1, 0)
     assert load_trainer_state(info) == {"step": 5, "loader": {"consumed": 40}}
     assert load_rank_state(info, 0)["loader"] == 5
     assert load_rank_state(info, 1) is None  # written by one rank only
@@ -111,7 +118,7 @@ def test_rng_state_round_trip():
 def test_consolidate_zero0_writes_fp32_with_a_sidecar(tmp_path):
     manager = CheckpointManager(tmp_path / "ckpt")
     info = read_checkpoint(save(manager, FakeEngine(), 3))
-    out = consolidate(info, tmp_path / "consolidated.pt", extra_meta={"stage": "mae"})
+    out = consolidate_checkpoint(info, tmp_path / "consolidated.pt", {"stage": "mae"})
     state = torch.load(out, weights_only=True)
     assert state["w"].dtype == torch.float32 and torch.equal(state["w"], torch.arange(6.0).reshape(2, 3))
     meta = json.loads(out.with_suffix(".json").read_text())
@@ -134,8 +141,9 @@ def test_consolidate_zero0_mixed_precision_takes_the_fp32_masters(tmp_path):
 
     manager = CheckpointManager(tmp_path / "ckpt")
     meta = {"stage": "mae", "zero_stage": 0, "precision": "bf16"}
-    path = manager.save(MixedPrecisionEngine(), 1, {"step": 1, "param_group_names": [["w"]]}, {}, meta)
-    state = torch.load(consolidate(read_checkpoint(path), tmp_path / "c.pt"), weights_only=True)
+    state = {"step": 1, "param_group_names": [["w"]]}
+    path = manager.save(writer(MixedPrecisionEngine(), state), 1, state, {}, meta)
+    state = torch.load(consolidate_checkpoint(read_checkpoint(path), tmp_path / "c.pt"), weights_only=True)
     assert torch.equal(state["w"], MixedPrecisionEngine.master)  # not the bf16-rounded module copy
     assert torch.equal(state["frozen"], torch.ones(2))
 
@@ -173,7 +181,7 @@ def test_non_finite_weights_are_never_written_as_consolidated(tmp_path):
     engine.weight = torch.tensor([[1.0, float("inf")], [float("nan"), 0.0]])
     info = read_checkpoint(save(CheckpointManager(tmp_path / "ckpt"), engine, 1))
     with pytest.raises(RuntimeError, match=r"consolidated.pt: not written: 1 of 1 tensors hold non-finite"):
-        consolidate(info, tmp_path / "consolidated.pt")
+        consolidate_checkpoint(info, tmp_path / "consolidated.pt")
     assert not list(tmp_path.glob("*consolidated*"))
 
 
@@ -205,3 +213,27 @@ def test_bf16_zero3_run_consolidates_its_fp32_masters(world, tmp_path):
     with deepspeed.zero.GatheredParameters(list(params.values())):
         for name, param in params.items():  # the bf16 weights are the fp32 masters rounded
             torch.testing.assert_close(state[name].to(torch.bfloat16), param.detach().cpu(), rtol=0, atol=0, msg=name)
+
+
+def test_pruning_deletes_the_copies_derived_from_a_checkpoint(tmp_path):
+    """A copy parallel/ derives from a checkpoint (``.<kind>/<tag>``, e.g. a conversion for another DP size) goes
+    with the checkpoint; one of a checkpoint still kept stays."""
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    for step in (1, 2):
+        save(manager, FakeEngine(), step)
+        (tmp_path / ".derived" / tag_for(step)).mkdir(parents=True)
+    save(manager, FakeEngine(), 3)
+    assert sorted(p.name for p in (tmp_path / ".derived").iterdir()) == []
+    (tmp_path / ".derived" / tag_for(3)).mkdir()
+    save(manager, FakeEngine(), 4)
+    assert not (tmp_path / ".derived" / tag_for(3)).exists() and (tmp_path / tag_for(4)).is_dir()
+
+
+def test_consolidation_reads_what_is_on_disk_not_what_the_marker_says(tmp_path):
+    """Before: the marker's ``zero_stage`` picked the reader, so a ZeRO-0 folder marked 2 went to zero_to_fp32."""
+    manager = CheckpointManager(tmp_path / "ckpt")
+    state = {"step": 1}
+    meta = {"stage": "mae", "world_size": 1, "dp_size": 1, "zero_stage": 2, "precision": "fp32"}
+    path = manager.save(writer(FakeEngine(), state), 1, state, {}, meta)
+    out = torch.load(consolidate_checkpoint(read_checkpoint(path), tmp_path / "c.pt"), weights_only=True)
+    assert torch.equal(out["w"], torch.arange(6.0).reshape(2, 3))

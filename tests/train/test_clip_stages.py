@@ -14,6 +14,7 @@ import yaml
 from maws_scale.config import ConfigError, load_config
 from maws_scale.models.state import load_state_dict_file
 from maws_scale.train.loop import train_stage
+from maws_scale.train.preflight import preflight
 
 TINY = [
     "model.name=vit_micro_p4",
@@ -166,15 +167,27 @@ def test_pipeline_runs_mae_wsp_lit_and_reports_zero_shot(world, captioned, tmp_p
     assert "eval/linear_top1" in metrics or any(k.startswith("eval/linear") for k in metrics)
 
 
-# ----- refusals at config check -----------------------------------------------------------------------------------
-def test_text_tower_smaller_than_the_tokenizer_vocab_is_refused(captioned, tmp_path):
+# ----- refusals at config check and preflight ---------------------------------------------------------------------
+def test_text_tower_smaller_than_the_tokenizer_vocab_is_refused_at_preflight(captioned, tmp_path):
+    cfg = config(captioned, tmp_path, "stage=clip", "clip.text_vocab=100")  # the config check reads no data set
     with pytest.raises(ConfigError, match=r"clip.text_vocab: the text tower embeds 100 token ids"):
-        config(captioned, tmp_path, "stage=clip", "clip.text_vocab=100")
+        preflight([cfg], 1)
 
 
-def test_context_longer_than_the_position_table_is_refused(captioned, tmp_path):
+def test_context_longer_than_the_position_table_is_refused_at_preflight(captioned, tmp_path):
+    cfg = config(captioned, tmp_path, "stage=clip", "clip.context_length=8")
     with pytest.raises(ConfigError, match=r"clip.context_length: captions are tokenized to 16 tokens"):
-        config(captioned, tmp_path, "stage=clip", "clip.context_length=8")
+        preflight([cfg], 1)
+
+
+def test_the_config_check_reads_no_data_set(tmp_path, monkeypatch):
+    """Before: RunConfig's validator opened ``data.path``'s manifest (config.py → clip_checks.py)."""
+    import maws_scale.data.text as text
+
+    monkeypatch.setattr(text.TextInfo, "of", lambda *a, **k: pytest.fail("the config check read the manifest"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text("{}")
+    load_config(None, [*TINY, "stage=clip", f"data.path={tmp_path / 'data'}", f"output_dir={tmp_path}"])
 
 
 def test_lit_without_an_image_checkpoint_is_refused(captioned, tmp_path):
@@ -200,8 +213,9 @@ def test_data_without_a_tokenizer_is_refused(tmp_path):
     if not Path(DEFAULT_DIR, "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian dataset-fashion-mnist is not installed")
     build_dataset(FashionMNISTSource(limit=8, captions=True), tmp_path / "d", progress=False)
+    cfg = load_config(None, ["stage=clip", f"data.path={tmp_path / 'd'}", f"output_dir={tmp_path / 'out'}"])
     with pytest.raises(ConfigError, match=r"data.path: .*no tokenizer"):
-        load_config(None, ["stage=clip", f"data.path={tmp_path / 'd'}"])
+        preflight([cfg], 1)
 
 
 def test_clip_resumes_exactly(world, captioned, tmp_path):

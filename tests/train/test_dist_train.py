@@ -168,7 +168,7 @@ def test_offline_export_of_any_tensor_parallel_step_equals_the_live_consolidatio
     import torch
 
     from maws_scale.cli import main as cli
-    from maws_scale.parallel.plan import consolidate_checkpoint
+    from maws_scale.parallel.consolidate import consolidate_checkpoint
     from maws_scale.train.checkpoint import read_checkpoint
 
     stage_dir = two_ranks["tp_dir"] / "mae"

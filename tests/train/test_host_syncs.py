@@ -131,6 +131,6 @@ def test_non_log_steps_sync_once_per_optimizer_step(world, mosaics, tmp_path, ze
     assert result.steps == steps and calls[0] == steps
     window = steps - 1  # optimizer steps 2..5, and the loop's bookkeeping of steps 2..4 (none of them logs)
     assert sum(counter.ours.values()) == window, f"ours: {dict(counter.ours)}; not ours: {dict(counter.theirs)}"
-    resolve = f"tolist @ {Path(maws_scale.__file__).parent / 'parallel' / 'engine.py'}:"
+    resolve = f"tolist @ {Path(maws_scale.__file__).parent / 'parallel' / 'step_guard.py'}:"
     assert all(k.startswith(resolve) for k in counter.ours)  # StepGuard.resolve: loss sum, bad count (, grad norm)
     print(f"not ours, per {window} steps: {dict(counter.theirs)}")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from maws_scale.errors import WriteError
-from maws_scale.train.checkpoint import write_state_dict
+from maws_scale.parallel.consolidate import write_state_dict
 
 DEV_FULL = Path("/dev/full")
 

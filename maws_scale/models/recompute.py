@@ -1,4 +1,5 @@
-"""Activation checkpointing modes for a stack of transformer blocks (``parallel.activation_checkpointing``).
+"""Activation recompute modes for a stack of transformer blocks (``parallel.activation_checkpointing``, the config
+key keeps its name).
 
 - ``none``: every block keeps what autograd saves.
 - ``full``: every block is recomputed in backward (``torch.utils.checkpoint``, non-reentrant); it keeps its input.
@@ -8,7 +9,7 @@
   the outputs of matrix multiplies and fused attention (:data:`SAVED_OPS`) are kept, everything else (norms, GELU,
   residual adds, reshapes) is recomputed — no matmul runs twice.
 
-:func:`checkpointed_blocks` is the one rule of which blocks are checkpointed; the model and the planner's activation
+:func:`recomputed_blocks` is the one rule of which blocks are recomputed; the model and the planner's activation
 model (:mod:`maws_scale.bench.activations`) both use it. ``true`` / ``false`` (the old boolean) mean full / none.
 """
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from maws_scale.models.checkpoint_modes import MODES, checkpointed_blocks, parse_mode
+from maws_scale.models.recompute_modes import MODES, parse_mode, recomputed_blocks
 
 _aten = torch.ops.aten
 SAVED_OPS = tuple(
@@ -54,7 +55,7 @@ def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, mode: str, *args: A
     blocks = list(blocks)
     mode = parse_mode(mode) if torch.is_grad_enabled() else "none"
     context_fn: Callable | None = _selective if mode == "selective_op" else None
-    for block, ckpt in zip(blocks, checkpointed_blocks(mode, len(blocks)), strict=True):
+    for block, ckpt in zip(blocks, recomputed_blocks(mode, len(blocks)), strict=True):
         if not ckpt:
             x = block(x, *args)
         elif context_fn is not None:
@@ -68,4 +69,4 @@ def _selective() -> tuple[Any, Any]:
     return selective_contexts()  # looked up at call time, so tests can observe the contexts
 
 
-__all__ = ["MODES", "SAVED_OPS", "checkpointed_blocks", "parse_mode", "run_blocks", "save_matmuls"]
+__all__ = ["MODES", "SAVED_OPS", "parse_mode", "recomputed_blocks", "run_blocks", "save_matmuls"]

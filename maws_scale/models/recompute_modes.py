@@ -1,8 +1,8 @@
-"""The activation checkpointing modes and which blocks each checkpoints: the one rule, free of torch.
+"""The activation recompute modes and which blocks each recomputes: the one rule, free of torch.
 
 ``parallel.activation_checkpointing`` is validated with :func:`parse_mode` when a config is loaded (the data commands
-load configs without importing torch); :mod:`maws_scale.models.checkpointing` applies the modes to a model, and the
-planner's activation model (:mod:`maws_scale.bench.activations`) counts with :func:`checkpointed_blocks` too.
+load configs without importing torch); :mod:`maws_scale.models.recompute` applies the modes to a model, and the
+planner's activation model (:mod:`maws_scale.bench.activations`) counts with :func:`recomputed_blocks` too.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def parse_mode(value: bool | str | None) -> str:
     raise ValueError(f"unknown activation checkpointing mode {value!r} (known: {', '.join(MODES)}, true, false)")
 
 
-def checkpointed_blocks(mode: str, depth: int) -> list[bool]:
-    """For each of ``depth`` blocks, whether ``mode`` checkpoints it (selective_op: all, op-level)."""
+def recomputed_blocks(mode: str, depth: int) -> list[bool]:
+    """For each of ``depth`` blocks, whether ``mode`` recomputes it (selective_op: all, op-level)."""
     mode = parse_mode(mode)
     if mode == "none":
         return [False] * depth

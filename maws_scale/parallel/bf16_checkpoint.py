@@ -25,6 +25,18 @@ def bf16_optimizer_shards(path: Path) -> list[Path]:
     return [found[r] for r in sorted(found)]
 
 
+def is_bf16_optimizer_checkpoint(path: Path) -> bool:
+    """Whether checkpoint folder ``path`` holds BF16_Optimizer shards. Every bf16 ZeRO run names its optimizer files
+    ``bf16_zero_pp_rank_*``; ZeRO 1-3's own optimizers record their ``zero_stage`` inside, BF16_Optimizer does not."""
+    shards = bf16_optimizer_shards(path)
+    if not shards:
+        return False
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT, ZERO_STAGE
+
+    state = torch.load(shards[0], map_location="cpu", weights_only=False, mmap=True)[OPTIMIZER_STATE_DICT]
+    return ZERO_STAGE not in state
+
+
 def bf16_optimizer_state(path: Path, module: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """fp32 masters of every trained parameter, shaped like ``module`` (the module state DeepSpeed saved)."""
     fragments: dict[str, list[torch.Tensor]] = {}

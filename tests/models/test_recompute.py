@@ -7,12 +7,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import maws_scale.models.checkpointing as ckpt
+import maws_scale.models.recompute as ckpt
 from maws_scale.bench.activations import estimate
 from maws_scale.bench.storage import SavedTensors
 from maws_scale.config import ConfigError, load_config
 from maws_scale.model_config import build_model
-from maws_scale.models.checkpointing import checkpointed_blocks, parse_mode
+from maws_scale.models.recompute import parse_mode, recomputed_blocks
 from maws_scale.models.text import TextTransformer
 
 MODES = ["none", "full", "every_k:2", "every_k:3", "selective_op"]
@@ -63,10 +63,10 @@ def test_selective_with_math_attention_matches() -> None:
 
 
 def test_block_rule() -> None:
-    assert checkpointed_blocks("every_k:2", 5) == [False, True, False, True, False]
-    assert checkpointed_blocks("every_k:3", 6) == [False, False, True, False, False, True]
-    assert checkpointed_blocks("full", 3) == [True] * 3 == checkpointed_blocks("selective_op", 3)
-    assert checkpointed_blocks("none", 2) == [False, False]
+    assert recomputed_blocks("every_k:2", 5) == [False, True, False, True, False]
+    assert recomputed_blocks("every_k:3", 6) == [False, False, True, False, False, True]
+    assert recomputed_blocks("full", 3) == [True] * 3 == recomputed_blocks("selective_op", 3)
+    assert recomputed_blocks("none", 2) == [False, False]
     assert parse_mode(True) == "full" and parse_mode(False) == "none" and parse_mode("every_k:1") == "full"
     for bad in ("every_k:0", "every_2", "sometimes"):
         with pytest.raises(ValueError, match="unknown activation checkpointing mode"):
@@ -172,7 +172,7 @@ def test_text_tower_modes_match() -> None:
     def grads(mode):
         torch.manual_seed(0)
         model = TextTransformer(100, 8, 32, 3, 4)
-        model.set_grad_checkpointing(mode)
+        model.set_recompute(mode)
         model(torch.randint(1, 100, (2, 8))).sum().backward()
         return [p.grad.clone() for p in model.parameters()]
 

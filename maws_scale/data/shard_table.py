@@ -68,6 +68,7 @@ class ShardTable(Sequence["ShardInfo"]):
         if not table.schema.equals(TABLE_SCHEMA, check_metadata=False):
             raise DatasetError(f"{self.path}: shard table schema {table.schema.names} is not {TABLE_SCHEMA.names}")
         table = table.combine_chunks() if table.num_columns and table[0].num_chunks > 1 else table
+        self.files = table["file"]  # the file column, for whole-column checks (data/shards.py)
         self._file, self._sha, self._skipped = (_Strings(table[name]) for name in ("file", "sha256", "skipped"))
         self._records = _int_view(table["records"])
         self._bytes = _int_view(table["bytes"])

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,16 +20,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from maws_scale.data.shard_table import SHARD_TABLE, ShardTable, write_shard_table
 from maws_scale.errors import RunError
+from maws_scale.files import check_regular, read_regular
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2  # 1: shard list inline in manifest.json; 2: in shards.arrow
 FORMAT = "arrow-ipc-file"
 ROWS_PER_BATCH = 256
+MAX_COUNT = 1 << 62  # bound on the manifest's counts and sizes (they go into int64 arrays)
 
 SCHEMA = pa.schema(
     [
@@ -104,6 +108,7 @@ def open_shard(path: str | os.PathLike) -> pa.Table:
     The table is fully validated (offsets within bounds, valid UTF-8): corrupted buffers would otherwise crash the
     reader later (e.g. ``SystemError`` from a negative string length). Image bytes are not read by this check."""
     try:
+        check_regular(path)
         source = pa.memory_map(str(path), "r")
         table = ipc.open_file(source).read_all()
         table.validate(full=True)
@@ -257,11 +262,10 @@ def _shard_list_problem(shards: Sequence[ShardInfo], allow_empty: bool = False) 
             index = int(np.argmin(np.minimum(shards.record_counts(), shards.byte_sizes())))
             info = shards[index]
             return f"shard '{info.file}' has records={info.records}, bytes={info.bytes}; both must be positive"
-        return None
+        return _shard_names_problem(shards.files)  # a table edited or written by hand
     seen: set[str] = set()
     for info in shards:
-        parts = Path(info.file).parts
-        if not info.file or Path(info.file).is_absolute() or not parts or ".." in parts or "." in parts:
+        if _UNSAFE_NAME.search(info.file):
             return f"shard file '{info.file}' must be a relative path inside the data set directory"
         if info.file in seen:
             return f"shard '{info.file}' is listed twice"
@@ -273,6 +277,29 @@ def _shard_list_problem(shards: Sequence[ShardInfo], allow_empty: bool = False) 
     return None
 
 
+_UNSAFE_NAME = re.compile(r"^$|^/|\\|(^|/)\.{1,2}(/|$)")  # empty, absolute, a backslash, a . or .. component
+
+
+def _shard_names_problem(files: pa.ChunkedArray) -> str | None:
+    """A shard name listed twice or pointing outside the data set, checked over the whole column at once."""
+    unsafe = pc.match_substring_regex(files, _UNSAFE_NAME.pattern)
+    if pc.any(unsafe).as_py():
+        name = pc.filter(files, unsafe)[0].as_py()
+        return f"shard file '{name}' must be a relative path inside the data set directory"
+    if pc.count_distinct(files).as_py() != len(files):
+        counts = pc.value_counts(files)
+        name = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))[0].as_py()
+        return f"shard '{name}' is listed twice"
+    return None
+
+
+def _whole(value: Any, what: str) -> int:
+    """A manifest number: a JSON integer in [0, 2**62) (``1e999`` parses as inf, ``1.5`` would truncate)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_COUNT:
+        raise ValueError(f"{what} must be a whole number in [0, 2**62), not {value!r}")
+    return value
+
+
 def load_manifest(directory: str | os.PathLike) -> Manifest:
     """Read ``<directory>/manifest.json`` (and map its ``shards.arrow``); raise DatasetError naming the file."""
     path = Path(directory) / MANIFEST
@@ -282,29 +309,31 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
         )
     fingerprint = None
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        version = int(raw["schema_version"])
+        raw = json.loads(read_regular(path).decode("utf-8"))
+        version = _whole(raw["schema_version"], "schema_version")
         if "shard_table" in raw:
+            if _UNSAFE_NAME.search(str(raw["shard_table"])):
+                raise ValueError(f"shard_table '{raw['shard_table']}' must name a file inside the data set directory")
             shards: Sequence[ShardInfo] = ShardTable(Path(directory) / str(raw["shard_table"]))
-            if len(shards) != int(raw["shard_count"]):
+            if len(shards) != _whole(raw["shard_count"], "shard_count"):
                 raise ValueError(f"shard_count {raw['shard_count']} but {raw['shard_table']} lists {len(shards)}")
             fingerprint = raw.get("fingerprint")
         else:  # manifest_version 1: the shard list inline
             shards = [
                 ShardInfo(
                     file=str(s["file"]),
-                    records=int(s["records"]),
-                    bytes=int(s["bytes"]),
+                    records=_whole(s["records"], f"shard {s['file']!r} records"),
+                    bytes=_whole(s["bytes"], f"shard {s['file']!r} bytes"),
                     sha256=str(s["sha256"]),
                     skipped=dict(s.get("skipped", {})),
                 )
                 for s in raw["shards"]
             ]
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        part = bool(raw.get("build", {}).get("options", {}).get("partition"))  # a part may own no input
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise DatasetError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None
     if version > SCHEMA_VERSION:
         raise DatasetError(f"{path}: schema_version {version} is newer than this maws-scale ({SCHEMA_VERSION})")
-    part = bool(raw.get("build", {}).get("options", {}).get("partition"))  # a part may own no input
     if (problem := _shard_list_problem(shards, allow_empty=part)) is not None:
         raise DatasetError(f"{path}: malformed manifest ({problem})")
     return Manifest(

@@ -43,6 +43,15 @@ def decode_caption_bytes(data: bytes, where: str, skipped: Counter) -> str | Non
         return None
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a lone surrogate such as JSON's ``"\\ud800"`` does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def clean_captions(
     captions: Iterable[Any], where: str, skipped: Counter, max_chars: int = MAX_CAPTION_CHARS
 ) -> list[str]:
@@ -56,6 +65,10 @@ def clean_captions(
         if not isinstance(caption, str):
             skipped["caption_not_text"] += 1
             log.warning("%s: caption %r is not text, dropped", where, caption)
+            continue
+        if not is_utf8(caption):  # a lone surrogate ("\ud800" in JSON) cannot be stored
+            skipped["caption_bad_utf8"] += 1
+            log.warning("%s: caption holds a lone surrogate (not UTF-8), dropped", where)
             continue
         text = " ".join(caption.split())
         if not text:

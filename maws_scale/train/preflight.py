@@ -96,14 +96,16 @@ def check_writable(key: str, directory: Path) -> None:
 
 def check_data(cfg: RunConfig, key: str, path: str | None) -> None:
     """The data set at ``path`` exists and has a well-formed manifest."""
-    from maws_scale.data.shards import DatasetError, load_manifest
+    from maws_scale.data.shards import MANIFEST, DatasetError, load_manifest
 
     if not path:
         raise ConfigError(f"{key}: not set; point it at a directory built by `maws-scale data build`")
     try:
-        load_manifest(path)
+        manifest = load_manifest(path)
     except DatasetError as err:
         raise ConfigError(f"{key}: {err}") from None
+    if manifest.records == 0:
+        raise ConfigError(f"{key}: {Path(path) / MANIFEST} holds no records (the empty part of a partitioned build?)")
 
 
 def check_vocab(cfg: RunConfig) -> None:

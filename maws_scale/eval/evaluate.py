@@ -75,6 +75,13 @@ def evaluate_features(train: Features, test: Features, cfg: RunConfig) -> dict[s
     metrics.update(linear_probe(train.x, train.y, test.x, test.y, num_classes=classes, seed=cfg.seed))
     metrics["knn_top1"] = knn_classify(train.x, train.y, test.x, test.y, k=cfg.eval.knn_k, num_classes=classes)
     if cfg.eval.few_shot:
+        counts = torch.bincount(train.y.long(), minlength=classes)
+        if (most := max(cfg.eval.few_shot)) > counts.min():
+            label = int(counts.argmin())
+            raise ConfigError(
+                f"eval.few_shot: {most} shots per class, but class {label} has {int(counts[label])} probe-train "
+                f"samples; lower the shots or give a larger eval.train_path"
+            )
         metrics.update(
             few_shot(train.x, train.y, test.x, test.y, cfg.eval.few_shot, seeds=cfg.eval.seeds, num_classes=classes)
         )

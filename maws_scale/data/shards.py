@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from maws_scale.data.shard_table import SHARD_TABLE, ShardTable, write_shard_table
-from maws_scale.errors import RunError
+from maws_scale.errors import RunError, write_atomic
 from maws_scale.files import check_regular, read_regular
 
 SCHEMA_VERSION = 1
@@ -68,10 +68,8 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=1, sort_keys=False) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def records_to_batch(records: list[Mapping[str, Any]]) -> pa.RecordBatch:
@@ -82,24 +80,25 @@ def records_to_batch(records: list[Mapping[str, Any]]) -> pa.RecordBatch:
 
 def write_shard(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Write records to an Arrow IPC file at ``path`` (atomically); return {records, bytes, sha256}."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    count = 0
-    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, SCHEMA) as writer:
-        pending: list[Mapping[str, Any]] = []
-        for record in records:
-            pending.append(record)
-            if len(pending) >= ROWS_PER_BATCH:
+    stats: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
+        count = 0
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, SCHEMA) as writer:
+            pending: list[Mapping[str, Any]] = []
+            for record in records:
+                pending.append(record)
+                if len(pending) >= ROWS_PER_BATCH:
+                    writer.write_batch(records_to_batch(pending))
+                    count += len(pending)
+                    pending = []
+            if pending:
                 writer.write_batch(records_to_batch(pending))
                 count += len(pending)
-                pending = []
-        if pending:
-            writer.write_batch(records_to_batch(pending))
-            count += len(pending)
-    digest = sha256_file(tmp)
-    size = tmp.stat().st_size
-    os.replace(tmp, path)
-    return {"records": count, "bytes": size, "sha256": digest}
+        stats.update(records=count, bytes=tmp.stat().st_size, sha256=sha256_file(tmp))
+
+    write_atomic(path, write, "shard")
+    return stats
 
 
 def open_shard(path: str | os.PathLike) -> pa.Table:

@@ -38,7 +38,8 @@ import torch
 import torch.distributed as dist
 
 from maws_scale.config import ConfigError
-from maws_scale.errors import RunError, write_error
+from maws_scale.errors import RunError, write_atomic, write_error
+from maws_scale.models.state import non_finite_tensors, save_torch_file
 from maws_scale.parallel.waits import DEFAULT_WAIT_MINUTES, wait_for_rank0
 from maws_scale.train.bf16_checkpoint import bf16_optimizer_shards, bf16_optimizer_state
 
@@ -131,8 +132,11 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     marker = path / MARKER
     if not marker.is_file():
         raise ConfigError(f"checkpoint.resume: {path} is not a complete checkpoint (no '{MARKER}' marker)")
-    meta = json.loads(marker.read_text())
-    return CheckpointInfo(path=path, step=int(meta["step"]), meta=meta)
+    try:
+        meta = json.loads(marker.read_text())
+        return CheckpointInfo(path=path, step=int(meta["step"]), meta=meta)
+    except (ValueError, KeyError, TypeError, OverflowError) as err:  # a damaged marker: a ValueError still
+        raise ConfigError(f"checkpoint.resume: {marker}: unreadable marker ({type(err).__name__}: {err})") from None
 
 
 class CheckpointManager:
@@ -215,13 +219,13 @@ class CheckpointManager:
         try:
             client = _client_state(trainer_state)
             engine.save_checkpoint(str(tmp_parent), tag=tag, client_state=client, save_latest=False)
-            _save({**rank_state, "rng": rng_state()}, tmp_parent / tag / f"rank_{rank:05d}.pt")
+            save_torch_file({**rank_state, "rng": rng_state()}, tmp_parent / tag / f"rank_{rank:05d}.pt")
         except (OSError, RuntimeError) as err:  # disk full: torch names neither the cause nor the file
             raise write_error(tmp_parent / tag, err, "checkpoint") from err
         _barrier()
         if rank == 0:
             try:
-                _save(trainer_state, tmp_parent / tag / TRAINER_STATE)
+                save_torch_file(trainer_state, tmp_parent / tag / TRAINER_STATE)
                 for name, text in (files or {}).items():
                     (tmp_parent / tag / name).write_text(text)
                 files = {p.name: p.stat().st_size for p in sorted((tmp_parent / tag).iterdir()) if p.is_file()}
@@ -317,17 +321,8 @@ def _convert_to_universal(src: Path, out: Path) -> None:
     ds_to_universal.main(args)
 
 
-def _save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a Python file, so a failed write raises OSError with its errno (given a path, torch
-    raises ``enforce fail at inline_container.cc`` without the cause)."""
-    with open(path, "wb") as handle:
-        torch.save(obj, handle)
-
-
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 # ----- consolidation ----------------------------------------------------------------------------------------------
@@ -379,24 +374,20 @@ def write_state_dict(state: dict[str, torch.Tensor], out: str | Path, meta: dict
 
     Refuses (RuntimeError, nothing written) weights with non-finite values: they are never a usable result."""
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state.items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
+    if bad := non_finite_tensors(state):
         raise RunError(
             f"{out}: not written: {len(bad)} of {len(state)} tensors hold non-finite values ({', '.join(bad[:5])}"
             f"{', ...' if len(bad) > 5 else ''}); the run diverged, lower the LR or clip the gradients"
         )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        _save(state, tmp)
-        meta = {**meta, "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values()))}
+    meta = {**meta, "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values()))}
+
+    def write(tmp: Path) -> None:
+        save_torch_file(state, tmp)
         _write_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2))
-        os.replace(tmp, out)
-    except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
-        raise write_error(out, err, "consolidated weights") from err
-    return out
+
+    return write_atomic(out, write, "consolidated weights")
 
 
 def _use_fp32_masters(info: CheckpointInfo, saved: dict[str, Any], state: dict[str, torch.Tensor]) -> None:

@@ -225,3 +225,13 @@ def test_a_fifo_in_place_of_a_config_shard_or_listed_image_is_refused_not_waited
     cfg = cfg_for(data, "data.verify_checksums=true", "train.micro_batch=2")
     loader = build_loader(cfg, "eval", path=str(data), infinite=False)
     assert [k for batch in loader for k in batch["keys"]] == [] and loader.error_counts()
+
+
+# ----- a full disk: the shard's path and the OS error, no partial file -----------------------------------------------
+def test_a_shard_that_cannot_be_written_names_its_path_and_the_cause(tmp_path):
+    from maws_scale.errors import WriteError
+
+    (tmp_path / f".{shard_name(0)}.tmp").symlink_to("/dev/full")  # every write there fails with ENOSPC
+    with pytest.raises(WriteError, match=rf"cannot write shard {tmp_path / shard_name(0)}: .*No space left on device"):
+        write_shard(tmp_path / shard_name(0), [{"key": "k", "image": _png(), "tags": []}])
+    assert not (tmp_path / shard_name(0)).exists() and not (tmp_path / f".{shard_name(0)}.tmp").exists()

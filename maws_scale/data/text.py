@@ -198,7 +198,8 @@ class TextInfo:
 
 class CaptionEncoder:
     """Captions → fixed-length token ids ``<bos> … <eos> <pad>…`` (int64, (B, context)); long captions are cut so
-    that ``<eos>`` always ends the sequence. Special-token text in a caption (``<pad>``) is encoded as plain text. Loads ``tokenizer.json`` lazily (picklable for loader workers)."""
+    that ``<eos>`` always ends the sequence. Special-token text in a caption (``<pad>``) is encoded as plain text.
+    Loads ``tokenizer.json`` lazily (picklable for loader workers)."""
 
     def __init__(self, path: str, context_length: int) -> None:
         self.path, self.context_length = path, context_length

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from maws_scale.data.shards import DatasetError, load_manifest, open_shard, sha256_file
+from maws_scale.errors import write_atomic
 
 log = logging.getLogger("maws_scale.data")
 
@@ -149,7 +150,7 @@ def train_tokenizer(directory: str | os.PathLike, vocab_size: int, context_lengt
         if tokenizer.token_to_id(token) != expected:
             raise RuntimeError(f"tokenizer: {token} got id {tokenizer.token_to_id(token)}, expected {expected}")
     path = directory / TOKENIZER
-    tokenizer.save(str(path))
+    write_atomic(path, lambda tmp: tokenizer.save(str(tmp)), "tokenizer")
     manifest.text = {
         "tokenizer": TOKENIZER,
         "kind": "byte-level BPE (tokenizers), NFKC + lowercase",

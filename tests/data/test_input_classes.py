@@ -235,3 +235,20 @@ def test_a_shard_that_cannot_be_written_names_its_path_and_the_cause(tmp_path):
     with pytest.raises(WriteError, match=rf"cannot write shard {tmp_path / shard_name(0)}: .*No space left on device"):
         write_shard(tmp_path / shard_name(0), [{"key": "k", "image": _png(), "tags": []}])
     assert not (tmp_path / shard_name(0)).exists() and not (tmp_path / f".{shard_name(0)}.tmp").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("labels.json", '{"classes": ' + DEEP + "}"),
+        ("vocab.json", '{"tags": ' + DEEP + "}"),
+        ("vocab.json", '{"tags": ["a"], "counts": [1e999]}'),
+    ],
+)
+def test_a_deeply_nested_or_overflowing_label_map_or_vocabulary_is_refused_naming_it(tmp_path, name, text):
+    from maws_scale.data.labels import load_vocab
+    from maws_scale.data.partition import load_label_map
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DatasetError, match=rf"{name}: malformed"):
+        (load_label_map if name == "labels.json" else load_vocab)(tmp_path / name)

@@ -37,12 +37,13 @@ def _plain_values(model: type[BaseModel], name: str, value: Any) -> Any:
     if isinstance(value, bool) and annotation is not bool and bool not in typing.get_args(annotation):
         raise ValueError(f"expected a number, not {str(value).lower()}")
     for text in value if isinstance(value, list | tuple) else value.values() if isinstance(value, dict) else [value]:
-        if isinstance(text, str) and not _is_utf8(text):
+        if isinstance(text, str) and not is_utf8(text):
             raise ValueError(f"{text!r} is not UTF-8 text")
     return value
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a lone surrogate, such as JSON's ``"\\ud800"``, does not)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maws_scale.config import is_utf8
 from maws_scale.data.build import group_by_size
 from maws_scale.data.decode import open_image
 from maws_scale.data.text import (
@@ -25,7 +26,6 @@ from maws_scale.data.text import (
     captions_from_text,
     clean_captions,
     decode_caption_bytes,
-    is_utf8,
 )
 from maws_scale.files import read_regular
 

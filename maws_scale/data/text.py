@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from maws_scale.config import is_utf8
 from maws_scale.data.shards import DatasetError, load_manifest, open_shard, sha256_file
 from maws_scale.errors import write_atomic
 
@@ -42,15 +43,6 @@ def decode_caption_bytes(data: bytes, where: str, skipped: Counter) -> str | Non
         skipped["caption_bad_utf8"] += 1
         log.warning("%s: caption is not UTF-8 (%s), dropped", where, err.reason)
         return None
-
-
-def is_utf8(text: str) -> bool:
-    """Whether ``text`` encodes as UTF-8 (a lone surrogate such as JSON's ``"\\ud800"`` does not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def clean_captions(

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,7 +80,7 @@ def _export_step(args: argparse.Namespace, step_dir: Path, console: Console) -> 
         console.print(f"[red]export: {str(err).removeprefix('checkpoint.resume: ')}[/]")
         return 1
     if (damage := info.damage()) is not None:  # the marker records every file's size: a cut file is caught here
-        console.print(f"[red]export: {step_dir} is damaged: {damage}[/]")
+        console.print(f"[red]export: {step_dir} is damaged: {escape(damage)}[/]")
         return 1
     run_config = step_dir.parent.parent / "config.yaml"  # <output_dir>/<stage>/checkpoints/step_*
     meta = weights_meta(load_config(run_config)) if run_config.is_file() else {}
@@ -89,7 +90,8 @@ def _export_step(args: argparse.Namespace, step_dir: Path, console: Console) -> 
         except RunError:
             raise  # non-finite weights, a failed write: one line from the CLI
         except Exception as err:  # files of the recorded sizes but damaged bytes raise many types
-            console.print(f"[red]export: cannot read {step_dir}: {type(err).__name__}: {str(err).strip()[:200]}[/]")
+            reason = escape(str(err).strip()[:200])
+            console.print(f"[red]export: cannot read {step_dir}: {type(err).__name__}: {reason}[/]")
             return 1
         console.print(f"export: consolidated {step_dir} (step {info.step}) offline")
         return _run(argparse.Namespace(**{**vars(args), "checkpoint": str(consolidated)}))
@@ -112,18 +114,18 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True, soft_wrap=True)  # one line per message, never wrapped mid-path
     source = Path(args.checkpoint)
+    if (usage := _usage_problem(args)) is not None:
+        console.print(f"[red]export: {escape(usage)}[/]")
+        return 2
     if source.is_dir():
         return _export_step(args, source, console)
     if not source.is_file():
         console.print(f"[red]export: checkpoint not found: {source}[/]")
         return 1
-    if (usage := _usage_problem(args)) is not None:
-        console.print(f"[red]export: {usage}[/]")
-        return 2
     try:
         state = to_timm(load_state_dict_file(source), head=not args.encoder_only)
     except (ValueError, RuntimeError, OSError) as err:
-        console.print(f"[red]export: cannot read {source}: {err}[/]")
+        console.print(f"[red]export: cannot read {source}: {escape(str(err))}[/]")
         return 1
     if bad := non_finite_tensors(state):
         shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")

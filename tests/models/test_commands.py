@@ -186,3 +186,10 @@ def test_export_of_a_step_directory_with_a_damaged_model_file_fails_in_one_line(
     err = " ".join(capsys.readouterr().err.split())
     assert str(step) in err and ("damaged" in err if damage != "random" else "cannot read" in err), err
     assert not out.exists()
+
+
+def test_export_of_a_step_directory_refuses_a_bad_size_before_consolidating(tmp_path, capsys):
+    step = tmp_path / "step_00000001"
+    step.mkdir()  # not even a checkpoint: the usage error comes first, exit 2
+    assert main(["export", str(step), "--out", str(tmp_path / "o.pt"), "--img-size", "-28"]) == 2
+    assert "--img-size -28: must be a positive" in capsys.readouterr().err

@@ -10,12 +10,13 @@ import copy
 import dataclasses
 import difflib
 import os
-from pathlib import Path
-from typing import Any, Literal, get_origin
+import typing
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from maws_scale.files import read_regular
 from maws_scale.models.recompute_modes import parse_mode as parse_recompute
 from maws_scale.models.registry import DecoderShape, UnknownModelError, ViTSpec, get_spec
 
@@ -24,19 +25,52 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and the reason."""
 
 
+MAX_SEED = 2**31  # seeds are offset by rank and step and fed to torch and numpy generators: keep them small
+MAX_IMG_SIZE = 8192  # pixels per side
+MAX_WIDTH = 65536  # embedding width (the largest MAWS model, ViT-6.5B, has 4096)
+
+
+def _plain_values(model: type[BaseModel], name: str, value: Any) -> Any:
+    """Refuse what pydantic's lax mode would turn into something else: ``true`` for a number (it becomes 1) and
+    text that is not UTF-8 (a lone surrogate from a non-UTF-8 command-line byte cannot be logged or stored)."""
+    annotation = model.model_fields[name].annotation
+    if isinstance(value, bool) and annotation is not bool and bool not in typing.get_args(annotation):
+        raise ValueError(f"expected a number, not {str(value).lower()}")
+    for text in value if isinstance(value, list | tuple) else value.values() if isinstance(value, dict) else [value]:
+        if isinstance(text, str) and not is_utf8(text):
+            raise ValueError(f"{text!r} is not UTF-8 text")
+    return value
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a lone surrogate, such as JSON's ``"\\ud800"``, does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain(cls, value: Any, info: ValidationInfo) -> Any:
+        return _plain_values(cls, info.field_name, value)
 
 
 class ModelConfig(_Section):
     name: str = Field("vit_tiny_p4", description="registry preset (maws-scale models); the shape keys override it")
-    width: int | None = Field(None, gt=0, description="embedding width; default: the preset's")
-    depth: int | None = Field(None, gt=0, description="transformer blocks; default: the preset's")
+    width: int | None = Field(None, gt=0, le=MAX_WIDTH, description="embedding width; default: the preset's")
+    depth: int | None = Field(None, gt=0, le=1024, description="transformer blocks; default: the preset's")
     heads: int | None = Field(None, gt=0, description="attention heads (must divide width); default: the preset's")
-    mlp_ratio: float | None = Field(None, gt=0.0, description="MLP hidden / width; default: the preset's")
+    mlp_ratio: float | None = Field(None, gt=0.0, le=64.0, description="MLP hidden / width; default: the preset's")
     patch: int | None = Field(None, gt=0, description="patch side in pixels; default: the preset's")
-    img_size: int | None = Field(None, gt=0, description="input side in pixels; default: the model's own")
-    in_chans: int = Field(3, gt=0)
+    img_size: int | None = Field(
+        None, gt=0, le=MAX_IMG_SIZE, description="input side in pixels; default: the model's own"
+    )
+    in_chans: Literal[3] = Field(3, description="image channels: the loaders decode every image to RGB")
     attention: Literal["auto", "xformers", "sdpa", "math"] = "auto"
     pool: Literal["cls", "gap", "map", "max"] = "cls"
     qk_norm: bool = False
@@ -198,7 +232,7 @@ class ParallelConfig(_Section):
 class TrackingConfig(_Section):
     enabled: bool = True
     uri: str | None = Field(None, description="default sqlite:///<output_dir>/mlflow.db")
-    experiment: str = "maws-scale"
+    experiment: str = Field("maws-scale", min_length=1, pattern=r"\S")
     run_name: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     peak_tflops: float | None = Field(None, gt=0.0, description="override the datasheet peak for MFU")
@@ -214,10 +248,19 @@ class CheckpointConfig(_Section):
 class EvalConfig(_Section):
     enabled: bool = True
     knn_k: int = Field(20, gt=0)
-    few_shot: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    few_shot: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [1, 5, 10], description="shots per class (distinct, each at least 1)"
+    )
     seeds: int = Field(3, gt=0)
     max_train: int | None = Field(None, gt=0, description="cap on training samples for the probe")
     train_path: str | None = Field(None, description="labeled set to fit probes on; default: split data.eval_path")
+
+    @field_validator("few_shot")
+    @classmethod
+    def _distinct_shots(cls, shots: list[int]) -> list[int]:
+        if len(set(shots)) != len(shots):
+            raise ValueError(f"each number of shots once, got {shots}")
+        return shots
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -244,8 +287,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     stage: StageName = "mae"
-    seed: int = 0
-    output_dir: str = "runs/default"
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
+    output_dir: str = Field("runs/default", min_length=1, pattern=r"\S", description="never '' (the current folder)")
     model: ModelConfig = Field(default_factory=ModelConfig)
     mae: MAEConfig = Field(default_factory=MAEConfig)
     wsp: WSPConfig = Field(default_factory=WSPConfig)
@@ -259,6 +302,11 @@ class RunConfig(BaseModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     stages: dict[StageName, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("seed", "output_dir", mode="before")
+    @classmethod
+    def _plain(cls, value: Any, info: ValidationInfo) -> Any:
+        return _plain_values(cls, info.field_name, value)
 
     @model_validator(mode="after")
     def _check_shapes(self) -> RunConfig:
@@ -367,6 +415,32 @@ class RunConfig(BaseModel):
 
 
 # ----- loading ----------------------------------------------------------------------------------------------------
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently, and a
+    second ``train:`` section would drop the first one's keys)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key '{key}' is given twice (lines {seen[key]}, {line})"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config YAML safely; raise yaml.YAMLError (with the line) for a key given twice in one mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML file (or the defaults), apply ``key=value`` overrides, validate; raise ConfigError on bad input."""
     raw: dict[str, Any] = {}
@@ -374,13 +448,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if path is not None:
         origin = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_regular(path).decode("utf-8")
         except OSError as err:
             raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
         except UnicodeDecodeError as err:
             raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}); give a YAML config") from None
         try:
-            raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+            raw = load_yaml(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):
@@ -453,8 +527,8 @@ def _get_dotted(raw: dict[str, Any], key: str) -> Any:
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        return load_yaml(text) if text.strip() else ""
+    except (yaml.YAMLError, UnicodeEncodeError):  # not YAML (or not UTF-8: refused by the schema): the text itself
         return text
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 PROBE_BYTES = 1 << 20
@@ -41,3 +42,22 @@ def write_cause(path: Path, err: BaseException) -> str:
         return probe_error.strerror or str(probe_error)
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what: str = "") -> Path:
+    """Call ``write(tmp)`` for a temporary file beside ``path``, then rename it to ``path``: readers never see half a
+    file. On any failure the temporary file is removed and a WriteError names ``path`` and the cause; the cause is
+    read *before* the removal, while a partial file still fills the disk (torch then says only ``unexpected pos``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except WriteError:  # a nested write (a sidecar) already named its file
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as err:  # OSError, torch's RuntimeError, pyarrow's and safetensors' own error types
+        error = write_error(path, err, what)
+        tmp.unlink(missing_ok=True)
+        raise error from err
+    return path

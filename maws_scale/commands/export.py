@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +38,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """What makes the command line unusable before anything is read (exit 2), or None."""
+    from maws_scale.config import MAX_IMG_SIZE
+
+    if args.img_size is not None and not 0 < args.img_size <= MAX_IMG_SIZE:
+        return f"--img-size {args.img_size}: must be a positive number of pixels, at most {MAX_IMG_SIZE}"
+    if args.img_size and not args.model:
+        return "--img-size needs --model (the encoder to resample pos_embed for)"
+    if Path(args.out).is_dir() or args.out.endswith(("/", os.sep)):
+        return f"--out {args.out} is a directory; give a file name (e.g. {Path(args.out) / 'vit.safetensors'})"
+    return None
+
+
 def _sidecar(source: Path) -> dict:
     """What ``consolidated.json`` (written beside a trained stage's weights) says about the model, if present."""
     import json
@@ -54,6 +69,7 @@ def _export_step(args: argparse.Namespace, step_dir: Path, console: Console) -> 
     import tempfile
 
     from maws_scale.config import ConfigError, load_config
+    from maws_scale.errors import RunError
     from maws_scale.parallel.consolidate import consolidate_checkpoint
     from maws_scale.train.checkpoint import read_checkpoint
     from maws_scale.train.loop import weights_meta
@@ -63,10 +79,20 @@ def _export_step(args: argparse.Namespace, step_dir: Path, console: Console) -> 
     except ConfigError as err:
         console.print(f"[red]export: {str(err).removeprefix('checkpoint.resume: ')}[/]")
         return 1
+    if (damage := info.damage()) is not None:  # the marker records every file's size: a cut file is caught here
+        console.print(f"[red]export: {step_dir} is damaged: {escape(damage)}[/]")
+        return 1
     run_config = step_dir.parent.parent / "config.yaml"  # <output_dir>/<stage>/checkpoints/step_*
     meta = weights_meta(load_config(run_config)) if run_config.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        consolidated = consolidate_checkpoint(info, Path(tmp) / "consolidated.pt", meta)
+        try:
+            consolidated = consolidate_checkpoint(info, Path(tmp) / "consolidated.pt", meta)
+        except RunError:
+            raise  # non-finite weights, a failed write: one line from the CLI
+        except Exception as err:  # files of the recorded sizes but damaged bytes raise many types
+            reason = escape(str(err).strip()[:200])
+            console.print(f"[red]export: cannot read {step_dir}: {type(err).__name__}: {reason}[/]")
+            return 1
         console.print(f"export: consolidated {step_dir} (step {info.step}) offline")
         return _run(argparse.Namespace(**{**vars(args), "checkpoint": str(consolidated)}))
 
@@ -75,26 +101,37 @@ def _run(args: argparse.Namespace) -> int:
     import json
     import math
 
-    import torch
-
+    from maws_scale.errors import write_atomic
+    from maws_scale.files import torch_save
     from maws_scale.models import build_encoder
     from maws_scale.models.registry import UnknownModelError, get_spec
-    from maws_scale.models.state import adapt_state_dict, load_state_dict_file, to_timm
+    from maws_scale.models.state import (
+        adapt_state_dict,
+        load_state_dict_file,
+        non_finite_tensors,
+        to_timm,
+    )
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # one line per message, never wrapped mid-path
     source = Path(args.checkpoint)
+    if (usage := _usage_problem(args)) is not None:
+        console.print(f"[red]export: {escape(usage)}[/]")
+        return 2
     if source.is_dir():
         return _export_step(args, source, console)
     if not source.is_file():
         console.print(f"[red]export: checkpoint not found: {source}[/]")
         return 1
-    if args.img_size and not args.model:
-        console.print("[red]export: --img-size needs --model (the encoder to resample pos_embed for)[/]")
-        return 2
     try:
         state = to_timm(load_state_dict_file(source), head=not args.encoder_only)
-    except (ValueError, RuntimeError) as err:
-        console.print(f"[red]export: cannot read {source}: {err}[/]")
+    except (ValueError, RuntimeError, OSError) as err:
+        console.print(f"[red]export: cannot read {source}: {escape(str(err))}[/]")
+        return 1
+    if bad := non_finite_tensors(state):
+        shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+        console.print(
+            f"[red]export: {source}: {len(bad)} of {len(state)} tensors hold NaN/Inf ({shown}); not exported[/]"
+        )
         return 1
     meta = _sidecar(source)
     info = {k: meta[k] for k in ("model", "img_size", "patch", "pool", "stage", "step") if meta.get(k) is not None}
@@ -104,6 +141,9 @@ def _run(args: argparse.Namespace) -> int:
             patch = get_spec(args.model).patch
         except UnknownModelError as err:
             console.print(f"[red]export: --model: {err}[/]")
+            return 2
+        if args.img_size and args.img_size % patch:
+            console.print(f"[red]export: --img-size {args.img_size} is not a multiple of the patch size {patch}[/]")
             return 2
         # the checkpoint's own resolution unless --img-size asks for another: never resample silently
         own = info.get("img_size") or (grid * patch if grid else None)
@@ -139,10 +179,11 @@ def _run(args: argparse.Namespace) -> int:
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(out), metadata=metadata)
+        write_atomic(out, lambda tmp: save_file(state, str(tmp), metadata=metadata), "exported weights")
     else:
-        torch.save(state, out)
-        out.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
+        write_atomic(out, lambda tmp: torch_save(state, tmp), "exported weights")
+        sidecar = json.dumps(metadata, indent=2)
+        write_atomic(out.with_suffix(".json"), lambda tmp: tmp.write_text(sidecar), "export metadata")
     head = "with head" if any(k.startswith("head.") for k in state) else "encoder only"
     shown = ", ".join(f"{k} {v}" for k, v in info.items() if k in ("model", "img_size", "pool"))
     shown = f", {shown}" if shown else ""

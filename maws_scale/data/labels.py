@@ -80,7 +80,7 @@ def load_vocab(path: str | os.PathLike) -> Vocabulary:
         raw = json.loads(path.read_text(encoding="utf-8"))
         tags = [str(t) for t in raw["tags"]]
         counts = [int(c) for c in raw.get("counts", [0] * len(tags))]
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as err:
         raise DatasetError(f"{path}: malformed vocabulary ({type(err).__name__}: {err})") from None
     if not tags:
         raise DatasetError(f"{path}: the vocabulary holds no tags; rebuild it with a lower --min-count")

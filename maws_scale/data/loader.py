@@ -12,7 +12,7 @@ from maws_scale.config import ConfigError, RunConfig
 from maws_scale.data.gpu_decode import JpegDecoder, torchvision_decoder
 from maws_scale.data.labels import VOCAB, Vocabulary, load_vocab
 from maws_scale.data.order import GlobalOrder
-from maws_scale.data.shards import DatasetError, image_encoding, load_manifest, open_shard
+from maws_scale.data.shards import MANIFEST, DatasetError, image_encoding, load_manifest, open_shard
 from maws_scale.data.stream import StreamLoader, StreamSpec
 
 STAGES = ("mae", "wsp", "clip", "eval")
@@ -55,6 +55,8 @@ def build_loader(
         manifest = load_manifest(root)
     except DatasetError as err:
         raise ConfigError(f"{key}: {err}") from None
+    if manifest.records == 0:
+        raise ConfigError(f"{key}: {Path(root) / MANIFEST} holds no records (the empty part of a partitioned build?)")
     vocab = _vocab(cfg, stage, root)
     has_labels = _has_labels(root, manifest)
     order = GlobalOrder(

@@ -1,10 +1,10 @@
 """``maws-scale data merge``: one manifest over the parts of one or more partitioned builds.
 
 Every part must be complete (have its manifest), each build's parts ``0 … K-1`` must all be present exactly once, and
-all parts must agree on schema, label map and image format (``--resize``/``--encoding``); otherwise the merge
-refuses and names the part. Shards are not moved: the merged manifest lists them by their path relative to the output
-(``part-00002-of-00004/shard-00007.arrow``).
-To add data later, build the new input as another partitioned build (with the same ``--label-map``) and merge both.
+all parts must agree on schema, label map (``labels.json`` must still be the map they were built with) and image format
+(``--resize``/``--encoding``); otherwise the merge refuses and names the part. Shards are not moved: the merged manifest
+lists them by their path relative to the output (``part-00002-of-00004/shard-00007.arrow``). To add data later, build
+the new input as another partitioned build (with the same ``--label-map``) and merge both.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from maws_scale import __version__
-from maws_scale.data.partition import LABELS, load_label_map, parse_part_dirname, part_dirname
+from maws_scale.data.partition import LABELS, label_map_id, load_label_map, parse_part_dirname, part_dirname
 from maws_scale.data.shards import MANIFEST, DatasetError, Manifest, ShardInfo, load_manifest
 from maws_scale.data.transcode import ImageFormat
 
@@ -109,6 +109,11 @@ def merge_parts(output: str | os.PathLike, builds: list[str | os.PathLike] | Non
                 raise DatasetError(f"{part}: built from other input or options than {build_options[0]}")
             if options.get("label_map") != _base_options(first[1]).get("label_map"):
                 raise DatasetError(f"{part}: label map {options.get('label_map')} differs from {first[0]}'s")
+            if options.get("label_map") != label_map_id(build_labels):  # labels.json edited after the build
+                raise DatasetError(
+                    f"{label_path}: not the label map {part.name} was built with (id {options.get('label_map')}, the "
+                    f"file's is {label_map_id(build_labels)}); restore it or rebuild the parts"
+                )
             prefix = os.path.relpath(part, output)
             shards += [
                 ShardInfo(f"{prefix}/{s.file}", s.records, s.bytes, s.sha256, dict(s.skipped)) for s in manifest.shards

@@ -75,7 +75,7 @@ def load_label_map(path: str | os.PathLike) -> list[str]:
         classes = json.loads(path.read_text())["classes"]
     except FileNotFoundError:
         raise DatasetError(f"{path}: no label map") from None
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError) as err:  # RecursionError: a deeply nested value
         raise DatasetError(f"{path}: malformed label map ({type(err).__name__}: {err})") from None
     if (
         not isinstance(classes, list)

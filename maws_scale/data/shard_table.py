@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from maws_scale.errors import write_atomic
+
 if TYPE_CHECKING:
     from maws_scale.data.shards import ShardInfo
 
@@ -45,10 +47,12 @@ def write_shard_table(path: str | os.PathLike, shards: Sequence[ShardInfo]) -> N
         "skipped": [json.dumps(s.skipped, sort_keys=True) if s.skipped else "{}" for s in shards],
     }
     batch = pa.RecordBatch.from_pydict(columns, schema=TABLE_SCHEMA)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, TABLE_SCHEMA) as writer:
-        writer.write_batch(batch)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, TABLE_SCHEMA) as writer:
+            writer.write_batch(batch)
+
+    write_atomic(path, write, "shard table")
 
 
 class ShardTable(Sequence["ShardInfo"]):
@@ -68,6 +72,7 @@ class ShardTable(Sequence["ShardInfo"]):
         if not table.schema.equals(TABLE_SCHEMA, check_metadata=False):
             raise DatasetError(f"{self.path}: shard table schema {table.schema.names} is not {TABLE_SCHEMA.names}")
         table = table.combine_chunks() if table.num_columns and table[0].num_chunks > 1 else table
+        self.files = table["file"]  # the file column, for whole-column checks (data/shards.py)
         self._file, self._sha, self._skipped = (_Strings(table[name]) for name in ("file", "sha256", "skipped"))
         self._records = _int_view(table["records"])
         self._bytes = _int_view(table["bytes"])

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maws_scale.config import is_utf8
 from maws_scale.data.build import group_by_size
 from maws_scale.data.decode import open_image
 from maws_scale.data.text import captions_from_json, captions_from_text, clean_captions, decode_caption_bytes
 from maws_scale.data.transcode import ImageFormat
+from maws_scale.files import read_regular
 
 if TYPE_CHECKING:
     from maws_scale.data.partition import Partition
@@ -37,19 +39,11 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def metadata_problem(key: Any, tags: Any, label: Any) -> str | None:
     """Why a record's key, tags or label cannot be stored, or None."""
-    if not isinstance(key, str) or not key or not _is_utf8(key):
+    if not isinstance(key, str) or not key or not is_utf8(key):
         return f"key {printable(str(key))!r} is not a non-empty UTF-8 string"
-    if not isinstance(tags, list) or not all(isinstance(t, str) and _is_utf8(t) for t in tags):
+    if not isinstance(tags, list) or not all(isinstance(t, str) and is_utf8(t) for t in tags):
         return f"tags must be a list of UTF-8 strings, got {printable(repr(tags))[:80]}"
     if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
         return f"label must be an integer, got {printable(repr(label))[:40]}"
@@ -119,7 +113,7 @@ def sidecar_captions(image: Path, skipped: Counter) -> list[Any]:
         else:
             try:
                 found += captions_from_json(json.loads(text))
-            except ValueError as err:
+            except (ValueError, RecursionError) as err:  # RecursionError: a deeply nested value
                 skipped["bad_caption_json"] += 1
                 log.warning("%s: not valid JSON (%s)", side, err)
     return found
@@ -127,7 +121,7 @@ def sidecar_captions(image: Path, skipped: Counter) -> list[Any]:
 
 def _read(path: Path, skipped: Counter) -> bytes | None:
     try:
-        return path.read_bytes()
+        return read_regular(path)
     except OSError as err:
         skipped["unreadable_file"] += 1
         log.warning("skipping %s: %s", printable(str(path)), err.strerror)
@@ -215,9 +209,21 @@ class FolderSource:
     def plan(self, shard_size: int, part: Partition | None = None) -> tuple[list[Any], Counter]:
         skipped: Counter = Counter()
         root = Path(self.root)
+        if not self.tags_file and root.is_dir():
+            self._count_loose_images(root, skipped, part)
         owned = (item for item in self.iter_items(skipped) if part is None or part.owns(_folder_key(item[0])))
         items = list(_unique_keys(owned, lambda it: _folder_key(it[0]), lambda it: str(root / it[0]), skipped))
         return _file_tasks(items, root, shard_size), skipped
+
+    @staticmethod
+    def _count_loose_images(root: Path, skipped: Counter, part: Partition | None) -> None:
+        """Images at the root of a class-folder input belong to no class: counted (``image_outside_class``) and
+        logged, never dropped silently (each counted by the one part that owns its key)."""
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            loose = entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
+            if loose and (part is None or part.owns(_folder_key(entry.name))):
+                skipped["image_outside_class"] += 1
+                log.warning("skipping %s: an image outside any class folder", printable(entry.path))
 
     def iter_items(self, skipped: Counter) -> Iterator[tuple[str, tuple[str, ...], int | None]]:
         """(relative path, tags, label) per image, streamed (one directory listing held at a time)."""
@@ -324,14 +330,14 @@ class JsonlSource:
                 if not isinstance(obj, dict):
                     raise TypeError("expected a JSON object")
                 image = obj["path"]
-                if not isinstance(image, str) or not image or not _is_utf8(image):
+                if not isinstance(image, str) or not image or not is_utf8(image):
                     raise TypeError("'path' must be a non-empty UTF-8 string")
                 tags, label = obj.get("tags", []), obj.get("label")
                 key = obj.get("key") or str(Path(image).with_suffix(""))
                 if (problem := metadata_problem(key, tags, label)) is not None:
                     raise TypeError(problem)
                 caps = tuple(captions_from_json(obj)) if self.captions else None
-            except (ValueError, KeyError, TypeError) as err:
+            except (ValueError, KeyError, TypeError, RecursionError) as err:  # RecursionError: deep nesting
                 skipped["bad_jsonl_line"] += 1
                 log.warning("%s:%d: skipped (%s: %s)", path, number, type(err).__name__, printable(str(err)))
                 continue
@@ -399,7 +405,8 @@ class WebDatasetSource:
             folder, _, base = member.name.rpartition("/")
             stem, dot, ext = base.partition(".")
             key = f"{folder}/{stem}" if folder else stem
-            if key != current:
+            ext = ext.lower()
+            if key != current or (dot and ext in parts):  # a repeated member starts a new sample (a duplicate key)
                 if current is not None:
                     record = self._record(current, parts, tar_path, skipped, self.captions, image_format)
                     if record:
@@ -407,7 +414,7 @@ class WebDatasetSource:
                 current, parts = key, {}
             handle = tar.extractfile(member)
             if handle is not None and dot:
-                parts[ext.lower()] = handle.read()
+                parts[ext] = handle.read()
         if current is not None:
             record = self._record(current, parts, tar_path, skipped, self.captions, image_format)
             if record:

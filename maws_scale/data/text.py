@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from maws_scale.config import is_utf8
 from maws_scale.data.shards import DatasetError, load_manifest, open_shard, sha256_file
+from maws_scale.errors import write_atomic
 
 log = logging.getLogger("maws_scale.data")
 
@@ -56,6 +58,10 @@ def clean_captions(
         if not isinstance(caption, str):
             skipped["caption_not_text"] += 1
             log.warning("%s: caption %r is not text, dropped", where, caption)
+            continue
+        if not is_utf8(caption):  # a lone surrogate ("\ud800" in JSON) cannot be stored
+            skipped["caption_bad_utf8"] += 1
+            log.warning("%s: caption holds a lone surrogate (not UTF-8), dropped", where)
             continue
         text = " ".join(caption.split())
         if not text:
@@ -136,7 +142,7 @@ def train_tokenizer(directory: str | os.PathLike, vocab_size: int, context_lengt
         if tokenizer.token_to_id(token) != expected:
             raise RuntimeError(f"tokenizer: {token} got id {tokenizer.token_to_id(token)}, expected {expected}")
     path = directory / TOKENIZER
-    tokenizer.save(str(path))
+    write_atomic(path, lambda tmp: tokenizer.save(str(tmp)), "tokenizer")
     manifest.text = {
         "tokenizer": TOKENIZER,
         "kind": "byte-level BPE (tokenizers), NFKC + lowercase",
@@ -170,12 +176,23 @@ class TextInfo:
                 f"{Path(directory) / 'manifest.json'}: no tokenizer; train one with "
                 f"`maws-scale data tokenizer {directory} --vocab-size N --context-length L`"
             )
-        return cls(str(Path(directory) / text["tokenizer"]), int(text["vocab_size"]), int(text["context_length"]))
+        path = Path(directory) / str(text["tokenizer"])
+        try:
+            digest = sha256_file(path) if "sha256" in text else None
+        except OSError as err:
+            raise DatasetError(f"{path}: cannot read the tokenizer ({err.strerror})") from None
+        if digest is not None and digest != text["sha256"]:  # another tokenizer would index out of the embedding
+            raise DatasetError(
+                f"{path}: sha256 differs from the one in {Path(directory) / 'manifest.json'}: the tokenizer was "
+                f"replaced after it was trained; retrain it with `maws-scale data tokenizer {directory} ...`"
+            )
+        return cls(str(path), int(text["vocab_size"]), int(text["context_length"]))
 
 
 class CaptionEncoder:
     """Captions → fixed-length token ids ``<bos> … <eos> <pad>…`` (int64, (B, context)); long captions are cut so
-    that ``<eos>`` always ends the sequence. Loads ``tokenizer.json`` lazily (picklable for loader workers)."""
+    that ``<eos>`` always ends the sequence. Special-token text in a caption (``<pad>``) is encoded as plain text.
+    Loads ``tokenizer.json`` lazily (picklable for loader workers)."""
 
     def __init__(self, path: str, context_length: int) -> None:
         self.path, self.context_length = path, context_length
@@ -193,6 +210,7 @@ class CaptionEncoder:
                 self._tokenizer = Tokenizer.from_file(self.path)
             except Exception as err:  # tokenizers raises its own Exception type on a bad file
                 raise DatasetError(f"{self.path}: cannot load the tokenizer ({err})") from None
+            self._tokenizer.encode_special_tokens = True  # "<pad>" typed in a caption is text, not the pad id
         return self._tokenizer
 
     def __call__(self, captions: list[str]) -> np.ndarray:

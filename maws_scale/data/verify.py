@@ -90,7 +90,8 @@ def verify_shard(root: str, info: ShardInfo, decode: bool = True, encoding: str 
 
 
 def verify_dataset(root: str | os.PathLike, workers: int = 1, decode: bool = True) -> dict[str, Any]:
-    """Verify every shard of a data set; return a JSON-able summary (``ok`` False on any shard-level problem)."""
+    """Verify every shard of a data set; return a JSON-able summary. ``ok`` is False on any shard-level problem, on
+    an empty data set, and when no record decodes (nothing could be trained on)."""
     manifest = load_manifest(root)
     encoding = [image_encoding(manifest)] * len(manifest.shards)
     if workers > 1:
@@ -109,15 +110,21 @@ def verify_dataset(root: str | os.PathLike, workers: int = 1, decode: bool = Tru
     bad: Counter = Counter()
     for report in reports:
         bad.update(report.bad)
+    records = sum(r.records for r in reports)
+    problems = {r.file: r.problem for r in reports if r.problem}
+    if not problems and records == 0:  # e.g. the empty part of a partitioned build: nothing to train on
+        problems["manifest.json"] = "no records: the data set is empty"
+    elif not problems and decode and sum(bad.values()) >= records:
+        problems["manifest.json"] = f"no decodable record: all {records} records are bad"
     return {
         "path": str(root),
-        "ok": all(r.problem is None for r in reports),
+        "ok": not problems,
         "shards": len(reports),
-        "records": sum(r.records for r in reports),
+        "records": records,
         "manifest_records": manifest.records,
         "bytes": sum(r.bytes for r in reports),
         "bad_records": dict(bad),
-        "problems": {r.file: r.problem for r in reports if r.problem},
+        "problems": problems,
         "examples": [e for r in reports for e in r.examples][:20],
         "per_shard": [vars(r) for r in reports],
     }

@@ -68,13 +68,37 @@ def _features(
     return merge_shards(gathered, limit) if gathered is not None else None
 
 
+MAX_CLASSES = 1 << 20  # labels index (N, classes) score tables: a stray 2**62 would allocate without end
+
+
+def _check_labels(labels: torch.Tensor, key: str) -> None:
+    """Labels of an evaluation set lie in [0, MAX_CLASSES) (the loader gives -1 to a record without one)."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
+        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        raise ConfigError(
+            f"{key}: label {bad} (-1: a record without a label); evaluation needs labels in [0, {MAX_CLASSES})"
+        )
+
+
 def evaluate_features(train: Features, test: Features, cfg: RunConfig) -> dict[str, float]:
     """Linear probe, kNN and few-shot on precomputed features; returns ``eval/*`` metrics."""
+    for features, key in (
+        (train, "eval.train_path" if cfg.eval.train_path else "data.eval_path"),
+        (test, "data.eval_path"),
+    ):
+        _check_labels(features.y, key)
     classes = int(max(train.y.max(), test.y.max())) + 1
     metrics: dict[str, float] = {}
     metrics.update(linear_probe(train.x, train.y, test.x, test.y, num_classes=classes, seed=cfg.seed))
     metrics["knn_top1"] = knn_classify(train.x, train.y, test.x, test.y, k=cfg.eval.knn_k, num_classes=classes)
     if cfg.eval.few_shot:
+        counts = torch.bincount(train.y.long(), minlength=classes)
+        if (most := max(cfg.eval.few_shot)) > counts.min():
+            label = int(counts.argmin())
+            raise ConfigError(
+                f"eval.few_shot: {most} shots per class, but class {label} has {int(counts[label])} probe-train "
+                f"samples; lower the shots or give a larger eval.train_path"
+            )
         metrics.update(
             few_shot(train.x, train.y, test.x, test.y, cfg.eval.few_shot, seeds=cfg.eval.seeds, num_classes=classes)
         )

@@ -4,8 +4,10 @@ Zero-shot classification: each class name (``clip.class_names``, else the most c
 eval set) is put into every prompt template of ``clip.templates`` (``{}`` = the name); the normalised mean of the
 template embeddings is the class embedding, an image is assigned the class of highest cosine similarity.
 Retrieval: on the eval set's captions (its first caption per image), image→text and text→image recall@1/5 — the
-share of queries whose own pair is among the k nearest. Metric names ``eval/zero_shot_top1`` (percent),
-``eval/i2t_r1``, ``eval/i2t_r5``, ``eval/t2i_r1``, ``eval/t2i_r5`` (percent).
+share of queries whose own pair is among the k nearest, where every item with the identical caption counts as the
+pair (a set with duplicate captions would otherwise score by argsort's tie order); ``eval/retrieval_distinct_captions``
+says how many distinct captions there were. Metric names ``eval/zero_shot_top1`` (percent), ``eval/i2t_r1``,
+``eval/i2t_r5``, ``eval/t2i_r1``, ``eval/t2i_r5`` (percent).
 """
 
 from __future__ import annotations
@@ -95,10 +97,16 @@ def class_embeddings(model: CLIP, cfg: RunConfig, names: list[str]) -> torch.Ten
     return torch.stack(rows)
 
 
-def recall_at(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
-    """Recall@k in percent for queries along dim 0 whose true match is the same index along dim 1."""
+def recall_at(
+    similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5), groups: torch.Tensor | None = None
+) -> dict[int, float]:
+    """Recall@k in percent for queries along dim 0 whose true match is the same index along dim 1. With ``groups``
+    (N,) — one id per distinct caption — any item of the query's group is a match: items with identical captions
+    have identical text embeddings, and which of them ranks first would only be argsort's tie order."""
     ranks = similarity.argsort(dim=1, descending=True)
-    hits = ranks == torch.arange(similarity.shape[0])[:, None]
+    own = torch.arange(similarity.shape[0]) if groups is None else groups
+    found = ranks if groups is None else groups[ranks]
+    hits = found == own[:, None]
     return {k: 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks}
 
 
@@ -112,11 +120,12 @@ def zero_shot_metrics(model: CLIP, cfg: RunConfig) -> dict[str, float]:
     loader = build_loader(
         cfg, stage="eval", rank=0, world_size=1, micro_batch=EVAL_BATCH, path=path, infinite=False, captions=captions
     )
-    images, texts, labels = [], [], []
+    images, texts, tokens, labels = [], [], [], []
     for batch in loader:
         images.append(model.encode_image(normalize_on_device(batch["images"])))
         if captions:
-            texts.append(model.encode_text(torch.as_tensor(batch["tokens"])))
+            tokens.append(torch.as_tensor(batch["tokens"]))
+            texts.append(model.encode_text(tokens[-1]))
         if batch.get("labels") is not None:
             labels.append(torch.as_tensor(batch["labels"]).long())
     if not images:
@@ -132,8 +141,10 @@ def zero_shot_metrics(model: CLIP, cfg: RunConfig) -> dict[str, float]:
         metrics["zero_shot_classes"] = float(len(names))
     if captions:
         similarity = image @ torch.cat(texts).t()
-        for k, v in recall_at(similarity).items():
+        _, groups = torch.unique(torch.cat(tokens), dim=0, return_inverse=True)  # identical captions, one group
+        metrics["retrieval_distinct_captions"] = float(int(groups.max()) + 1)  # hits count per caption group
+        for k, v in recall_at(similarity, groups=groups).items():
             metrics[f"i2t_r{k}"] = v
-        for k, v in recall_at(similarity.t()).items():
+        for k, v in recall_at(similarity.t(), groups=groups).items():
             metrics[f"t2i_r{k}"] = v
     return {f"eval/{k}": v for k, v in metrics.items()}

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maws_scale.files import check_regular
 from maws_scale.models.mae import is_decoder_key
 
 _CONTAINER_KEYS = ("model", "module", "state_dict", "model_state_dict")
@@ -24,15 +25,24 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a ``.pt``/``.pth`` (torch.load, weights only) or ``.safetensors`` file and :func:`clean_state_dict` it."""
     path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return clean_state_dict(load_file(path))
+    check_regular(path)  # a FIFO would block the read forever
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            obj = load_file(path)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    except Exception as err:  # empty, truncated or random bytes raise many types (EOFError, UnpicklingError, ...)
+        raise ValueError(f"not a readable checkpoint ({type(err).__name__}: {str(err).strip()[:200]})") from None
     return clean_state_dict(obj)
+
+
+def non_finite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding NaN or Inf: such weights are never a result."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def clean_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ One dispatch on what the checkpoint folder holds, whatever the run's config said
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,9 @@ from typing import Any
 import torch
 
 from maws_scale.config import ConfigError
-from maws_scale.errors import RunError, write_error
+from maws_scale.errors import RunError, write_atomic
 from maws_scale.files import torch_save, write_text_atomic
+from maws_scale.models.state import non_finite_tensors
 from maws_scale.parallel.bf16_checkpoint import bf16_optimizer_state, is_bf16_optimizer_checkpoint
 from maws_scale.parallel.ds_checkpoint import SavedCheckpoint
 
@@ -98,21 +98,17 @@ def write_state_dict(state: dict[str, torch.Tensor], out: str | Path, meta: dict
 
     Refuses (RunError, nothing written) weights with non-finite values: they are never a usable result."""
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state.items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
+    if bad := non_finite_tensors(state):
         raise RunError(
             f"{out}: not written: {len(bad)} of {len(state)} tensors hold non-finite values ({', '.join(bad[:5])}"
             f"{', ...' if len(bad) > 5 else ''}); the run diverged, lower the LR or clip the gradients"
         )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    meta = {**meta, "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values()))}
+
+    def write(tmp: Path) -> None:
         torch_save(state, tmp)
-        meta = {**meta, "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values()))}
         write_text_atomic(out.with_suffix(".json"), json.dumps(meta, indent=2))
-        os.replace(tmp, out)
-    except (OSError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
-        raise write_error(out, err, "consolidated weights") from err
-    return out
+
+    return write_atomic(out, write, "consolidated weights")

@@ -129,8 +129,11 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     marker = path / MARKER
     if not marker.is_file():
         raise ConfigError(f"checkpoint.resume: {path} is not a complete checkpoint (no '{MARKER}' marker)")
-    meta = json.loads(marker.read_text())
-    return CheckpointInfo(path=path, step=int(meta["step"]), meta=meta)
+    try:
+        meta = json.loads(marker.read_text())
+        return CheckpointInfo(path=path, step=int(meta["step"]), meta=meta)
+    except (ValueError, KeyError, TypeError, OverflowError) as err:  # a damaged marker: a ValueError still
+        raise ConfigError(f"checkpoint.resume: {marker}: unreadable marker ({type(err).__name__}: {err})") from None
 
 
 class CheckpointManager:

@@ -66,14 +66,15 @@ class CLIPStage(Stage):
     def build_model(self, device: str | torch.device | None = None) -> nn.Module:
         return build_clip_model(self.cfg, device)
 
-    def contrastive(self, out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, accuracy = clip_loss(out.image, out.text, out.scale)
+    def contrastive(self, out: Any, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, dict]:
+        ids = batch["sample_ids"].to(device, non_blocking=True) if "sample_ids" in batch else None
+        loss, accuracy = clip_loss(out.image, out.text, out.scale, ids=ids)  # repeated samples are no negatives
         return loss, {"clip_loss": loss.detach(), "clip_acc": accuracy, "logit_scale": out.scale.detach()}
 
     def loss(self, model, batch: dict[str, Any], device: torch.device, dtype: torch.dtype):
         images = self.images(batch, device, dtype)
         tokens = batch["tokens"].to(device, non_blocking=True)
-        loss, metrics = self.contrastive(model(images, tokens))
+        loss, metrics = self.contrastive(model(images, tokens), batch, device)
         return (self.cfg.clip.clip_weight * loss).float(), metrics
 
     def image_flops(self) -> int:
@@ -101,7 +102,7 @@ class MAECLIPStage(CLIPStage):
         out = model(
             images, tokens, mask_ratio=cfg.mae.mask_ratio, noise=noise, mask_clip_input=cfg.clip.mask_clip_input
         )
-        contrastive, metrics = self.contrastive(out)
+        contrastive, metrics = self.contrastive(out, batch, device)
         mae = out.mae_loss.float()
         metrics["mae_loss"] = mae.detach()
         return (cfg.clip.clip_weight * contrastive + cfg.clip.mae_weight * mae).float(), metrics

@@ -380,8 +380,9 @@ class Trainer:
             self.meter.update(cfg.train.global_batch)
             self.counters.skipped_steps += int(skipped)
             self.counters.consecutive_bad = self.counters.consecutive_bad + 1 if skipped else 0
-            if not skipped and self._unconfirmed is not None:
-                self.manager.mark_healthy(self._unconfirmed)
+            if self._unconfirmed is not None:  # only the very next step decides: a bad one rules it out for good
+                if not skipped:
+                    self.manager.mark_healthy(self._unconfirmed)
                 self._unconfirmed = None
             metrics = {"loss": loss, "lr": self.schedule.lr(self.step - 1)}
             if self.step % log_every == 0 or self.step == self.total_steps:

@@ -44,6 +44,7 @@ def preflight(
         check_data(evaluate, "data.eval_path", evaluate.data.eval_path)
         if evaluate.eval.train_path:
             check_data(evaluate, "eval.train_path", evaluate.eval.train_path)
+        check_shots(evaluate)
 
 
 def check_world(cfg: RunConfig, world_size: int) -> None:
@@ -98,14 +99,45 @@ def check_writable(key: str, directory: Path) -> None:
 
 def check_data(cfg: RunConfig, key: str, path: str | None) -> None:
     """The data set at ``path`` exists and has a well-formed manifest."""
-    from maws_scale.data.shards import DatasetError, load_manifest
+    from maws_scale.data.shards import MANIFEST, DatasetError, load_manifest
 
     if not path:
         raise ConfigError(f"{key}: not set; point it at a directory built by `maws-scale data build`")
     try:
-        load_manifest(path)
+        manifest = load_manifest(path)
     except DatasetError as err:
         raise ConfigError(f"{key}: {err}") from None
+    if manifest.records == 0:
+        raise ConfigError(f"{key}: {Path(path) / MANIFEST} holds no records (the empty part of a partitioned build?)")
+
+
+def check_shots(cfg: RunConfig) -> None:
+    """``eval.few_shot`` asks no more shots than the smallest class of the probe-train set has records (the whole
+    set is counted: the 80 % probe split of ``data.eval_path`` is checked again when the features are drawn)."""
+    from collections import Counter
+
+    from maws_scale.data.shards import DatasetError, load_manifest, open_shard
+
+    if not cfg.eval.few_shot:
+        return
+    key, path = (
+        ("eval.train_path", cfg.eval.train_path) if cfg.eval.train_path else ("data.eval_path", cfg.data.eval_path)
+    )
+    counts: Counter = Counter()
+    try:
+        for shard in load_manifest(path).shards:
+            table = open_shard(Path(path) / shard.file)
+            if "label" not in table.column_names:
+                return  # not a labeled set: the evaluation names that itself
+            counts.update(label for label in table["label"].to_pylist() if label is not None)
+    except DatasetError:
+        return  # a damaged shard: the loader skips and counts it
+    if counts and max(cfg.eval.few_shot) > min(counts.values()):
+        label, fewest = min(counts.items(), key=lambda item: item[1])
+        raise ConfigError(
+            f"eval.few_shot: {max(cfg.eval.few_shot)} shots per class, but class {label} of {key} has only {fewest} "
+            "records"
+        )
 
 
 def check_text_tower(cfg: RunConfig) -> None:

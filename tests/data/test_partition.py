@@ -238,3 +238,16 @@ def test_slurm_dry_run_prints_one_job_array_over_the_parts(tree, tmp_path, capsy
     for line in ("--array=0-299%256", "--cpus-per-task=8", "--partition=cpu", "--ntasks-per-node=1"):
         assert f"#SBATCH {line}" in script
     assert not (tmp_path / "o").exists()  # nothing written, nothing submitted
+
+
+@pytest.mark.parametrize("edit", ["reorder", "add", "remove"])
+def test_merge_refuses_a_labels_json_edited_after_the_parts_were_built(tree, tmp_path, edit):
+    out = _built_parts(tree, tmp_path / "out")
+    classes = json.loads((out / LABELS).read_text())["classes"]
+    if edit == "remove":
+        (out / LABELS).unlink()
+    else:
+        edited = list(reversed(classes)) if edit == "reorder" else [*classes, "zebra"]
+        (out / LABELS).write_text(json.dumps({"classes": edited}))
+    with pytest.raises(DatasetError, match=r"out/labels\.json: not the label map part-00000-of-00002 was built with"):
+        merge_parts(out)

@@ -208,3 +208,30 @@ def test_cli_builds_captions_and_trains_the_tokenizer(tmp_path, webdataset_text)
     assert main(["data", "tokenizer", str(out), "--vocab-size", "280", "--context-length", "10"]) == 0
     assert TextInfo.of(out).context_length == 10
     assert main(["data", "tokenizer", str(out), "--vocab-size", "100"]) == 1  # below the byte alphabet: refused
+
+
+def test_a_replaced_tokenizer_is_refused_by_its_sha256(tmp_path, webdataset_text):
+    import shutil
+
+    from maws_scale.config import ConfigError
+    from maws_scale.data.shards import DatasetError
+
+    data, other = tmp_path / "data", tmp_path / "other"
+    shutil.copytree(webdataset_text, data)
+    shutil.copytree(webdataset_text, other)
+    train_tokenizer(data, vocab_size=300, context_length=12)
+    train_tokenizer(other, vocab_size=270, context_length=12)  # another valid tokenizer (fewer merges)
+    shutil.copy(other / "tokenizer.json", data / "tokenizer.json")
+    with pytest.raises(DatasetError, match=r"tokenizer.json: sha256 differs .*replaced after it was trained"):
+        TextInfo.of(data)
+    with pytest.raises(ConfigError, match=r"sha256 differs"):
+        load_config(None, ["stage=clip", "model.name=vit_micro_p4", f"data.path={data}", "train.micro_batch=8"])
+
+
+@pytest.mark.parametrize("special", ["<pad>", "<eos>", "<bos>", "a<pad>b"])
+def test_special_token_text_in_a_caption_is_encoded_as_plain_text(webdataset_text, special):
+    text = train_tokenizer(webdataset_text, vocab_size=300, context_length=24)
+    ids = CaptionEncoder(str(webdataset_text / text["tokenizer"]), 24)([f"a red {special} cat"])[0].tolist()
+    end = ids.index(EOS_ID)  # the one <eos>: the end-of-text pooling position
+    assert ids[0] == BOS_ID and ids.count(BOS_ID) == 1 and ids.count(EOS_ID) == 1
+    assert PAD_ID not in ids[:end] and set(ids[end + 1 :]) == {PAD_ID}

@@ -107,3 +107,89 @@ def test_export_keeps_the_trained_resolution_and_records_it(tmp_path, capsys):
     assert main(argv) == 0
     assert "pos_embed resampled from 7×7 to 4×4" in capsys.readouterr().err  # said, not silent
     assert json.loads((tmp_path / "e.json").read_text())["img_size"] == "16"
+
+
+# ----- issue 26: bad inputs to export end with one line and exit 1 (a run failure) or 2 (usage); nothing written ---
+def _valid_pt(tmp_path: Path) -> Path:
+    src = tmp_path / "enc.pt"
+    torch.save(_fill(build_encoder("vit_micro_p4")).state_dict(), src)
+    return src
+
+
+@pytest.mark.parametrize("damage", ["empty", "random", "truncated", "truncated_safetensors", "nan"])
+def test_export_of_an_unreadable_or_non_finite_file_fails_in_one_line(tmp_path, capsys, damage):
+    src = _valid_pt(tmp_path)
+    data = src.read_bytes()
+    if damage == "truncated_safetensors":
+        from safetensors.torch import save_file
+
+        save_file(torch.load(src, weights_only=True), str(tmp_path / "enc.safetensors"))
+        src = tmp_path / "enc.safetensors"
+        data = src.read_bytes()
+    if damage == "nan":
+        state = torch.load(src, weights_only=True)
+        state["blocks.0.attn.qkv.weight"][0, 0] = float("nan")
+        torch.save(state, src)
+    else:
+        cut = {"empty": b"", "random": torch.randint(0, 256, (len(data),), dtype=torch.uint8).numpy().tobytes()}
+        src.write_bytes(cut.get(damage, data[: len(data) // 2]))
+    out = tmp_path / "out.safetensors"
+    assert main(["export", str(src), "--out", str(out), "--model", "vit_micro_p4"]) == 1
+    err = capsys.readouterr().err
+    assert str(src) in err and ("NaN" in err if damage == "nan" else "cannot read" in err), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--img-size", "30"], "not a multiple of the patch size 4"),
+        (["--img-size", "-28"], "--img-size -28: must be a positive"),
+        (["--img-size", "0"], "--img-size 0: must be a positive"),
+        (["--out-dir"], "is a directory"),
+    ],
+)
+def test_export_refuses_a_bad_size_or_a_directory_as_out(tmp_path, capsys, extra, message):
+    src = _valid_pt(tmp_path)
+    out = tmp_path / "out.pt"
+    if extra == ["--out-dir"]:
+        out.mkdir()
+        extra = []
+    assert main(["export", str(src), "--out", str(out), "--model", "vit_micro_p4", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.is_file() and not out.with_suffix(".json").exists()
+
+
+def test_export_on_a_full_disk_names_the_file_and_leaves_no_partial_file(tmp_path, capsys):
+    src = _valid_pt(tmp_path)
+    out = tmp_path / "out.pt"
+    (tmp_path / ".out.pt.tmp").symlink_to("/dev/full")  # every write there fails with ENOSPC
+    assert main(["export", str(src), "--out", str(out)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"cannot write exported weights {out}: No space left on device" in err, err
+    assert not out.exists() and not (tmp_path / ".out.pt.tmp").exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random"])
+def test_export_of_a_step_directory_with_a_damaged_model_file_fails_in_one_line(tmp_path, capsys, damage):
+    step = tmp_path / "run" / "mae" / "checkpoints" / "step_00000003"
+    step.mkdir(parents=True)
+    model = {"module": _fill(build_encoder("vit_micro_p4")).state_dict()}
+    torch.save(model, step / "mp_rank_00_model_states.pt")
+    size = (step / "mp_rank_00_model_states.pt").stat().st_size
+    marker = {"step": 3, "world_size": 1, "zero_stage": 0, "files": {"mp_rank_00_model_states.pt": size}}
+    (step / "complete").write_text(json.dumps(marker))
+    data = {"empty": b"", "truncated": b"PK" * 100, "random": bytes(size)}[damage]
+    (step / "mp_rank_00_model_states.pt").write_bytes(data)
+    out = tmp_path / "out.pt"
+    assert main(["export", str(step), "--out", str(out)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert str(step) in err and ("damaged" in err if damage != "random" else "cannot read" in err), err
+    assert not out.exists()
+
+
+def test_export_of_a_step_directory_refuses_a_bad_size_before_consolidating(tmp_path, capsys):
+    step = tmp_path / "step_00000001"
+    step.mkdir()  # not even a checkpoint: the usage error comes first, exit 2
+    assert main(["export", str(step), "--out", str(tmp_path / "o.pt"), "--img-size", "-28"]) == 2
+    assert "--img-size -28: must be a positive" in capsys.readouterr().err

@@ -241,3 +241,20 @@ def test_the_image_tower_follows_the_configured_shape(captioned, tmp_path, stage
     cfg = config(captioned, tmp_path, f"stage={stage}", "model.width=48", "model.depth=3", "model.heads=2")
     visual = build_clip_model(cfg, device="meta").visual
     assert visual.embed_dim == 48 and len(visual.blocks) == 3
+
+
+def test_retrieval_counts_a_hit_for_any_item_with_the_identical_caption():
+    from maws_scale.eval.zero_shot import recall_at
+
+    # items 1 and 2 share a caption: texts 1 and 2 are equal and tie for images 1 and 2; one of the two images
+    # would miss at rank 1 by the sort's tie order alone
+    image = torch.eye(4)
+    image[2] = image[1]
+    text = image.clone()
+    similarity = image @ text.t()
+    groups = torch.tensor([0, 1, 1, 2])
+    assert recall_at(similarity, ks=(1,))[1] < 100.0
+    assert recall_at(similarity, ks=(1,), groups=groups) == {1: 100.0}
+    assert recall_at(similarity.t(), ks=(1,), groups=groups) == {1: 100.0}
+    text[3] = -text[3]  # a real miss still counts as one
+    assert recall_at(image @ text.t(), ks=(1,), groups=groups) == {1: 75.0}

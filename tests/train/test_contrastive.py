@@ -44,6 +44,28 @@ def test_one_process_loss_is_the_symmetric_infonce():
     assert accuracy.item() == (logits.argmax(1) == labels).float().mean().item()
 
 
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3, 1, 2], [0, 0, 0, 1, 2, 3], [3, 2, 1, 0, 3, 3]])
+def test_a_batch_with_repeated_samples_gives_the_loss_of_the_batch_without_them(rows):
+    # the loader refills a batch whose bad records were dropped by repeating valid samples: a repeat would be a
+    # false negative of its own pair, and count twice
+    g = torch.Generator().manual_seed(1)
+    image = F.normalize(torch.randn(4, 5, generator=g), dim=-1).requires_grad_()
+    text = F.normalize(torch.randn(4, 5, generator=g), dim=-1).requires_grad_()
+    scale = torch.tensor(10.0)
+    index = torch.tensor(rows)
+    loss, accuracy = clip_loss(image[index], text[index], scale, ids=index + 100)
+    grads = torch.autograd.grad(loss, (image, text))
+    unique = torch.tensor(sorted(set(rows), key=rows.index))  # first occurrences, in batch order
+    expected, expected_accuracy = clip_loss(image[unique], text[unique], scale)
+    expected_grads = torch.autograd.grad(expected, (image, text))
+    torch.testing.assert_close(loss, expected)
+    assert accuracy.item() == expected_accuracy.item()
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+    no_repeats, _ = clip_loss(image, text, scale, ids=torch.arange(4))
+    torch.testing.assert_close(no_repeats, clip_loss(image, text, scale)[0])
+
+
 def reference() -> dict:
     model = tiny_clip()
     images, tokens = global_batch()

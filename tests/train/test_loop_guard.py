@@ -137,6 +137,13 @@ def test_a_checkpoint_right_before_a_divergence_is_not_a_rollback_target(world, 
     assert torch.equal(stage.weights[6], stage.weights[2])
 
 
+def test_a_checkpoint_followed_by_a_bad_step_stays_out_even_after_later_finite_steps(world, tmp_path):
+    # step 2's checkpoint was followed by a NaN (step 3); finite step 4 must not make it a target: back to step 1
+    result, stage = run(tmp_path, "train.steps=8", "checkpoint.every=1", nan_loss_at={3, 5, 6, 7})
+    assert result.rollbacks == 1 and stage.calls == 14  # 7 calls, back to step 1, then steps 2-8 again
+    assert torch.equal(stage.weights[7], stage.weights[1])
+
+
 def test_no_checkpoint_is_saved_during_a_non_finite_streak_and_keep_last_spares_the_healthy_one(world, tmp_path):
     # every step saves, keep_last=1: steps 3-4 are bad (a streak below the tolerance of 3), then training recovers
     result, stage = run(

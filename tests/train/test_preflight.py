@@ -54,6 +54,13 @@ def test_missing_data_eval_set_and_vocab_are_refused(tmp_path, mosaics):
         preflight([wsp], world_size=1)
 
 
+def test_more_few_shots_than_a_class_has_records_are_refused_before_training(tmp_path, mosaics):
+    cfg = _config(tmp_path, mosaics, "eval.few_shot=[1, 100000]")
+    with pytest.raises(ConfigError, match=r"eval.few_shot: 100000 shots per class, but class \d+ of data.eval_path"):
+        preflight([cfg], world_size=1, evaluate=cfg)
+    preflight([cfg], world_size=1, evaluate=_config(tmp_path, mosaics, "eval.few_shot=[1]"))
+
+
 def test_triton_kernels_where_they_cannot_run_are_refused(tmp_path, mosaics, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr("kernels.dispatch.triton_available", lambda device=None: False)

@@ -53,3 +53,29 @@ def test_a_checkpoint_write_failure_is_one_line_with_the_path_and_exit_1(tmp_pat
     error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "cannot write checkpoint" in error[0] and "File too large" in error[0], done.stderr
     assert str(tmp_path / "run" / "mae" / "checkpoints") in error[0]
+
+
+def test_a_write_that_fills_the_disk_reports_no_space_not_torchs_unexpected_pos(tmp_path, monkeypatch):
+    # stand-in for a consolidated.pt too large for the disk: the partial file fills it, torch reports only
+    # "unexpected pos"; the cause must be read while that file still exists, not after it is removed
+    import types
+
+    from maws_scale import errors
+    from maws_scale.parallel import consolidate
+
+    out = tmp_path / "consolidated.pt"
+    partial = tmp_path / ".consolidated.pt.tmp"
+    free = 1 << 40
+
+    def fill_disk(obj, path):
+        Path(path).write_bytes(b"\0" * 4096)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    def statvfs(path):  # the disk is full exactly while the partial file exists
+        return types.SimpleNamespace(f_bavail=0 if partial.exists() else free, f_frsize=1)
+
+    monkeypatch.setattr(consolidate, "torch_save", fill_disk)
+    monkeypatch.setattr(errors.os, "statvfs", statvfs)
+    with pytest.raises(WriteError, match=rf"cannot write consolidated weights {out}: No space left on device"):
+        write_state_dict({"w": torch.ones(10)}, out, {})
+    assert not out.exists() and not partial.exists()

@@ -62,3 +62,14 @@ def test_isoflop_frontier_finds_the_optimum_per_band_and_its_power_law() -> None
         assert band["n_opt"] == pytest.approx(0.1 * band["compute"] ** 0.5, rel=0.02)
     single = isoflop_frontier([1e15, 1e15], [1e5, 2e5], [2.0, 1.9])
     assert single.law is None and single.warnings
+
+
+def test_a_frontier_where_every_band_picks_the_largest_model_gives_no_exponent() -> None:
+    """Issue 25: every band's best size was the largest, and the console read `C^-0.000 … (R² 1.000)`."""
+    rows = [(c, n, 3.0 - 0.1 * np.log(n) - 0.01 * np.log(c)) for c in (1e15, 1e16, 1e17) for n in (1e4, 2e4, 4e4)]
+    frontier = isoflop_frontier(*map(np.array, zip(*rows)))
+    assert frontier.law is None and len(frontier.bands) == 3
+    assert not any(band["interior"] for band in frontier.bands)
+    text = frontier.describe()
+    assert "no N_opt(C) exponent" in text and "3 of 3" in text and "C^" not in text
+    assert sum("no interior minimum (largest of 3 sizes is best)" in w for w in frontier.warnings) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -136,15 +137,28 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "naming": "timm", **{k: str(v) for k, v in info.items()}}
+    tmp = out.with_name(f".{out.name}.tmp")
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(out), metadata=metadata)
+        save_file(state, str(tmp), metadata=metadata)  # safetensors creates its files 0600
     else:
-        torch.save(state, out)
-        out.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
+        torch.save(state, tmp)
+        sidecar = out.with_suffix(".json")
+        sidecar_tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+        sidecar_tmp.write_text(json.dumps(metadata, indent=2))
+        sidecar_tmp.replace(sidecar)
+    tmp.chmod(_default_mode())  # the same mode for both formats: what the umask gives a new file (0644 under 022)
+    tmp.replace(out)
     head = "with head" if any(k.startswith("head.") for k in state) else "encoder only"
     shown = ", ".join(f"{k} {v}" for k, v in info.items() if k in ("model", "img_size", "pool"))
     shown = f", {shown}" if shown else ""
     console.print(f"exported {len(state)} tensors ({head}, timm naming{shown}) to {out} [{fmt}]")
     return 0
+
+
+def _default_mode() -> int:
+    """The mode a newly created file gets under the current umask (read without changing it for long)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask

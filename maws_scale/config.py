@@ -339,9 +339,15 @@ class RunConfig(BaseModel):
                 )
             return dp, self.train.grad_accum
         if self.train.global_batch % per_step:
+            fits = [m for m in range(self.train.micro_batch, 0, -1) if self.train.global_batch % (m * dp) == 0]
+            hint = (
+                f"; e.g. train.micro_batch={fits[0]}"
+                if fits
+                else f"; train.global_batch must be a multiple of the data-parallel size {dp}"
+            )
             raise ConfigError(
                 f"train.global_batch={self.train.global_batch} is not a multiple of train.micro_batch="
-                f"{self.train.micro_batch} × data-parallel size {dp} (world {world} / tp {tp})"
+                f"{self.train.micro_batch} × data-parallel size {dp} (world {world} / tp {tp}){hint}"
             )
         return dp, self.train.global_batch // per_step
 

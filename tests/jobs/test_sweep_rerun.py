@@ -145,3 +145,12 @@ def test_the_report_flags_results_of_an_earlier_config(tmp_path: Path, base_conf
         changed, [run(changed.points[0], changed.points[0].config_hash, 0.5, 3), run(first, first.config_hash, 9.0, 4)]
     )
     assert list(table["loss"]) == [0.5]
+
+
+def test_the_documented_scaling_sweep_on_8_gpus_fits_with_the_micro_batch_the_error_suggests(capsys) -> None:
+    """Issue 25: docs/jobs.md's `sweep configs/sweeps/scaling.yaml --slurm --nodes 1 --gpus-per-node 8` exited 2."""
+    scaling = str(Path(__file__).resolve().parents[2] / "configs" / "sweeps" / "scaling.yaml")
+    argv = ["sweep", scaling, "--slurm", "--nodes", "1", "--gpus-per-node", "8", "--partition", "p", "--dry-run"]
+    assert main(argv) == 2
+    assert "e.g. train.micro_batch=4" in capsys.readouterr().err  # the way out, named
+    assert main([*argv, "train.micro_batch=4"]) == 0

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from maws_scale.config import RunConfig
-from maws_scale.jobs.plotting import new_figure, safe_name
+from maws_scale.jobs.plotting import log_axes, new_figure, safe_name
 from maws_scale.jobs.powerlaw import PowerLaw, fit_power_law
 from maws_scale.jobs.sweep import HASH_TAG, Sweep
 
@@ -247,11 +247,9 @@ def fit_and_plot(runs: pd.DataFrame, x: str, y: str, group_by: list[str], out: P
         axes.scatter(part[x], part[y], s=18, alpha=0.7, label=f"{label}: b={law.b:+.3f}")
         grid = np.geomspace(part[x].min(), part[x].max(), 50)
         axes.plot(grid, law(grid), linewidth=1.2)
-    axes.set_xscale("log")
-    axes.set_yscale("log")
+    log_axes(axes)  # labelled ticks also when the data spans less than a decade
     axes.set_xlabel(x)
     axes.set_ylabel(y)
-    axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     figure.tight_layout()
     path = out / f"fit_{safe_name(y)}_vs_{safe_name(x)}.png"
@@ -378,13 +376,16 @@ def log_report(sweep: Sweep, report: Report) -> str:
     experiment = client.get_experiment_by_name(sweep.spec.name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep.spec.name)
     found = client.search_runs([experiment_id], filter_string=f"tags.sweep_report = '{sweep.spec.name}'")
-    run_id = (
-        found[0].info.run_id
-        if found
-        else client.create_run(
-            experiment_id, run_name=f"{sweep.spec.name}-report", tags={"sweep_report": sweep.spec.name}
-        ).info.run_id
-    )
+    parent = client.search_runs([experiment_id], filter_string=f"tags.sweep_parent = '{sweep.spec.name}'")
+    tags = {"sweep_report": sweep.spec.name}
+    if parent:  # the report nests under the sweep's own run
+        tags["mlflow.parentRunId"] = parent[0].info.run_id
+    if found:
+        run_id = found[0].info.run_id
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+    else:
+        run_id = client.create_run(experiment_id, run_name=f"{sweep.spec.name}-report", tags=tags).info.run_id
     for path in report.files:
         client.log_artifact(run_id, str(path), "report")
     for fit in report.fits:

@@ -64,20 +64,33 @@ def saturating_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[d
         text = law.describe(fit.x, fit.y)
         results.append({"x": fit.x, "y": fit.y, "kind": fit.kind, "group": label, **law.to_json(), "text": text})
         warnings += law.warnings
-        points = axes.scatter(part[fit.x], part[fit.y], s=20, alpha=0.75)
+        by_size = not fit.group_by and "params" in part.columns and part["params"].nunique() > 1
+        points = axes.scatter(
+            part[fit.x],
+            part[fit.y],
+            s=22,
+            alpha=0.85,
+            **(_size_colours(part["params"]) if by_size else {}),
+        )
+        if by_size:
+            figure.colorbar(points, ax=axes, label=axis_label("params"))
         grid = np.geomspace(part[fit.x].min(), part[fit.x].max(), 100)
+        colour = "#333333" if by_size else points.get_facecolor()[0]
+        band = law.band(grid)
+        if band is not None:
+            axes.fill_between(grid, *band, color=colour, alpha=0.15, linewidth=0, label="95 % bootstrap band")
         ci = f" [{law.alpha_ci[0]:.2f}, {law.alpha_ci[1]:.2f}]" if law.alpha_ci else ""
         e_ci = f" [{law.E_ci[0]:.2f}, {law.E_ci[1]:.2f}]" if law.E_ci else ""
         name = "" if label == "all" else f"{label}: "
         axes.plot(
             grid,
             law(grid),
-            color=points.get_facecolor()[0],
+            color=colour,
             linewidth=1.4,
             label=f"{name}E + A·x^-α: α = {law.alpha:.3f}{ci}, E = {law.E:.3f}{e_ci}\n(n = {law.n}, R² = {law.r2:.3f})",
         )
         if law.E > 0:
-            axes.axhline(law.E, color=points.get_facecolor()[0], linestyle="--", linewidth=0.8, alpha=0.6)
+            axes.axhline(law.E, color=colour, linestyle="--", linewidth=0.8, alpha=0.6)
     log_axes(axes)
     axes.set_xlabel(axis_label(fit.x))
     axes.set_ylabel(fit.y)
@@ -148,8 +161,19 @@ def frontier_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[dic
     left.set_title("IsoFLOP bands (★ loss-optimal size)", fontsize=9)
     if frontier.bands:
         left.legend(fontsize=7, title=axis_label(fit.x), title_fontsize=7)
-    if frontier.bands:
-        right.scatter([b["compute"] for b in frontier.bands], [b["n_opt"] for b in frontier.bands], s=30)
+    for band in frontier.bands:  # N_opt per band; whiskers: the sizes tried there (an edge optimum is only a bound)
+        sizes = n[np.abs(np.log10(c) - np.log10(band["compute"])) <= 0.16]
+        low, high = band["n_opt"] - sizes.min(), sizes.max() - band["n_opt"]
+        right.errorbar(
+            [band["compute"]],
+            [band["n_opt"]],
+            yerr=[[max(low, 0.0)], [max(high, 0.0)]],
+            fmt="o" if band.get("interior", True) else "^",
+            mfc=None if band.get("interior", True) else "none",
+            color="#1f4e79",
+            capsize=3,
+            markersize=5,
+        )
     if frontier.law is not None:
         grid = np.geomspace(min(b["compute"] for b in frontier.bands), max(b["compute"] for b in frontier.bands), 50)
         right.plot(grid, frontier.law(grid), linewidth=1.3, label=frontier.describe())
@@ -157,9 +181,16 @@ def frontier_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[dic
     log_axes(right)
     right.set_xlabel(axis_label(fit.x))
     right.set_ylabel(f"N_opt ({UNITS.get(fit.x2, fit.x2)})")
-    right.set_title("compute-optimal size N_opt(C)", fontsize=9)
+    right.set_title("compute-optimal size N_opt(C) (● interior, △ edge: a bound; bars: sizes tried)", fontsize=8)
     _notes(right, frontier.warnings)
     figure.tight_layout()
     path = out / f"frontier_{safe_name(fit.y)}.png"
     figure.savefig(path)
     return [result], path
+
+
+def _size_colours(params: pd.Series) -> dict[str, Any]:
+    """Scatter keywords that colour points by model size on a log scale."""
+    from matplotlib.colors import LogNorm
+
+    return {"c": params.to_numpy(float), "cmap": "viridis", "norm": LogNorm(params.min(), params.max())}

@@ -63,9 +63,18 @@ class SaturatingLaw:
     alpha_ci: tuple[float, float] | None = None
     E_ci: tuple[float, float] | None = None
     warnings: list[str] = field(default_factory=list)
+    boot: list[tuple[float, float, float]] = field(default_factory=list, repr=False)  # (E, A, α) of each resample
 
     def __call__(self, x: np.ndarray | float) -> np.ndarray | float:
         return self.E + self.A * np.power(x, -self.alpha)
+
+    def band(self, x: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray] | None:
+        """The pointwise ``level`` percentile band of the bootstrap fits at ``x`` (None without resamples)."""
+        if len(self.boot) < 20:
+            return None
+        curves = np.array([e + a * np.power(x, -alpha) for e, a, alpha in self.boot])
+        tail = 100 * (1 - level) / 2
+        return np.percentile(curves, tail, axis=0), np.percentile(curves, 100 - tail, axis=0)
 
     def describe(self, x: str = "C", y: str = "L") -> str:
         ci_a = f" [{self.alpha_ci[0]:.3f}, {self.alpha_ci[1]:.3f}]" if self.alpha_ci else ""
@@ -76,7 +85,9 @@ class SaturatingLaw:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("boot")
+        return out
 
 
 def _fit_saturating_once(lx: np.ndarray, ly: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
@@ -146,6 +157,7 @@ def fit_saturating(x: Any, y: Any, n_boot: int = N_BOOT, seed: int = 0, x_name: 
         q = _fit_saturating_once(bx - centre, by, start=np.array([E / math.exp(by.min()), p[1], alpha]))
         alphas.append(float(q[2]))
         es.append(float(q[0] * math.exp(by.min())))
+        law.boot.append((es[-1], float(math.exp(q[1] + q[2] * centre)), alphas[-1]))
     law.alpha_ci, law.E_ci = _ci(alphas), _ci(es)
     if distinct < 5:
         law.warnings.append(f"only {distinct} distinct {x_name}: E and α trade off; read the CIs")

@@ -51,11 +51,25 @@ def sweep_parent_run(sweep: Sweep) -> str | None:
             if experiment
             else client.create_experiment(sweep.spec.name, artifact_location=artifact_location(sweep.tracking_uri))
         )
+        from maws_scale.track.mlflow import source_tags
+
         found = client.search_runs([experiment_id], filter_string=f"tags.sweep_parent = '{sweep.spec.name}'")
+        tags = {
+            **source_tags(),
+            "sweep_parent": sweep.spec.name,
+            "sweep_file": str(sweep.path),
+            "sweep.points": str(len(sweep.points)),
+            "sweep.command": sweep.spec.command,
+            "sweep.coordinates": ", ".join(sweep.coordinates()),
+        }
         if found:
-            return found[0].info.run_id
-        tags = {"sweep_parent": sweep.spec.name, "sweep_file": str(sweep.path)}
-        return client.create_run(experiment_id, run_name=f"{sweep.spec.name}-sweep", tags=tags).info.run_id
+            run_id = found[0].info.run_id
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
+        else:
+            run_id = client.create_run(experiment_id, run_name=f"{sweep.spec.name}-sweep", tags=tags).info.run_id
+        client.log_artifact(run_id, str(sweep.path), "sweep")  # the YAML as it was for this run of the sweep
+        return run_id
     except Exception as err:  # tracking must never stop a sweep
         Console(stderr=True).print(
             f"[yellow]MLflow: no sweep parent run ({type(err).__name__}: {err})", highlight=False

@@ -154,3 +154,23 @@ def test_the_documented_scaling_sweep_on_8_gpus_fits_with_the_micro_batch_the_er
     assert main(argv) == 2
     assert "e.g. train.micro_batch=4" in capsys.readouterr().err  # the way out, named
     assert main([*argv, "train.micro_batch=4"]) == 0
+
+
+def test_the_sweep_run_carries_tags_its_yaml_and_nests_the_report(
+    tmp_path: Path, runs: list, base_config: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from maws_scale.jobs.report import Report, log_report
+
+    path = write_sweep(tmp_path, base_config)
+    assert main(["sweep", str(path)]) == 0
+    sweep = load_sweep(path)
+    client = MlflowClient(sweep.tracking_uri)
+    experiment = client.get_experiment_by_name("toy").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.sweep_parent = 'toy'")
+    tags = parent.data.tags
+    assert tags["sweep.points"] == "2" and tags["sweep.coordinates"] == "seed" and tags["mlflow.source.name"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")] == ["sweep/sweep.yaml"]
+    report_id = log_report(sweep, Report(runs=None, summary=None))
+    assert client.get_run(report_id).data.tags["mlflow.parentRunId"] == parent.info.run_id

@@ -93,7 +93,11 @@ def test_ctrl_c_stops_the_sweep_with_one_line(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sweep_run.subprocess, "call", interrupted)
-    assert main(["sweep", str(write_sweep(tmp_path, base_config))]) == 130
+    try:
+        code = main(["sweep", str(write_sweep(tmp_path, base_config))])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the sweep as a KeyboardInterrupt (a traceback)")
+    assert code == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
 

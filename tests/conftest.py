@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from timm_naming import TIMM_VIT_B16, mae_keys, timm_vit_keys
 
 # The suite's DeepSpeed runs are CPU runs under gloo, also on a GPU machine (the `gpu` tests use no DeepSpeed):
 # DeepSpeed picks its accelerator once per process, so say it before anything imports it.
@@ -20,6 +21,12 @@ def _restore_environment() -> Iterator[None]:
     for key in set(os.environ) - set(saved):
         del os.environ[key]
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def timm_naming():
+    """timm / MAE state-dict naming (tests/timm_naming.py): (literal vit_b16 list, timm_vit_keys, mae_keys)."""
+    return TIMM_VIT_B16, timm_vit_keys, mae_keys
 
 
 def cuda_present() -> bool:

@@ -179,7 +179,11 @@ def _run(args: argparse.Namespace) -> int:
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        write_atomic(out, lambda tmp: save_file(state, str(tmp), metadata=metadata), "exported weights")
+        def write(tmp: Path) -> None:
+            save_file(state, str(tmp), metadata=metadata)  # safetensors creates its files 0600
+            tmp.chmod(_default_mode())  # the same mode as .pt: what the umask gives a new file (0644 under 022)
+
+        write_atomic(out, write, "exported weights")
     else:
         write_atomic(out, lambda tmp: torch_save(state, tmp), "exported weights")
         sidecar = json.dumps(metadata, indent=2)
@@ -189,3 +193,10 @@ def _run(args: argparse.Namespace) -> int:
     shown = f", {shown}" if shown else ""
     console.print(f"exported {len(state)} tensors ({head}, timm naming{shown}) to {out} [{fmt}]")
     return 0
+
+
+def _default_mode() -> int:
+    """The mode a newly created file gets under the current umask (read without changing it for long)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask

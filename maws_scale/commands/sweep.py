@@ -35,7 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     allow_intermixed(parser)
     parser.add_argument("target", metavar="SWEEP|report", help="sweep YAML, or 'report' followed by the sweep YAML")
-    parser.add_argument("sweep", nargs="?", metavar="SWEEP", help="(after 'report') the sweep YAML")
+    parser.add_argument(
+        "rest",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides applied to every point (after 'report': the sweep YAML first)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the points (and the sbatch script); run nothing")
     parser.add_argument("--json", action="store_true", help="with --dry-run / report: print JSON")
     parser.add_argument("--only", action="append", metavar="GLOB", help="run only points whose id matches")
@@ -60,18 +65,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.target == "report":
-        if not args.sweep:
+        if not args.rest or "=" in args.rest[0]:
             raise ConfigError("sweep report: give the sweep YAML")
-        return _report(load_sweep(args.sweep), args)
-    if args.sweep:
-        raise ConfigError(f"sweep: unexpected argument '{args.sweep}' (did you mean `sweep report {args.sweep}`?)")
-    sweep = load_sweep(args.target)  # every point validated here
+        return _report(load_sweep(args.rest[0], _overrides(args.rest[1:])), args)
+    sweep = load_sweep(args.target, _overrides(args.rest))  # every point validated here
+    if args.dry_run:
+        from maws_scale.jobs.sweep_run import select
+
+        return _dry_run(sweep, select(sweep, args.only, args.force), _launch(sweep, args), args.json)
+    from maws_scale.jobs.sweep_run import SweepLock
+
+    try:
+        with SweepLock(sweep.output_dir):
+            return _run(sweep, args)
+    except KeyboardInterrupt:
+        console.print(
+            f"sweep {sweep.spec.name}: interrupted (Ctrl-C); the running point was stopped. Re-run the same command to "
+            "continue (finished points are skipped).",
+            highlight=False,
+        )
+        return 130
+
+
+def _overrides(items: list[str]) -> list[str]:
+    for item in items:
+        if "=" not in item:
+            hint = f" (did you mean `sweep report {item}`?)" if item.endswith((".yaml", ".yml")) else ""
+            raise ConfigError(f"sweep: unexpected argument '{item}': overrides are KEY=VALUE{hint}")
+    return items
+
+
+def _run(sweep: Sweep, args: argparse.Namespace) -> int:
     from maws_scale.jobs.sweep_run import select
 
     pending = select(sweep, args.only, args.force)
     launch = _launch(sweep, args)
-    if args.dry_run:
-        return _dry_run(sweep, pending, launch, args.json)
     if not pending:
         console.print(f"sweep {sweep.spec.name}: all {len(sweep.points)} points are finished", highlight=False)
         return 0
@@ -90,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
         status = "KILLED"
         try:
-            outcomes = run_sequential(sweep, pending, fail_fast=args.fail_fast, console=console, parent=parent)
+            outcomes = run_sequential(
+                sweep, pending, fail_fast=args.fail_fast, console=console, parent=parent, force=args.force
+            )
             failed = [o.point.run_id for o in outcomes if o.returncode != 0]
             status = "FAILED" if failed else "FINISHED"
         finally:
@@ -100,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     from maws_scale.jobs.sweep_run import submit_points
 
-    jobs = submit_points(sweep, pending, launch, parent=parent)
+    jobs = submit_points(sweep, pending, launch, parent=parent, force=args.force)
     close_parent_run(sweep, parent, "FINISHED")  # a grouping run: the points' own runs carry their status
     for point, job in zip(pending, jobs):
         print(f"{point.run_id}\t{job.job_id}")
@@ -141,7 +171,7 @@ def _dry_run(sweep: Sweep, pending, launch, as_json: bool) -> int:
             "status": p.status(),
             "coords": p.coords,
             "output_dir": str(p.run_dir),
-            "argv": ["maws-scale", *p.argv()],
+            "argv": ["maws-scale", *p.standalone_argv(sweep.spec.base)],
         }
         for p in sweep.points
     ]
@@ -167,8 +197,8 @@ def _dry_run(sweep: Sweep, pending, launch, as_json: bool) -> int:
     for p in sweep.points:
         table.add_row(p.run_id, p.status(), *(str(p.coords.get(c, "")) for c in sweep.coordinates()))
     Console().print(table)
-    for p in pending:
-        print(shlex.join(["maws-scale", *p.argv()]))
+    for p in pending:  # the sweep writes <run_dir>/config.yaml only when it runs: show what builds it
+        print(shlex.join(["maws-scale", *p.standalone_argv(sweep.spec.base)]))
     if sbatch:
         print(sbatch)
     return 0
@@ -189,9 +219,20 @@ def _report(sweep: Sweep, args: argparse.Namespace) -> int:
     from maws_scale.jobs.report import group_keys, markdown
 
     keys = group_keys(sweep)
-    metrics = sweep.spec.report.metrics or [c for c in report.runs.columns if c not in ("run", "_mlflow", *keys)]
+    metrics = sweep.spec.report.metrics or [
+        c for c in report.runs.columns if c not in ("run", "_mlflow", "stale", *keys)
+    ]
     print(markdown(report.summary, keys, metrics))
+    stale = list(report.runs.loc[report.runs["stale"], "run"]) if "stale" in report.runs else []
+    if stale:
+        console.print(
+            f"[yellow]warning:[/] {len(stale)} point(s) show results of an earlier config ({', '.join(stale)}); "
+            f"re-run `maws-scale sweep {sweep.path}` to refresh them",
+            highlight=False,
+        )
     for fit in report.fits:
         print(f"fit [{fit['group']}]: {fit['text']}")
+        for warning in fit.get("warnings") or []:
+            console.print(f"[yellow]warning:[/] fit [{fit['group']}]: {warning}", highlight=False)
     console.print(f"wrote {len(report.files)} files to {report.files[0].parent}; MLflow run {run_id}", highlight=False)
     return 0

@@ -48,6 +48,16 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 def _train(args: argparse.Namespace) -> int:
     cfg = run_config(args).resolved()
     cfg.check_standalone()
+    from maws_scale.train.pipeline import finished_stage
+
+    done = finished_stage(cfg)  # another config's finished stage: ConfigError naming the keys
+    if done is not None:  # the same config finished: a no-op that says so (its MLflow run is not reopened)
+        from rich.console import Console
+
+        Console(stderr=True, soft_wrap=True).print(
+            f"[{cfg.stage}] already finished with this config ({done}); not run again", highlight=False, markup=False
+        )
+        return 0
     from maws_scale.train.loop import train_stage
 
     train_stage(cfg)

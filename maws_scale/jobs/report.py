@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from maws_scale.config import RunConfig
+from maws_scale.jobs.plotting import log_axes, new_figure, safe_name
 from maws_scale.jobs.powerlaw import PowerLaw, fit_power_law
-from maws_scale.jobs.sweep import Sweep
+from maws_scale.jobs.sweep import HASH_TAG, Sweep
 
 STAGE_TAG = "stage"
 
@@ -118,9 +118,36 @@ def init_flops(cfg: RunConfig, sweep: Sweep) -> float:
     return math.nan
 
 
+def _current_runs(sweep: Sweep, runs: list[Any]) -> tuple[list[Any], set[str]]:
+    """The finished runs to report, and the points whose results are stale. A point's runs tagged with its current
+    config hash are used; where it has none, its runs of earlier configs are (and the point is stale). Runs from
+    before the tag existed count as current when the point's done marker holds its current hash."""
+    points = {p.run_id: p for p in sweep.points}
+    by_point: dict[str, list[Any]] = {}
+    for run in runs:
+        run_id = run.data.tags.get("sweep_run")
+        if run_id in points and run.info.status == "FINISHED":
+            by_point.setdefault(run_id, []).append(run)
+    chosen, stale = [], set()
+    for run_id, found in by_point.items():
+        point = points[run_id]
+        untagged_current = point.status() == "done"
+        current = [
+            r
+            for r in found
+            if r.data.tags.get(HASH_TAG, point.config_hash if untagged_current else None) == point.config_hash
+        ]
+        if not current:
+            stale.add(run_id)
+        chosen += current or found
+    return chosen, stale
+
+
 def gather(sweep: Sweep, runs: list[Any] | None = None) -> pd.DataFrame:
-    """One row per finished sweep point found in MLflow: coordinates, final metrics, params, compute."""
+    """One row per finished sweep point found in MLflow: coordinates, final metrics, params, compute (from the
+    point's current config), and ``stale``: True where the results come from an earlier config of the point."""
     runs = _mlflow_runs(sweep) if runs is None else runs
+    runs, stale = _current_runs(sweep, runs)
     points = {p.run_id: p for p in sweep.points}
     coords = sweep.coordinates()
     rows: dict[str, dict[str, Any]] = {}
@@ -128,9 +155,7 @@ def gather(sweep: Sweep, runs: list[Any] | None = None) -> pd.DataFrame:
     for run in sorted(runs, key=lambda r: r.info.start_time or 0):  # a re-run's newer values win
         tags = run.data.tags
         run_id = tags.get("sweep_run")
-        if run_id not in points or run.info.status != "FINISHED":
-            continue
-        row = rows.setdefault(run_id, {"run": run_id, **{c: tags.get(c) for c in coords}})
+        row = rows.setdefault(run_id, {"run": run_id, **{c: tags.get(c) for c in coords}, "stale": run_id in stale})
         stage = tags.get(STAGE_TAG)
         if stage in ("mae", "wsp"):
             stages.setdefault(run_id, []).append(stage)
@@ -168,6 +193,8 @@ def summarize(runs: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.Dat
         keys = ["_all"]
     grouped = runs.groupby(keys, sort=False, dropna=False)
     out = grouped.size().rename("n").to_frame()
+    if "stale" in runs.columns:
+        out["stale"] = grouped["stale"].sum().astype(int)
     for m in metrics:
         out[f"{m} mean"] = grouped[m].mean()
         out[f"{m} std"] = grouped[m].std(ddof=1).fillna(0.0)
@@ -177,43 +204,39 @@ def summarize(runs: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.Dat
 def markdown(summary: pd.DataFrame, keys: list[str], metrics: list[str], digits: int = 2) -> str:
     """A markdown table with ``mean ± std`` cells."""
     metrics = [m for m in metrics if f"{m} mean" in summary.columns]
-    head = [*keys, "n", *metrics]
+    flag = "stale" in summary.columns and bool(summary["stale"].sum())
+    head = [*keys, "n", *(["stale"] if flag else []), *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in summary.iterrows():
         cells = [str(row[k]) for k in keys] + [str(int(row["n"]))]
+        if flag:
+            cells.append(f"⚠ {int(row['stale'])}" if row["stale"] else "")
         for m in metrics:
             mean, std = row[f"{m} mean"], row[f"{m} std"]
-            cells.append("–" if pd.isna(mean) else _fmt(mean, std, digits))
+            cells.append("–" if pd.isna(mean) else _fmt(mean, std, int(row["n"]), digits))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    note = (
+        "\n⚠ stale: runs whose results come from an earlier config of their point (re-run the sweep to refresh).\n"
+        if flag
+        else ""
+    )
+    return "\n".join(lines) + "\n" + note
 
 
-def _fmt(mean: float, std: float, digits: int) -> str:
+def _fmt(mean: float, std: float, n: int, digits: int) -> str:
+    """``mean ± std``; a single run has no spread: its value alone."""
     if abs(mean) >= 1e5 or (0 < abs(mean) < 1e-3):
-        return f"{mean:.3g} ± {std:.2g}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+        return f"{mean:.3g}" if n < 2 else f"{mean:.3g} ± {std:.2g}"
+    return f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 # ----- fits and plots ---------------------------------------------------------------------------------------------
-def _figure(width: float = 6.0, height: float = 4.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-
-
 def fit_and_plot(runs: pd.DataFrame, x: str, y: str, group_by: list[str], out: Path) -> tuple[list[dict], Path]:
     """Fit ``y = a x^b`` (per group of ``group_by``) on the runs; plot points and fits in log-log."""
     missing = [c for c in (x, y, *group_by) if c not in runs.columns]
     if missing:
         raise ValueError(f"fit {y} vs {x}: no column '{missing[0]}' (known: {', '.join(map(str, runs.columns))})")
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot(1, 1, 1)
     results = []
     groups = runs.groupby(group_by, sort=False) if group_by else [("all", runs)]
@@ -224,21 +247,19 @@ def fit_and_plot(runs: pd.DataFrame, x: str, y: str, group_by: list[str], out: P
         axes.scatter(part[x], part[y], s=18, alpha=0.7, label=f"{label}: b={law.b:+.3f}")
         grid = np.geomspace(part[x].min(), part[x].max(), 50)
         axes.plot(grid, law(grid), linewidth=1.2)
-    axes.set_xscale("log")
-    axes.set_yscale("log")
+    log_axes(axes)  # labelled ticks also when the data spans less than a decade
     axes.set_xlabel(x)
     axes.set_ylabel(y)
-    axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    path = out / f"fit_{_safe(y)}_vs_{_safe(x)}.png"
+    path = out / f"fit_{safe_name(y)}_vs_{safe_name(x)}.png"
     figure.savefig(path)
     return results, path
 
 
 def bar_plot(summary: pd.DataFrame, keys: list[str], metric: str, out: Path) -> Path:
     """Mean ± std of ``metric`` per group."""
-    figure = _figure(max(5.0, 0.9 * len(summary) + 2), 3.8)
+    figure = new_figure(max(5.0, 0.9 * len(summary) + 2), 3.8)
     axes = figure.add_subplot(1, 1, 1)
     labels = [", ".join(str(r[k]) for k in keys) for _, r in summary.iterrows()] if keys else ["all"]
     means, stds = summary[f"{metric} mean"].to_numpy(float), summary[f"{metric} std"].to_numpy(float)
@@ -250,7 +271,7 @@ def bar_plot(summary: pd.DataFrame, keys: list[str], metric: str, out: Path) -> 
     axes.set_ylim(max(0.0, low - 0.15 * (high - low + 1e-9)), high + 0.1 * (high - low + 1e-9))
     axes.grid(alpha=0.3, axis="y")
     figure.tight_layout()
-    path = out / f"bar_{_safe(metric)}.png"
+    path = out / f"bar_{safe_name(metric)}.png"
     figure.savefig(path)
     return path
 
@@ -274,7 +295,7 @@ def curve_plot(
 ) -> Path:
     """History of ``<stage>/<metric>`` (rolling mean over ``smooth`` steps) averaged over seeds per group, ± std."""
     stage, _, key = metric.partition("/")
-    figure = _figure(6.5, 4.0)
+    figure = new_figure(6.5, 4.0)
     axes = figure.add_subplot(1, 1, 1)
     runs = runs.assign(_series=series)
     groups = runs.groupby(keys, sort=False, dropna=False) if keys else [("all", runs)]
@@ -293,7 +314,7 @@ def curve_plot(
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    path = out / f"curve_{_safe(metric)}.png"
+    path = out / f"curve_{safe_name(metric)}.png"
     figure.savefig(path)
     return path
 
@@ -314,7 +335,7 @@ def build_report(sweep: Sweep, out: Path | None = None, runs: list[Any] | None =
             table[f"{metric} last{spec.tail}"] = [
                 s.iloc[-spec.tail :].mean() if s is not None else np.nan for s in series
             ]
-    metric_cols = [c for c in table.columns if c not in ("run", "_mlflow", *sweep.coordinates())]
+    metric_cols = [c for c in table.columns if c not in ("run", "_mlflow", "stale", *sweep.coordinates())]
     metrics = spec.metrics or metric_cols
     derived = ("params", "compute", "samples", "compute_total")
     summary = summarize(table, keys, [*metrics, *(c for c in derived if c not in metrics)])
@@ -355,17 +376,20 @@ def log_report(sweep: Sweep, report: Report) -> str:
     experiment = client.get_experiment_by_name(sweep.spec.name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep.spec.name)
     found = client.search_runs([experiment_id], filter_string=f"tags.sweep_report = '{sweep.spec.name}'")
-    run_id = (
-        found[0].info.run_id
-        if found
-        else client.create_run(
-            experiment_id, run_name=f"{sweep.spec.name}-report", tags={"sweep_report": sweep.spec.name}
-        ).info.run_id
-    )
+    parent = client.search_runs([experiment_id], filter_string=f"tags.sweep_parent = '{sweep.spec.name}'")
+    tags = {"sweep_report": sweep.spec.name}
+    if parent:  # the report nests under the sweep's own run
+        tags["mlflow.parentRunId"] = parent[0].info.run_id
+    if found:
+        run_id = found[0].info.run_id
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+    else:
+        run_id = client.create_run(experiment_id, run_name=f"{sweep.spec.name}-report", tags=tags).info.run_id
     for path in report.files:
         client.log_artifact(run_id, str(path), "report")
     for fit in report.fits:
-        name = _safe(f"fit/{fit['y']}_vs_{fit['x']}/{fit['group']}")
+        name = safe_name(f"fit/{fit['y']}_vs_{fit['x']}/{fit['group']}")
         for key, metric in (("b", "exponent"), ("alpha", "alpha"), ("beta", "beta"), ("E", "E"), ("r2", "r2")):
             if isinstance(fit.get(key), (int, float)):
                 client.log_metric(run_id, f"{name}/{metric}", float(fit[key]))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maws_scale.jobs.report import _figure, _safe
+from maws_scale.jobs.plotting import new_figure, safe_name
 from maws_scale.jobs.sweep import GainSpec
 
 
@@ -88,7 +88,7 @@ def gain_plot(table: pd.DataFrame, spec: GainSpec, metric: str, out: Path) -> tu
     """``gain_<metric>.png``: one panel per pair; gain mean ± std vs ``x``, one line per size; a dashed zero."""
     part = table[table["metric"] == metric]
     pairs = list(dict.fromkeys(part["pair"]))
-    figure = _figure(4.2 * max(1, len(pairs)), 3.8)
+    figure = new_figure(4.2 * max(1, len(pairs)), 3.8)
     for i, pair in enumerate(pairs):
         axes = figure.add_subplot(1, len(pairs), i + 1)
         rows = part[part["pair"] == pair]
@@ -110,7 +110,7 @@ def gain_plot(table: pd.DataFrame, spec: GainSpec, metric: str, out: Path) -> tu
         axes.legend(fontsize=7)
     figure.suptitle(f"gain in {metric} (mean ± std over seed pairs)", fontsize=10)
     figure.tight_layout()
-    path = out / f"gain_{_safe(metric)}.png"
+    path = out / f"gain_{safe_name(metric)}.png"
     figure.savefig(path)
     return path, figure
 
@@ -138,7 +138,7 @@ def curves_plot(curves: pd.DataFrame, spec: GainSpec, out: Path, smooth: int = 1
     """``curves_<metric>_by_arm.png``: a panel per size (rows) × ``x`` (columns), every arm on the same axes."""
     lines = curves.groupby(spec.lines, sort=True) if spec.lines else [("all", curves)]
     budgets = sorted(curves[spec.x].unique())
-    figure = _figure(3.6 * len(budgets), 3.0 * len(lines) + 0.6)
+    figure = new_figure(3.6 * len(budgets), 3.0 * len(lines) + 0.6)
     arms = list(dict.fromkeys(a for pair in spec.pairs for a in pair))
     colors = {arm: f"C{i}" for i, arm in enumerate(arms)}
     for r, (name, by_size) in enumerate(lines):
@@ -163,7 +163,7 @@ def curves_plot(curves: pd.DataFrame, spec: GainSpec, out: Path, smooth: int = 1
             if r == 0 and c == 0:
                 axes.legend(fontsize=7)
     figure.tight_layout()
-    path = out / f"curves_{_safe(str(spec.curve))}_by_arm.png"
+    path = out / f"curves_{safe_name(str(spec.curve))}_by_arm.png"
     figure.savefig(path)
     return path, figure
 
@@ -181,6 +181,6 @@ def gain_report(
     files += [gain_plot(table, spec, metric, out)[0] for metric in spec.metrics]
     if series is not None:
         curves = arm_curves(runs, series, spec, smooth)
-        curves.to_csv(out / f"curves_{_safe(str(spec.curve))}_by_arm.csv", index=False, float_format="%.6g")
-        files += [out / f"curves_{_safe(str(spec.curve))}_by_arm.csv", curves_plot(curves, spec, out, smooth)[0]]
+        curves.to_csv(out / f"curves_{safe_name(str(spec.curve))}_by_arm.csv", index=False, float_format="%.6g")
+        files += [out / f"curves_{safe_name(str(spec.curve))}_by_arm.csv", curves_plot(curves, spec, out, smooth)[0]]
     return files

@@ -5,13 +5,13 @@ Each function returns (result dicts for ``fits.json``, the PNG path). The math i
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from maws_scale.jobs.plotting import log_axes, new_figure, safe_name
 from maws_scale.jobs.scaling import fit_saturating, fit_two_term, isoflop_frontier
 from maws_scale.jobs.sweep import FitSpec
 
@@ -21,39 +21,6 @@ UNITS = {"compute": "training FLOPs", "params": "encoder parameters", "samples":
 def axis_label(column: str) -> str:
     """``compute (training FLOPs)``; other columns as they are."""
     return f"{column} ({UNITS[column]})" if column in UNITS else column
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-
-
-def _figure(width: float = 6.5, height: float = 4.4):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def log_axes(axes: Any, x: bool = True, y: bool = True) -> None:
-    """Log scales whose ticks read as 10^11, 2×10^11, 5×10^11 … (x) and 0.75, 0.8 … (y: losses), also when the data
-    spans less than a decade."""
-    from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator
-
-    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
-    for on, axis, scale, is_y in ((x, axes.xaxis, axes.set_xscale, False), (y, axes.yaxis, axes.set_yscale, True)):
-        if not on:
-            continue
-        scale("log")
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if not is_y else (1.0, 2.0, 5.0)))
-        axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0) if not is_y else tuple(range(1, 10))))
-        if is_y:  # a loss axis rarely spans a decade: plain numbers
-            axis.set_major_formatter(plain)
-            axis.set_minor_formatter(plain)
-        else:
-            axis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-    axes.grid(alpha=0.3, which="both")
 
 
 def _require(runs: pd.DataFrame, columns: list[str], what: str) -> None:
@@ -89,7 +56,7 @@ def scaling_fit_and_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[l
 def saturating_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[dict[str, Any]], Path]:
     """``y = E + A·x^-α`` per group: runs, the fit, and E as a dashed line; formula, CIs, n, R² in the legend."""
     _require(runs, [fit.x, fit.y, *fit.group_by], f"fit {fit.y} vs {fit.x}")
-    figure = _figure()
+    figure = new_figure(6.5, 4.4, dpi=110)
     axes = figure.add_subplot(1, 1, 1)
     results, warnings = [], []
     for label, part in _groups(runs, fit.group_by):
@@ -97,20 +64,33 @@ def saturating_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[d
         text = law.describe(fit.x, fit.y)
         results.append({"x": fit.x, "y": fit.y, "kind": fit.kind, "group": label, **law.to_json(), "text": text})
         warnings += law.warnings
-        points = axes.scatter(part[fit.x], part[fit.y], s=20, alpha=0.75)
+        by_size = not fit.group_by and "params" in part.columns and part["params"].nunique() > 1
+        points = axes.scatter(
+            part[fit.x],
+            part[fit.y],
+            s=22,
+            alpha=0.85,
+            **(_size_colours(part["params"]) if by_size else {}),
+        )
+        if by_size:
+            figure.colorbar(points, ax=axes, label=axis_label("params"))
         grid = np.geomspace(part[fit.x].min(), part[fit.x].max(), 100)
+        colour = "#333333" if by_size else points.get_facecolor()[0]
+        band = law.band(grid)
+        if band is not None:
+            axes.fill_between(grid, *band, color=colour, alpha=0.15, linewidth=0, label="95 % bootstrap band")
         ci = f" [{law.alpha_ci[0]:.2f}, {law.alpha_ci[1]:.2f}]" if law.alpha_ci else ""
         e_ci = f" [{law.E_ci[0]:.2f}, {law.E_ci[1]:.2f}]" if law.E_ci else ""
         name = "" if label == "all" else f"{label}: "
         axes.plot(
             grid,
             law(grid),
-            color=points.get_facecolor()[0],
+            color=colour,
             linewidth=1.4,
             label=f"{name}E + A·x^-α: α = {law.alpha:.3f}{ci}, E = {law.E:.3f}{e_ci}\n(n = {law.n}, R² = {law.r2:.3f})",
         )
         if law.E > 0:
-            axes.axhline(law.E, color=points.get_facecolor()[0], linestyle="--", linewidth=0.8, alpha=0.6)
+            axes.axhline(law.E, color=colour, linestyle="--", linewidth=0.8, alpha=0.6)
     log_axes(axes)
     axes.set_xlabel(axis_label(fit.x))
     axes.set_ylabel(fit.y)
@@ -118,7 +98,7 @@ def saturating_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[d
     axes.legend(fontsize=7)
     _notes(axes, warnings)
     figure.tight_layout()
-    path = out / f"fit_{_safe(fit.y)}_vs_{_safe(fit.x)}.png"
+    path = out / f"fit_{safe_name(fit.y)}_vs_{safe_name(fit.x)}.png"
     figure.savefig(path)
     return results, path
 
@@ -130,7 +110,7 @@ def two_term_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[dic
     law = fit_two_term(n, d, y)
     text = law.describe(fit.x, fit.x2, fit.y)
     result = {"x": fit.x, "x2": fit.x2, "y": fit.y, "kind": fit.kind, "group": "all", **law.to_json(), "text": text}
-    figure = _figure()
+    figure = new_figure(6.5, 4.4, dpi=110)
     axes = figure.add_subplot(1, 1, 1)
     grid = np.geomspace(n.min(), n.max(), 100)
     for value in np.unique(d):
@@ -148,7 +128,7 @@ def two_term_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[dic
     axes.legend(fontsize=7, title=axis_label(fit.x2), title_fontsize=7)
     _notes(axes, law.warnings)
     figure.tight_layout()
-    path = out / f"fit_{_safe(fit.y)}_vs_{_safe(fit.x)}_and_{_safe(fit.x2)}.png"
+    path = out / f"fit_{safe_name(fit.y)}_vs_{safe_name(fit.x)}_and_{safe_name(fit.x2)}.png"
     figure.savefig(path)
     return [result], path
 
@@ -167,7 +147,7 @@ def frontier_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[dic
         **frontier.to_json(),
         "text": frontier.describe(),
     }
-    figure = _figure(10.0, 4.2)
+    figure = new_figure(10.0, 4.2, dpi=110)
     left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     for band in frontier.bands:
         mask = np.abs(np.log10(c) - np.log10(band["compute"])) <= 0.16
@@ -181,8 +161,19 @@ def frontier_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[dic
     left.set_title("IsoFLOP bands (★ loss-optimal size)", fontsize=9)
     if frontier.bands:
         left.legend(fontsize=7, title=axis_label(fit.x), title_fontsize=7)
-    if frontier.bands:
-        right.scatter([b["compute"] for b in frontier.bands], [b["n_opt"] for b in frontier.bands], s=30)
+    for band in frontier.bands:  # N_opt per band; whiskers: the sizes tried there (an edge optimum is only a bound)
+        sizes = n[np.abs(np.log10(c) - np.log10(band["compute"])) <= 0.16]
+        low, high = band["n_opt"] - sizes.min(), sizes.max() - band["n_opt"]
+        right.errorbar(
+            [band["compute"]],
+            [band["n_opt"]],
+            yerr=[[max(low, 0.0)], [max(high, 0.0)]],
+            fmt="o" if band.get("interior", True) else "^",
+            mfc=None if band.get("interior", True) else "none",
+            color="#1f4e79",
+            capsize=3,
+            markersize=5,
+        )
     if frontier.law is not None:
         grid = np.geomspace(min(b["compute"] for b in frontier.bands), max(b["compute"] for b in frontier.bands), 50)
         right.plot(grid, frontier.law(grid), linewidth=1.3, label=frontier.describe())
@@ -190,9 +181,16 @@ def frontier_plot(runs: pd.DataFrame, fit: FitSpec, out: Path) -> tuple[list[dic
     log_axes(right)
     right.set_xlabel(axis_label(fit.x))
     right.set_ylabel(f"N_opt ({UNITS.get(fit.x2, fit.x2)})")
-    right.set_title("compute-optimal size N_opt(C)", fontsize=9)
+    right.set_title("compute-optimal size N_opt(C) (● interior, △ edge: a bound; bars: sizes tried)", fontsize=8)
     _notes(right, frontier.warnings)
     figure.tight_layout()
-    path = out / f"frontier_{_safe(fit.y)}.png"
+    path = out / f"frontier_{safe_name(fit.y)}.png"
     figure.savefig(path)
     return [result], path
+
+
+def _size_colours(params: pd.Series) -> dict[str, Any]:
+    """Scatter keywords that colour points by model size on a log scale."""
+    from matplotlib.colors import LogNorm
+
+    return {"c": params.to_numpy(float), "cmap": "viridis", "norm": LogNorm(params.min(), params.max())}

@@ -63,9 +63,18 @@ class SaturatingLaw:
     alpha_ci: tuple[float, float] | None = None
     E_ci: tuple[float, float] | None = None
     warnings: list[str] = field(default_factory=list)
+    boot: list[tuple[float, float, float]] = field(default_factory=list, repr=False)  # (E, A, α) of each resample
 
     def __call__(self, x: np.ndarray | float) -> np.ndarray | float:
         return self.E + self.A * np.power(x, -self.alpha)
+
+    def band(self, x: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray] | None:
+        """The pointwise ``level`` percentile band of the bootstrap fits at ``x`` (None without resamples)."""
+        if len(self.boot) < 20:
+            return None
+        curves = np.array([e + a * np.power(x, -alpha) for e, a, alpha in self.boot])
+        tail = 100 * (1 - level) / 2
+        return np.percentile(curves, tail, axis=0), np.percentile(curves, 100 - tail, axis=0)
 
     def describe(self, x: str = "C", y: str = "L") -> str:
         ci_a = f" [{self.alpha_ci[0]:.3f}, {self.alpha_ci[1]:.3f}]" if self.alpha_ci else ""
@@ -76,7 +85,9 @@ class SaturatingLaw:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("boot")
+        return out
 
 
 def _fit_saturating_once(lx: np.ndarray, ly: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
@@ -146,6 +157,7 @@ def fit_saturating(x: Any, y: Any, n_boot: int = N_BOOT, seed: int = 0, x_name: 
         q = _fit_saturating_once(bx - centre, by, start=np.array([E / math.exp(by.min()), p[1], alpha]))
         alphas.append(float(q[2]))
         es.append(float(q[0] * math.exp(by.min())))
+        law.boot.append((es[-1], float(math.exp(q[1] + q[2] * centre)), alphas[-1]))
     law.alpha_ci, law.E_ci = _ci(alphas), _ci(es)
     if distinct < 5:
         law.warnings.append(f"only {distinct} distinct {x_name}: E and α trade off; read the CIs")
@@ -259,6 +271,12 @@ class Frontier:
     warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
+        edge = sum(not b.get("interior", True) for b in self.bands)
+        if self.law is None and edge:
+            return (
+                f"compute-optimal frontier: no N_opt(C) exponent: {edge} of {len(self.bands)} IsoFLOP band(s) have no "
+                "interior minimum (the best size is at the edge of the sizes tried), so N_opt is only a bound there"
+            )
         if self.law is None:
             return f"compute-optimal frontier: {len(self.bands)} IsoFLOP band(s); need ≥ 2 for N_opt(C)"
         return (
@@ -289,12 +307,19 @@ def isoflop_frontier(c: Any, n: Any, y: Any, band_dex: float = 0.15) -> Frontier
         ln, ly = np.log(n[band]), y[band]
         best = int(np.argmin(ly))
         n_opt = float(n[band][best])
+        interior = False  # the optimum lies strictly between the smallest and the largest size tried
         if len(sizes) >= 3:
             a2, a1, _ = np.polyfit(ln, ly, 2)
-            if a2 > 0:
-                n_opt = float(np.exp(np.clip(-a1 / (2 * a2), ln.min(), ln.max())))
-            else:
-                warnings.append(f"band C≈{np.exp(np.log(c[band]).mean()):.3g}: no interior minimum; best run used")
+            vertex = -a1 / (2 * a2) if a2 > 0 else math.nan
+            interior = bool(ln.min() < vertex < ln.max())
+            if interior:
+                n_opt = float(np.exp(vertex))
+        if not interior:
+            side = "largest" if n_opt >= sizes.max() else "smallest" if n_opt <= sizes.min() else "best"
+            warnings.append(
+                f"band C≈{np.exp(np.log(c[band]).mean()):.3g}: no interior minimum ({side} of {len(sizes)} sizes is "
+                "best); N_opt is a bound, not an estimate"
+            )
         out.append(
             {
                 "compute": float(np.exp(np.log(c[band]).mean())),
@@ -302,11 +327,13 @@ def isoflop_frontier(c: Any, n: Any, y: Any, band_dex: float = 0.15) -> Frontier
                 "loss_min": float(ly.min()),
                 "runs": len(band),
                 "sizes": len(sizes),
+                "interior": interior,
             }
         )
     law = None
-    if len(out) >= 2 and len({b["compute"] for b in out}) >= 2:
-        law = fit_power_law([b["compute"] for b in out], [b["n_opt"] for b in out])
+    usable = [b for b in out if b["interior"]]
+    if len(usable) >= 2 and len({b["compute"] for b in usable}) >= 2:
+        law = fit_power_law([b["compute"] for b in usable], [b["n_opt"] for b in usable])
     else:
-        warnings.append(f"{len(out)} IsoFLOP band(s) with ≥ 2 model sizes: no N_opt(C) fit")
+        warnings.append(f"{len(usable)} IsoFLOP band(s) with an interior minimum: no N_opt(C) exponent")
     return Frontier(out, law, warnings)

@@ -26,7 +26,10 @@ in the experiment ``name``, tagged ``sweep``, ``sweep_run`` and one tag per coor
 the coordinates, dots as underscores, are filled in); list it after the points that make it. Any other string
 value holding ``{output_dir}`` (e.g. ``wsp.init_from``: another point's weights) is filled in the same way. A run
 that finished leaves ``<run_dir>/sweep_done.json`` holding its config hash; re-running the sweep skips it unless
-its config changed. ``evaluate: false`` in a list entry skips the evaluation of that ``train`` point.
+its config changed. A point about to run whose folder holds a run of another config (or any run, with ``--force``)
+first has that folder moved to ``<output_dir>/_previous/<run_id>-<config hash>/``: old results are kept, never
+overwritten, and the new run starts fresh. Each run is tagged ``config_hash``, so the report tells current results
+from stale ones. ``evaluate: false`` in a list entry skips the evaluation of that ``train`` point.
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ from maws_scale.config import ConfigError, RunConfig, load_config
 from maws_scale.jobs.spec import LaunchSpec
 
 DONE = "sweep_done.json"
+STARTED = "sweep_point.json"  # the config hash of the run a point's folder holds, written before it starts
+PREVIOUS = (
+    "_previous"  # <output_dir>/_previous/<run_id>-<hash>/: runs of a point's earlier configs (ids never start with _)
+)
+HASH_TAG = "config_hash"
 LABEL = "label"
 COMMAND = "command"
 COMMANDS = ("pipeline", "train", "eval")
@@ -160,6 +168,8 @@ class Point:
     command: str = "pipeline"
     evaluates: str | None = None
     evaluate: bool = True
+    config_hash: str = ""  # of the config before its ``config_hash`` tag is added (see :func:`load_sweep`)
+    overrides: list[str] | None = None  # KEY=VALUE items that build ``config`` from the sweep's base config
 
     @property
     def config_path(self) -> Path:
@@ -169,25 +179,58 @@ class Point:
     def done_path(self) -> Path:
         return self.run_dir / DONE
 
-    @property
-    def config_hash(self) -> str:
-        return hashlib.sha256(self.config.to_yaml().encode()).hexdigest()[:16]
-
     def status(self) -> str:
         """done | changed (finished with another config) | pending."""
-        if not self.done_path.is_file():
+        done = _read_hash(self.done_path)
+        if done is None:
             return "pending"
-        try:
-            done = json.loads(self.done_path.read_text())
-        except ValueError:
-            return "pending"
-        return "done" if done.get("config_hash") == self.config_hash else "changed"
+        return "done" if done == self.config_hash else "changed"
+
+    def folder_hash(self) -> str | None:
+        """The config hash of the run ``run_dir`` holds ('' for a folder of unknown config, None when empty)."""
+        for marker in (self.done_path, self.run_dir / STARTED):
+            found = _read_hash(marker)
+            if found is not None:
+                return found
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
+            return ""
+        return None
+
+    def prepare(self, sweep_name: str, force: bool = False) -> Path | None:
+        """Make ``run_dir`` ready for this point's run: a folder holding a run of another config (or any run, with
+        ``force``) is moved to ``<output_dir>/_previous/`` first (returned); then write ``config.yaml``."""
+        held = self.folder_hash()
+        moved = None
+        if held is not None and (force or held != self.config_hash):
+            moved = _free_path(self.run_dir.parent / PREVIOUS / f"{self.run_id}-{held or 'unknown'}")
+            moved.parent.mkdir(parents=True, exist_ok=True)
+            self.run_dir.rename(moved)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.run_dir / STARTED, json.dumps({"run_id": self.run_id, "config_hash": self.config_hash}))
+        _atomic_write(self.config_path, f"# sweep {sweep_name}, point {self.run_id}\n{self.config.to_yaml()}")
+        return moved
 
     def argv(self) -> list[str]:
         """The ``maws-scale`` arguments that run this point."""
         if self.command == "eval":
             return ["eval", str(self.evaluates), "--config", str(self.config_path)]
         return [self.command, str(self.config_path)]
+
+    def standalone_argv(self, base: str) -> list[str]:
+        """``maws-scale`` arguments that run this point from the base config and overrides, writing nothing first
+        (what ``sweep --dry-run`` shows: the point's ``config.yaml`` does not exist until the sweep runs)."""
+        cfg = self.config
+        tracking = [
+            f"output_dir={self.run_dir}",
+            f"tracking.uri={cfg.tracking.uri}",
+            f"tracking.experiment={cfg.tracking.experiment}",
+            f"tracking.run_name={cfg.tracking.run_name}",
+            f"tracking.tags={_dump(cfg.tracking.tags)}",
+        ]
+        settings = [*(self.overrides or []), *tracking]
+        if self.command == "eval":
+            return ["eval", str(self.evaluates), "--config", base, *settings]
+        return [self.command, base, *settings]
 
     def checkpoint(self) -> Path:
         """The consolidated weights a ``train`` point leaves: ``<run_dir>/<stage>/consolidated.pt``."""
@@ -311,10 +354,21 @@ def _dump(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip().removesuffix("\n...").strip()
 
 
-def load_sweep(path: str | os.PathLike) -> Sweep:
-    """Read, expand and validate every point (ConfigError names the point and key) — nothing runs here."""
+def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> Sweep:
+    """Read, expand and validate every point (ConfigError names the point and key) — nothing runs here.
+    ``overrides``: ``key=value`` items from the command line, applied to every point over the YAML's ``overrides``."""
     path = Path(path)
     spec = load_sweep_spec(path)
+    extra = {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"sweep: '{item}' is not a KEY=VALUE override")
+        extra[key.strip()] = yaml.safe_load(value)
+    swept = sorted(set(extra) & {k for entry in spec.list_ for k in entry} | set(extra) & set(spec.grid))
+    if swept:
+        raise ConfigError(f"sweep: '{swept[0]}' is swept by {path}; change it there, not on the command line")
+    spec.overrides = {**spec.overrides, **extra}
     base = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
     if not base.is_file() and Path(spec.base).is_file():
         base = Path(spec.base)
@@ -347,7 +401,9 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
                 cfg.check_standalone()
             except ConfigError as err:
                 raise ConfigError(f"sweep point '{run_id}': {err}") from None
-        sweep.points.append(Point(run_id, coords, cfg, run_dir, command, evaluates, evaluate))
+        digest = hashlib.sha256(cfg.to_yaml().encode()).hexdigest()[:16]
+        cfg.tracking.tags = {**cfg.tracking.tags, HASH_TAG: digest}  # the report tells current runs from stale ones
+        sweep.points.append(Point(run_id, coords, cfg, run_dir, command, evaluates, evaluate, digest, overrides))
     return sweep
 
 
@@ -366,11 +422,37 @@ def _fill(sweep: Sweep, run_id: str, coords: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_configs(sweep: Sweep) -> None:
-    """Write each point's resolved config to ``<run_dir>/config.yaml`` (what its run reads)."""
-    for point in sweep.points:
-        point.run_dir.mkdir(parents=True, exist_ok=True)
-        point.config_path.write_text(f"# sweep {sweep.spec.name}, point {point.run_id}\n{point.config.to_yaml()}")
+def _read_hash(path: Path) -> str | None:
+    """The ``config_hash`` of a JSON marker; None when absent or unreadable."""
+    try:
+        return str(json.loads(path.read_text())["config_hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _free_path(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3`` … when taken."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def prepare_points(sweep: Sweep, points: list[Point], force: bool = False) -> list[tuple[Point, Path]]:
+    """:meth:`Point.prepare` the points about to run (only those); return (point, folder its old run moved to)."""
+    moved = []
+    for point in points:
+        old = point.prepare(sweep.spec.name, force)
+        if old is not None:
+            moved.append((point, old))
+    return moved
 
 
 def mark_done(point: Point, extra: dict[str, Any] | None = None) -> None:

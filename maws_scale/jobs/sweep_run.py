@@ -9,14 +9,23 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from maws_scale.errors import RunError
 from maws_scale.jobs.slurm import TrainingTask, make_executor, sbatch_script
 from maws_scale.jobs.spec import LaunchSpec
-from maws_scale.jobs.sweep import Point, Sweep, mark_done, write_configs
+from maws_scale.jobs.sweep import Point, Sweep, mark_done, prepare_points
 from maws_scale.track.mlflow import PARENT_ENV
 
 
@@ -42,11 +51,25 @@ def sweep_parent_run(sweep: Sweep) -> str | None:
             if experiment
             else client.create_experiment(sweep.spec.name, artifact_location=artifact_location(sweep.tracking_uri))
         )
+        from maws_scale.track.mlflow import source_tags
+
         found = client.search_runs([experiment_id], filter_string=f"tags.sweep_parent = '{sweep.spec.name}'")
+        tags = {
+            **source_tags(),
+            "sweep_parent": sweep.spec.name,
+            "sweep_file": str(sweep.path),
+            "sweep.points": str(len(sweep.points)),
+            "sweep.command": sweep.spec.command,
+            "sweep.coordinates": ", ".join(sweep.coordinates()),
+        }
         if found:
-            return found[0].info.run_id
-        tags = {"sweep_parent": sweep.spec.name, "sweep_file": str(sweep.path)}
-        return client.create_run(experiment_id, run_name=f"{sweep.spec.name}-sweep", tags=tags).info.run_id
+            run_id = found[0].info.run_id
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
+        else:
+            run_id = client.create_run(experiment_id, run_name=f"{sweep.spec.name}-sweep", tags=tags).info.run_id
+        client.log_artifact(run_id, str(sweep.path), "sweep")  # the YAML as it was for this run of the sweep
+        return run_id
     except Exception as err:  # tracking must never stop a sweep
         Console(stderr=True).print(
             f"[yellow]MLflow: no sweep parent run ({type(err).__name__}: {err})", highlight=False
@@ -69,6 +92,53 @@ def close_parent_run(sweep: Sweep, run_id: str | None, status: str) -> None:
         )
 
 
+class SweepLock:
+    """An exclusive lock on a sweep's output folder (``<output_dir>/.sweep.lock``, released when the process ends):
+    a second sweep on the same folder is refused (RunError), instead of two processes writing the same run logs."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.path = Path(output_dir) / ".sweep.lock"
+        self._handle: Any = None
+
+    def __enter__(self) -> SweepLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunError(
+                f"{self.path.parent}: another sweep is running on this folder ({holder}); wait for it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()  # closing releases the lock
+
+
+def progress_bar(console: Console) -> Progress:
+    """A bar with i/N, elapsed time and ETA; where the console is not a terminal (a log file) it is not redrawn (the
+    caller prints a plain line per item instead)."""
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+    return Progress(*columns, console=console, transient=False, disable=not console.is_terminal)
+
+
 def select(sweep: Sweep, only: list[str] | None = None, force: bool = False) -> list[Point]:
     """Points to run: not finished with their current config (all with ``force``), matching an ``only`` glob."""
     chosen = [p for p in sweep.points if not only or any(fnmatch.fnmatch(p.run_id, g) for g in only)]
@@ -89,22 +159,26 @@ def run_sequential(
     fail_fast: bool = False,
     console: Console | None = None,
     parent: str | None = None,
+    force: bool = False,
 ) -> list[Outcome]:
     """Run each point as ``python -m maws_scale.cli <command> <run_dir>/config.yaml``; log to ``<run_dir>/run.log``.
-    ``parent``: the sweep's MLflow run, handed to each point (its runs nest under it)."""
+    ``parent``: the sweep's MLflow run, handed to each point (its runs nest under it). ``force``: retrain points whose
+    folder holds a finished run of the same config (that run is moved aside, as a changed point's is)."""
     console = console or Console(stderr=True)
-    write_configs(sweep)
     nest = {PARENT_ENV: parent} if parent else {}
     outcomes: list[Outcome] = []
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False) as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task(f"sweep {sweep.spec.name}", total=len(points))
-        for point in points:
-            bar.update(task, description=f"sweep {sweep.spec.name}: {point.run_id}")
+        for i, point in enumerate(points):
+            bar.update(task, description=f"sweep {sweep.spec.name} [{i + 1}/{len(points)}] {point.run_id}")
+            if not console.is_terminal:
+                bar.console.print(f"sweep {sweep.spec.name} [{i + 1}/{len(points)}]: {point.run_id}", highlight=False)
+            for _, old in prepare_points(sweep, [point], force):
+                bar.console.print(f"{point.run_id}: its earlier run (another config) is kept in {old}", highlight=False)
             start = time.perf_counter()
             log = point.run_dir / "run.log"
             code = 0
-            with open(log, "w") as handle:
+            with open(log, "a") as handle:  # a resumed run of the same config appends
                 for argv in _steps(sweep, point):
                     handle.write(f"$ maws-scale {shlex.join(argv)}\n")
                     handle.flush()
@@ -151,11 +225,13 @@ def _executor(sweep: Sweep, launch: LaunchSpec, offline: bool = False) -> Any:
     return make_executor(launch, folder, offline=offline, num_workers=workers)
 
 
-def submit_points(sweep: Sweep, points: list[Point], launch: LaunchSpec, parent: str | None = None) -> list[Any]:
+def submit_points(
+    sweep: Sweep, points: list[Point], launch: LaunchSpec, parent: str | None = None, force: bool = False
+) -> list[Any]:
     """Submit the points as one submitit batch (a SLURM job array); each task marks its point done on success.
     ``parent``: the sweep's MLflow run, handed to each task (its runs nest under it)."""
     nest = {PARENT_ENV: parent} if parent else {}
-    write_configs(sweep)
+    prepare_points(sweep, points, force)
     executor = _executor(sweep, launch)
     jobs = []
     with executor.batch():

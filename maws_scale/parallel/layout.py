@@ -146,9 +146,15 @@ class Layout:
                 )
             return None
         if total % (micro * dp):
+            fits = [m for m in range(micro, 0, -1) if total % (m * dp) == 0]
+            hint = (
+                f"; e.g. train.micro_batch={fits[0]}"
+                if fits
+                else f"; train.global_batch must be a multiple of the data-parallel size {dp}"
+            )
             return (
                 f"train.global_batch={total} is not a multiple of train.micro_batch={micro} × data-parallel size "
-                f"{dp} (world {self.world_size} / tp {self.tp})"
+                f"{dp} (world {self.world_size} / tp {self.tp}){hint}"
             )
         return None
 

@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -121,14 +122,28 @@ def _code_tags() -> dict[str, str]:
             timeout=5,
         ).stdout.strip()
         tags["git.commit"] = commit + ("-dirty" if dirty else "")
+        tags["mlflow.source.git.commit"] = commit  # MLflow's own column: the UI links the run to its commit
     except (OSError, subprocess.SubprocessError):
         tags["git.commit"] = "unknown"
     return tags
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's system tags a run started from Python would get: who ran it and which command (``mlflow.user``,
+    ``mlflow.source.name``, ``mlflow.source.type``; the git commit is in :func:`_code_tags`)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container's uid without a passwd entry)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    command = " ".join(["maws-scale", *sys.argv[1:3]]) if sys.argv and "maws" in " ".join(sys.argv[:3]) else "python"
+    return {"mlflow.user": user, "mlflow.source.name": command, "mlflow.source.type": "LOCAL"}
+
+
 def provenance_tags(cfg: RunConfig) -> dict[str, str]:
     """Git commit, package versions, and the training set's manifest id and record count (where it has one)."""
-    tags = dict(_code_tags())
+    tags = {**_code_tags(), **source_tags()}
     if cfg.data.path and not cfg.data.synthetic:
         try:
             from maws_scale.data.shards import load_manifest

@@ -26,10 +26,11 @@ from maws_scale.track.mlflow import make_tracker, parent_run
 from maws_scale.train.checkpoint import CONSOLIDATED
 from maws_scale.train.loop import StageResult, stage_dir, train_stage
 from maws_scale.train.preflight import preflight
-from maws_scale.train.rundir import check_stage_dir
+from maws_scale.train.rundir import check_stage_dir, config_hash
 
 log = logging.getLogger("maws_scale.train")
 console = Console(stderr=True, soft_wrap=True, highlight=False)
+EVALUATED = "evaluated.json"  # beside an evaluation's metrics.json: the config hash and weights it evaluated
 
 
 @dataclass
@@ -97,21 +98,30 @@ def _run_stages(mae: RunConfig, wsp: RunConfig, lit: RunConfig | None, info: Dis
     if len(stages) == 1 and info.is_main:
         console.print("wsp.init=random: the MAE stage is not run (WSP from random initialisation)")
     for stage_cfg in stages:
-        done = stage_dir(stage_cfg) / CONSOLIDATED
-        if done.is_file():  # finished: by this config (skip it), or by another (refused, the differing keys named)
-            check_stage_dir(stage_cfg, stage_dir(stage_cfg), has_results=True)
+        done = finished_stage(stage_cfg)
+        if done is not None:
             result.skipped.append(stage_cfg.stage)
             if info.is_main:
                 console.print(f"{escape(f'[{stage_cfg.stage}]')} already finished ({done}); not run again")
         else:
             result.ran[stage_cfg.stage] = train_stage(stage_cfg, info)
-        result.weights[stage_cfg.stage] = done
+        result.weights[stage_cfg.stage] = stage_dir(stage_cfg) / CONSOLIDATED
     result.eval = _evaluate(wsp, result.weights["wsp"], info)
     if lit is not None:
         zero_shot = _evaluate_zero_shot(lit, result.weights["lit"], info)
         if zero_shot is not None:
             result.eval = {**(result.eval or {}), **zero_shot}
     return result
+
+
+def finished_stage(cfg: RunConfig) -> Path | None:
+    """The consolidated weights of ``cfg.stage`` when this config already finished it (None: not finished); a stage
+    finished by another config raises ConfigError naming the differing keys."""
+    done = stage_dir(cfg) / CONSOLIDATED
+    if not done.is_file():
+        return None
+    check_stage_dir(cfg, stage_dir(cfg), has_results=True)
+    return done
 
 
 def _evaluate_zero_shot(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float] | None:
@@ -154,9 +164,18 @@ def _on_rank0(
     FAILED if it raises), print the metrics and write them to ``<output_dir>/<name>/metrics.json``; with
     ``collective`` every rank runs it (its tracker None on the others). Every rank then waits in a gloo group with a
     long timeout (rank-0 work can outlast the NCCL watchdog). Returns the metrics on rank 0, None elsewhere."""
+    folder = Path(cfg.output_dir) / name
+    record = {"config": config_hash(cfg), "weights": str(weights), **_identity(weights)}
+    earlier = _earlier_metrics(folder, record)
+    if earlier is not None:  # the same weights evaluated with the same config: a no-op that says so
+        if info.is_main:
+            console.print(
+                f"{escape(f'[{name}]')} already done for {weights} ({folder / 'metrics.json'}); not run again"
+            )
+        return earlier if info.is_main else None
     metrics = None
     if info.is_main:
-        tracker = make_tracker(cfg, Path(cfg.output_dir) / name, is_main=True, stage=name)
+        tracker = make_tracker(cfg, folder, is_main=True, stage=name)
         tracker.log_tags({"checkpoint": str(weights)})
         status = "FAILED"
         try:
@@ -170,9 +189,31 @@ def _on_rank0(
             tmp = out.with_name(".metrics.json.tmp")
             tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
             os.replace(tmp, out)
+            done = out.with_name(EVALUATED)
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            os.replace(tmp, done)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted((metrics or {}).items()))
         console.print(f"{escape(f'[{name}]')} {shown}")
     elif collective:
         compute(None)
     wait_for_rank0(cfg.parallel.wait_minutes)
     return metrics
+
+
+def _identity(weights: Path) -> dict[str, int]:
+    """Size and modification time of the weights: a retrained stage's new file differs (hashing GBs would not pay)."""
+    try:
+        stat = weights.stat()
+    except OSError:
+        return {}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _earlier_metrics(folder: Path, record: dict[str, Any]) -> dict[str, float] | None:
+    """The metrics of an earlier evaluation of the same weights with the same config, if one finished."""
+    try:
+        done = json.loads((folder / EVALUATED).read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if done == record and isinstance(metrics, dict) else None

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from maws_scale.cli import main
 from maws_scale.jobs.powerlaw import fit_power_law
-from maws_scale.jobs.report import build_report, encoder_params, training_flops
+from maws_scale.jobs.report import build_report, encoder_params, markdown, summarize, training_flops
 from maws_scale.jobs.sweep import load_sweep
 from maws_scale.models.flops import step_flops
 
@@ -163,13 +164,18 @@ def test_report_scaling_fits_with_irreducible_term_two_terms_and_frontier(
     assert two["E"] == pytest.approx(1.5, abs=0.1)
     saturating = fits["saturating"]
     assert 0 < saturating["E"] < 2.0 and saturating["alpha_ci"][0] <= saturating["alpha"] <= saturating["alpha_ci"][1]
-    frontier = fits["frontier"]
-    assert len(frontier["bands"]) >= 2 and "N_opt(C) =" in frontier["text"], frontier
+    frontier = fits["frontier"]  # this grid's bands all pick an edge size: no exponent, said so (issue 25)
+    assert len(frontier["bands"]) >= 2 and not any(b["interior"] for b in frontier["bands"])
+    assert frontier["law"] is None and "no N_opt(C) exponent" in frontier["text"]
     for name in ("fit_wsp_loss_vs_compute.png", "fit_wsp_loss_vs_params_and_samples.png", "frontier_wsp_loss.png"):
         assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG", name
     assert "samples" in report.runs.columns and report.runs["samples"].min() == 40 * 64
     assert main(["sweep", "report", str(path), "--out", str(tmp_path / "r2")]) == 0
-    assert "E + A·compute^-α" in capsys.readouterr().out
+    console = capsys.readouterr()
+    assert "E + A·compute^-α" in console.out
+    frontier_line = next(line for line in console.out.splitlines() if "frontier" in line)
+    assert "no N_opt(C) exponent" in frontier_line and "C^" not in frontier_line and "R²" not in frontier_line
+    assert "no interior minimum" in console.err  # each band's warning on the console, not only in fits.json
 
 
 def test_a_fit_kind_needing_two_variables_names_x2(tmp_path: Path, base_config: Path) -> None:
@@ -222,3 +228,10 @@ def test_a_rerun_points_newest_values_win(tmp_path: Path, base_config: Path) -> 
 
     for order in ([run(2, 60.0), run(1, 50.0)], [run(1, 50.0), run(2, 60.0)]):  # MLflow lists newest first
         assert gather(sweep, order)["eval/linear_top1"].tolist() == [60.0]
+
+
+def test_a_single_run_has_no_spread_in_the_table() -> None:
+    """Issue 25: summary.md printed `± 0.00` for n = 1."""
+    runs = pd.DataFrame({"size": ["a", "b", "b"], "loss": [1.0, 2.0, 2.2]})
+    md = markdown(summarize(runs, ["size"], ["loss"]), ["size"], ["loss"])
+    assert "| a | 1 | 1.00 |" in md and "| b | 2 | 2.10 ± 0.14 |" in md

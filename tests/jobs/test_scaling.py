@@ -62,3 +62,39 @@ def test_isoflop_frontier_finds_the_optimum_per_band_and_its_power_law() -> None
         assert band["n_opt"] == pytest.approx(0.1 * band["compute"] ** 0.5, rel=0.02)
     single = isoflop_frontier([1e15, 1e15], [1e5, 2e5], [2.0, 1.9])
     assert single.law is None and single.warnings
+
+
+def test_a_frontier_where_every_band_picks_the_largest_model_gives_no_exponent() -> None:
+    """Issue 25: every band's best size was the largest, and the console read `C^-0.000 … (R² 1.000)`."""
+    rows = [(c, n, 3.0 - 0.1 * np.log(n) - 0.01 * np.log(c)) for c in (1e15, 1e16, 1e17) for n in (1e4, 2e4, 4e4)]
+    frontier = isoflop_frontier(*map(np.array, zip(*rows)))
+    assert frontier.law is None and len(frontier.bands) == 3
+    assert not any(band["interior"] for band in frontier.bands)
+    text = frontier.describe()
+    assert "no N_opt(C) exponent" in text and "3 of 3" in text and "C^" not in text
+    assert sum("no interior minimum (largest of 3 sizes is best)" in w for w in frontier.warnings) == 3
+
+
+def test_the_bootstrap_band_covers_the_fit() -> None:
+    x = np.geomspace(1e12, 1e16, 8)
+    law = fit_saturating(x, 1.0 + 50.0 * x**-0.1 * (1 + 0.01 * np.sin(np.arange(8))))
+    grid = np.geomspace(1e12, 1e16, 20)
+    low, high = law.band(grid)
+    assert np.all(low <= law(grid) + 1e-9) and np.all(law(grid) <= high + 1e-9) and np.any(high > low)
+    assert "boot" not in law.to_json()  # the resamples stay out of fits.json
+
+
+@pytest.mark.parametrize("span", [(1.1e11, 1.6e11), (3e10, 4e13)])
+def test_log_axes_label_several_ticks_even_within_a_decade(span) -> None:
+    from maws_scale.jobs.plotting import log_axes, new_figure
+
+    figure = new_figure()
+    axes = figure.add_subplot(1, 1, 1)
+    axes.plot(list(span), [0.81, 0.86])
+    log_axes(axes)
+    figure.canvas.draw()
+    for axis in (axes.xaxis, axes.yaxis):
+        lo, hi = sorted(axis.get_view_interval())
+        ticks = [*axis.get_majorticklabels(), *axis.get_minorticklabels()]
+        shown = {t.get_text() for t in ticks if t.get_text() and lo <= t.get_position()[axis is axes.yaxis] <= hi}
+        assert len(shown) >= 2, (axis.axis_name, shown)

@@ -78,9 +78,9 @@ def test_each_point_gets_its_config_dir_tags_and_shared_store(tmp_path: Path, ba
     assert cfg.tracking.experiment == "toy" and cfg.tracking.run_name == "maws-seed2-poolgap"
     assert cfg.tracking.tags == {
         "sweep": "toy", "sweep_run": "maws-seed2-poolgap", "label": "maws", "wsp.init": "mae",
-        "stages.mae.train.steps": "50", "seed": "2", "model.pool": "gap",
+        "stages.mae.train.steps": "50", "seed": "2", "model.pool": "gap", "config_hash": point.config_hash,
     }  # fmt: skip
-    sweep_run.write_configs(sweep)
+    point.prepare(sweep.spec.name)
     assert load_config(point.config_path) == cfg  # the child process reads exactly this config
 
 
@@ -214,9 +214,9 @@ def test_an_eval_point_evaluates_another_points_checkpoint(tmp_path: Path, fake_
 def test_a_swept_key_wins_over_the_base_configs_stage_sections(tmp_path: Path, base_config: Path) -> None:
     path = write_sweep(tmp_path, base_config, list=[], grid={"train.steps": [20, 40], "model.name": ["vit_tiny_p8"]})
     sweep = load_sweep(path)
-    from maws_scale.jobs.sweep import write_configs
+    from maws_scale.jobs.sweep import prepare_points
 
-    write_configs(sweep)
+    prepare_points(sweep, sweep.points)
     for point, steps in zip(sweep.points, (20, 40)):
         assert point.config.tracking.tags["train.steps"] == str(steps)
         reread = load_config(point.config_path)  # what the point's own process trains

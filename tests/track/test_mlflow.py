@@ -47,6 +47,11 @@ def test_sqlite_store_round_trip(tmp_path):
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "r-mae"
     assert run.data.params["optim.lr"] == "0.5" and run.data.tags["stage"] == "mae"
+    tags = run.data.tags  # MLflow's source columns are filled (issue 25)
+    assert tags["mlflow.user"] and tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.commit"].startswith(
+        tags["mlflow.source.git.commit"]
+    )
     assert [m.value for m in client.get_metric_history(tracker.run_id, "loss")] == pytest.approx(
         [1.0, 0.5, 1 / 3, 0.25, 0.2]
     )

@@ -95,6 +95,19 @@ def test_pipeline_runs_both_stages_tracks_them_and_restarts_without_rerunning(wo
     assert capsys.readouterr().err.count("already finished") == 2
     assert len(client.search_runs([runs["tiny-mae"].info.experiment_id])) == 4  # the same parent run, re-used
 
+    # issue 25: the same config again is a no-op, for the evaluation and for `train` of a finished stage
+    eval_history = len(client.get_metric_history(runs["tiny-eval"].info.run_id, "eval/linear_top1"))
+    wsp_run = client.get_run(runs["tiny-wsp"].info.run_id)
+    assert main(["pipeline", str(config)]) == 0
+    assert "[eval] already done" in capsys.readouterr().err
+    assert len(client.get_metric_history(runs["tiny-eval"].info.run_id, "eval/linear_top1")) == eval_history
+    init = f"wsp.init_from={out / 'mae' / 'consolidated.pt'}"
+    assert main(["train", str(config), "stage=wsp", init]) == 0
+    assert "[wsp] already finished with this config" in capsys.readouterr().err
+    again = client.get_run(runs["tiny-wsp"].info.run_id)
+    assert again.info.end_time == wsp_run.info.end_time and again.data.metrics == wsp_run.data.metrics
+    assert main(["train", str(config), "stage=wsp", init, "optim.lr=0.5"]) == 2  # another config: refused
+
 
 def test_train_one_stage_from_random_init_and_config_errors(world, mosaics, tmp_path, capsys):
     config = write_config(tmp_path, mosaics, tracking={"enabled": False})
@@ -139,8 +152,9 @@ def test_a_rerun_resumes_its_own_run_and_refuses_another_config(world, mosaics, 
     err = capsys.readouterr().err
     assert "optim.lr: 0.001 -> 0.002" in err and "output_dir" in err and "train.log_every" not in err
     assert weights.read_bytes() == before
-    assert main([*argv, "train.log_every=1"]) == 0  # the same config (log cadence aside): continues its run
-    assert "continuing it" in capsys.readouterr().err
+    assert main([*argv, "train.log_every=1"]) == 0  # the same config (log cadence aside), finished: a no-op
+    assert "[wsp] already finished with this config" in capsys.readouterr().err
+    assert weights.read_bytes() == before
     assert [p.name for p in (tmp_path / "run" / "wsp" / "checkpoints").iterdir()] == ["step_00000002"]
     records = [json.loads(x) for x in (tmp_path / "run" / "wsp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # not restarted at step 0

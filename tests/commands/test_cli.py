@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from maws_scale.cli import build_parser, main
 
-DEMO = str(Path(__file__).parents[1] / "configs" / "demo.yaml")
+DEMO = str(Path(__file__).parents[2] / "configs" / "demo.yaml")
 
 
 def subcommands() -> list[str]:
@@ -106,3 +107,31 @@ def test_every_subcommand_help_has_an_example(name: str, capsys: pytest.CaptureF
     with pytest.raises(SystemExit):
         main([name, "--help"])
     assert f"example: maws-scale {name}" in capsys.readouterr().out
+
+
+OPTION_OF = {"train": ["--output-dir", "runs/x"], "pipeline": ["--output-dir", "runs/x"], "bench": ["--json"],
+             "plan": ["--json"], "config check": ["--world-size", "1"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(OPTION_OF))
+def test_overrides_may_follow_an_option(command: str) -> None:
+    """`train CONFIG a=1 --output-dir D b=2` parses like every other command (issue 25: train/pipeline exited 2)."""
+    argv = [*command.split(), DEMO, "stage=wsp", *OPTION_OF[command], "train.steps=30"]
+    assert build_parser().parse_args(argv).overrides == ["stage=wsp", "train.steps=30"]
+
+
+def test_every_command_taking_overrides_parses_them_after_options() -> None:
+    """A subcommand with a KEY=VALUE positional is intermixed, so no command is left behind."""
+    from maws_scale.commands._intermixed import IntermixedParser
+
+    def parsers(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield sub
+                    yield from parsers(sub)
+
+    taking = [p for p in parsers(build_parser()) if any(a.metavar == "KEY=VALUE" for a in p._actions)]
+    assert len(taking) >= 8 and all(isinstance(p, IntermixedParser) for p in taking), [
+        p.prog for p in taking if not isinstance(p, IntermixedParser)
+    ]

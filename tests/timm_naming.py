@@ -1,4 +1,4 @@
-"""Fixture: timm ``VisionTransformer`` and facebookresearch/mae ``MaskedAutoencoderViT`` state-dict naming.
+"""timm ``VisionTransformer`` and facebookresearch/mae ``MaskedAutoencoderViT`` state-dict naming.
 
 ``TIMM_VIT_B16`` is written out literally (timm ``vit_base_patch16_224``, 1000-class head, state_dict order);
 ``timm_vit_keys`` generalises it to any shape and is checked against the literal, so every size is tested against
@@ -6,8 +6,6 @@ timm's naming. The MAE naming follows ``models_mae.py`` (``mae_vit_base_patch16`
 """
 
 from __future__ import annotations
-
-import pytest
 
 _B16_BLOCK = [
     ("norm1.weight", (768,)),
@@ -97,9 +95,3 @@ def mae_keys(
         ("decoder_pred.bias", (patch * patch * chans,)),
     ]
     return keys
-
-
-@pytest.fixture(scope="session")
-def timm_naming():
-    """The naming fixture: (literal vit_b16 list, timm_vit_keys, mae_keys)."""
-    return TIMM_VIT_B16, timm_vit_keys, mae_keys

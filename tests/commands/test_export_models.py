@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,10 @@ def test_export_mae_checkpoint_to_timm_encoder(tmp_path, fmt, timm_naming):
     for key, value in state.items():
         assert torch.equal(value, mae.state_dict()[key])
     build_encoder("vit_micro_p4").load_state_dict(state)  # strict
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # .safetensors as readable as .pt (issue 25: it was 0600)
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_export_with_and_without_head(tmp_path):

@@ -81,9 +81,13 @@ def random_resized_crop_params(
     return boxes
 
 
-def center_params(sizes: np.ndarray) -> np.ndarray:
-    """Centre square boxes (B, 4): resize-shorter-side-then-centre-crop as one crop+resize."""
-    side = sizes.min(axis=1).astype(np.float64)
+def center_params(sizes: np.ndarray, crop: float = 1.0) -> np.ndarray:
+    """Centre square boxes (B, 4): resize-shorter-side-then-centre-crop as one crop+resize, the crop ``crop`` times the
+    shorter side (DeiT's crop_pct); ``crop=0``: the whole image, squashed to a square (MAWS's square resize)."""
+    if crop <= 0:
+        zeros = np.zeros(len(sizes), dtype=np.float64)
+        return np.stack([zeros, zeros, sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)], axis=1)
+    side = sizes.min(axis=1).astype(np.float64) * crop
     return np.stack([(sizes[:, 0] - side) // 2, (sizes[:, 1] - side) // 2, side, side], axis=1)
 
 
@@ -131,8 +135,8 @@ def error_reason(err: BaseException) -> str:
     return "corrupt_image"
 
 
-def _boxes(sizes: np.ndarray, u: np.ndarray | None, scale: tuple[float, float]) -> np.ndarray:
-    return center_params(sizes) if u is None else random_resized_crop_params(sizes, u, scale)
+def _boxes(sizes: np.ndarray, u: np.ndarray | None, scale: tuple[float, float], crop: float = 1.0) -> np.ndarray:
+    return center_params(sizes, crop) if u is None else random_resized_crop_params(sizes, u, scale)
 
 
 def decode_batch(
@@ -146,12 +150,13 @@ def decode_batch(
     draft: bool = True,
     out: np.ndarray | None = None,
     sizes: np.ndarray | None = None,
+    eval_crop: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """Decode and augment a batch into ``out`` (uint8 (B, size, size, 3), allocated when None: channels last, so
     each image is one contiguous write); return (out, ok mask (B,), failure reason per sample). Failed rows are
     zero. ``sizes`` (B, 2) = stored (width, height), -1 where unknown: with them the crops are drawn for the whole
     batch before anything is opened, and each image is opened and decoded in one pass (a wrong stored size is
-    noticed and its crop redrawn)."""
+    noticed and its crop redrawn). ``eval_crop``: the centre crop of ``train=False`` (:func:`center_params`)."""
     n = len(images)
     batch = np.empty((n, size, size, 3), dtype=np.uint8) if out is None else out
     ok = np.zeros(n, dtype=bool)
@@ -169,7 +174,7 @@ def decode_batch(
             reasons[i] = error_reason(err)
     sizes[(sizes <= 0).any(axis=1)] = 1  # failed rows: any box will do
     u = uniforms(seed, positions, 4 * ATTEMPTS + 1) if train else None
-    boxes = _boxes(sizes, u, scale)
+    boxes = _boxes(sizes, u, scale, eval_crop)
     flips = (u[:, -1] < 0.5) if (u is not None and hflip) else np.zeros(n, dtype=bool)
     for i in range(n):
         if reasons[i] is not None or not images[i]:
@@ -180,7 +185,7 @@ def decode_batch(
             image = opened[i] or open_image(images[i])
             if image.size != tuple(sizes[i]):
                 sizes[i] = image.size
-                boxes[i] = _boxes(sizes[i : i + 1], None if u is None else u[i : i + 1], scale)[0]
+                boxes[i] = _boxes(sizes[i : i + 1], None if u is None else u[i : i + 1], scale, eval_crop)[0]
             decode_into(image, boxes[i], batch[i], flip=bool(flips[i]), draft=draft)
             ok[i] = True
         except Exception as err:

@@ -14,7 +14,7 @@ from maws_scale.data.order import GlobalOrder
 from maws_scale.data.shards import DatasetError, load_manifest, open_shard
 from maws_scale.data.stream import StreamLoader, StreamSpec
 
-STAGES = ("mae", "wsp", "clip", "eval")
+STAGES = ("mae", "wsp", "clip", "eval", "finetune")
 
 
 def build_loader(
@@ -26,6 +26,7 @@ def build_loader(
     path: str | None = None,
     infinite: bool = True,
     captions: bool = False,
+    eval_crop: float = 1.0,
 ) -> StreamLoader | SyntheticLoader:
     """A resumable loader of uint8 image batches for ``stage`` ("mae", "wsp" or "eval") on data-parallel ``rank``.
 
@@ -33,7 +34,9 @@ def build_loader(
     ``targets`` over the vocabulary (``cfg.wsp.vocab``, default ``<data path>/vocab.json``). "eval" does not
     shuffle or augment (centre crop) and, with ``infinite=False``, makes one ordered pass in which every sample
     is seen once across the ranks. "clip" (and "eval" with ``captions``) adds ``tokens`` (B, context) from one
-    caption per record, tokenized with the tokenizer stored with the *training* set (``data.path``). Raises
+    caption per record, tokenized with the tokenizer stored with the *training* set (``data.path``). "finetune"
+    trains on ``labels`` (refused without them). ``eval_crop``: the centre crop of "eval" (1 = the shorter side,
+    0 = the whole image squashed). Raises
     ConfigError naming the key or file when the data cannot be used.
     """
     if stage not in STAGES:
@@ -53,6 +56,8 @@ def build_loader(
         raise ConfigError(f"{key}: {err}") from None
     vocab = _vocab(cfg, stage, root)
     has_labels = _has_labels(root, manifest)
+    if stage == "finetune" and not has_labels:
+        raise ConfigError(f"{key}: {root} has no 'label' column; stage finetune needs a labeled set")
     order = GlobalOrder(
         manifest.record_counts(), seed=cfg.seed, shuffle=stage != "eval", window=cfg.data.shuffle_buffer
     )
@@ -73,6 +78,7 @@ def build_loader(
         verify_checksums=cfg.data.verify_checksums,
         pad=stage != "eval",
         text=_caption_encoder(cfg, root) if stage == "clip" or captions else None,
+        eval_crop=eval_crop,
     )
     return StreamLoader(spec, num_workers=cfg.data.num_workers, infinite=infinite)
 
@@ -137,6 +143,7 @@ class SyntheticLoader(SyntheticLoaderState):
         self.img_size, self.micro_batch, self.stage = cfg.img_size, micro_batch, stage
         self.seed = cfg.seed * 1_000_003 + rank
         self.num_classes = (cfg.wsp.num_classes or 1000) if stage == "wsp" else None
+        self.label_classes = (cfg.finetune.num_classes or 1000) if stage == "finetune" else None
         self.text_shape = None
         if stage == "clip":
             from maws_scale.train.clip_stages import text_shape
@@ -156,6 +163,8 @@ class SyntheticLoader(SyntheticLoaderState):
             if self.num_classes:
                 labels = torch.randint(0, self.num_classes, (b,), generator=gen)
                 batch["targets"] = torch.nn.functional.one_hot(labels, self.num_classes).float()
+            if self.label_classes:
+                batch["labels"] = torch.randint(0, self.label_classes, (b,), generator=gen)
             if self.text_shape is not None:
                 vocab, context = self.text_shape
                 batch["tokens"] = torch.randint(3, vocab, (b, context), generator=gen)

@@ -74,6 +74,7 @@ class StreamSpec:
     verify_checksums: bool = False
     pad: bool = True
     text: CaptionEncoder | None = None  # image-text stages: one caption per record → ``tokens`` (B, context)
+    eval_crop: float = 1.0  # train=False: centre crop / shorter side (0 = square resize of the whole image)
 
 
 class _Shards:
@@ -188,6 +189,7 @@ class ShardStream(IterableDataset):
             spec.hflip,
             out=buffer.numpy(),
             sizes=rows["size"],
+            eval_crop=spec.eval_crop,
         )
         ok &= rows["ok"]
         for i in np.flatnonzero(~ok):

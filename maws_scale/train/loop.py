@@ -130,6 +130,7 @@ class Trainer:
         self.history: list[tuple[int, float]] = []
         self.stage_sums: dict[str, torch.Tensor] = {}  # the last step's extra stage metrics, summed over micro-batches
         self._unconfirmed: Path | None = None  # the last checkpoint saved or loaded, until a finite step follows it
+        self.best: float | None = None  # the best held-out metric so far (stages that evaluate: best.pt keeps it)
         # data wait and ETA (reset when the loop starts; bench drives train_step without it)
         self.data_wait, self._clock, self._start_step, self._last_log = 0.0, time.perf_counter(), 0, None
 
@@ -264,7 +265,7 @@ class Trainer:
             path.write_text(json.dumps(self.stage.init_report, indent=2))
             self.tracker.log_artifact(path)
             if "summary" in self.stage.init_report:
-                console.print(f"{escape(f'[{cfg.stage}]')} init from MAE: {self.stage.init_report['summary']}")
+                console.print(f"{escape(f'[{cfg.stage}]')} init from checkpoint: {self.stage.init_report['summary']}")
 
     # ----- checkpoints --------------------------------------------------------------------------------------------
     @property
@@ -421,6 +422,9 @@ class Trainer:
                 metrics.update(self._periodic_metrics())
                 self._print(metrics)
             self._record(metrics)
+            every_eval = self.stage.eval_every()
+            if every_eval and self.step % every_eval == 0 and self.step < self.total_steps:
+                saved_at = self._evaluate(saved_at)
             if self.counters.consecutive_bad >= cfg.train.nan_tolerance:
                 self._rollback()
                 batches = iter(self.loader)
@@ -432,7 +436,38 @@ class Trainer:
                 saved_at, save_due = self.step, False
         if saved_at != self.step:
             self.save()
+        self._evaluate(self.step)
         return self._finish()
+
+    def _evaluate(self, saved_at: int) -> int:
+        """The stage's held-out metrics (collective), logged as ``eval/<name>``; a new best is saved as a checkpoint
+        and consolidated into ``best.pt`` (+ ``best.json``). Returns the step of the newest checkpoint."""
+        result = self.stage.evaluate(self.engine, self.plan, self.info.device, self.dtype)
+        if not result:
+            return saved_at
+        metrics = {f"eval/{k}": float(v) for k, v in result.items()}
+        key, value = next(iter(metrics.items()))
+        if self.info.is_main:
+            self.tracker.log_metrics(mlflow_metric_names(metrics), step=self.step)
+            with (self.dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+            console.print(f"{self._tag} step {self.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        best_file = self.dir / "best.json"
+        if self.best is None and best_file.is_file():  # a resumed run keeps the best of its earlier attempt
+            self.best = float(json.loads(best_file.read_text())["value"])
+        if self.best is not None and value <= self.best:
+            return saved_at
+        self.best = value
+        if saved_at != self.step:
+            self.save()
+        out = self.dir / "best.pt"
+        self.plan.consolidate(self.engine, self.manager.latest(), out, weights_meta(self.cfg))
+        if self.info.is_main:
+            tmp = best_file.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({"metric": key, "value": value, "step": self.step, **metrics}, indent=2))
+            tmp.replace(best_file)
+        wait_for_rank0(self.cfg.parallel.wait_minutes)
+        return self.step
 
     def _summary(self) -> None:
         """One start-up line: model and size, layout, length, output folder, tracking store."""
@@ -578,6 +613,7 @@ def weights_meta(cfg: RunConfig) -> dict[str, Any]:
         "img_size": cfg.img_size,
         "patch": spec.patch,
         "pool": cfg.model.pool,
+        "fc_norm": cfg.model.fc_norm,
         "width": spec.width,
         "depth": spec.depth,
         "heads": spec.heads,

@@ -52,7 +52,8 @@ def build_model(
     dtype: torch.dtype | None = None,
 ) -> torch.nn.Module:
     """The model for ``cfg.stage`` from every relevant config field (``model.*``, ``mae.*``, ``wsp.num_classes``,
-    ``finetune.num_classes``). ``num_classes`` overrides those (e.g. the vocab size); ``parallel.activation_checkpointing`` too."""
+    ``finetune.num_classes``). ``num_classes`` overrides those (e.g. the vocab size), as does
+    ``parallel.activation_checkpointing``."""
     common = vit_options(cfg)
     if cfg.stage == "mae":
         # the MAE stage does not pool: no attn_pool parameters that would never train

@@ -115,11 +115,7 @@ def classifier_state(
         report_dropped = []
     own = model.state_dict()
     report = HandoffReport(dropped=report_dropped)
-    fresh = [
-        k
-        for k in own
-        if k.startswith("head.") or (k.startswith(("fc_norm.", "attn_pool.")) and k not in source)
-    ]
+    fresh = [k for k in own if k.startswith("head.") or (k.startswith(("fc_norm.", "attn_pool.")) and k not in source)]
     encoder = {}
     for key, value in source.items():
         if is_decoder_key(key) or key.startswith("head.") or key not in own:

@@ -332,7 +332,10 @@ def _apex_fused_adam() -> type | None:
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups` with the configured implementation (betas, eps, peak LR from ``cfg``);
     ``torch``: fused where :func:`fused_adamw_supported` (CPU and CUDA)."""
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.optim.weight_decay, layer_decay_of(cfg))]
+    groups = [
+        {k: v for k, v in g.items() if k != "names"}
+        for g in param_groups(model, cfg.optim.weight_decay, layer_decay_of(cfg))
+    ]
     kwargs = {"lr": cfg.peak_lr(), "betas": tuple(cfg.optim.betas), "eps": cfg.optim.eps}
     impl = optimizer_impl(cfg)
     if impl == "apex":

@@ -60,7 +60,7 @@ class Stage(ABC):
     def flops_per_sample(self) -> int:
         """Forward + backward model FLOPs for one sample."""
 
-    def evaluate(self, model: nn.Module, plan: ParallelPlan, device: torch.device, dtype: torch.dtype):  # noqa: B027
+    def evaluate(self, model: nn.Module, plan: ParallelPlan, device: torch.device, dtype: torch.dtype):
         """Held-out metrics of the model being trained (collective), or None for a stage without them. The first
         metric is the one the best checkpoint is kept by (higher is better)."""
         return None

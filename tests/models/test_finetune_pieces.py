@@ -74,7 +74,9 @@ def test_drop_path_drops_whole_samples_and_keeps_the_expectation():
     out = DropPath(p).train()(x)
     per_sample = out.reshape(20000, -1)
     kept = per_sample[:, 0] != 0
-    assert torch.allclose(per_sample[kept], torch.full_like(per_sample[kept], 1 / (1 - p)))  # survivors scaled by 1 / keep
+    assert torch.allclose(
+        per_sample[kept], torch.full_like(per_sample[kept], 1 / (1 - p))
+    )  # survivors scaled by 1 / keep
     assert torch.all(per_sample[~kept] == 0)  # a dropped sample loses its whole branch
     assert out.mean().item() == pytest.approx(1.0, abs=0.02)  # E[drop_path(x)] = x
     assert (~kept).float().mean().item() == pytest.approx(p, abs=0.02)

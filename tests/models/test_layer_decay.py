@@ -63,7 +63,7 @@ def test_layer_ids_of_pooling_and_fc_norm_are_the_top():
     assert layer_id("attn_pool.latent", 12) == 13
     assert layer_id("blocks.11.mlp.fc2.weight", 12) == 12
     assert lr_scale("head.weight", 12, 0.5) == 1.0
-    with pytest.raises(ValueError, match="finetune.layer_decay"):
+    with pytest.raises(ValueError, match=r"finetune\.layer_decay"):
         lr_scale("head.weight", 12, 1.5)
 
 

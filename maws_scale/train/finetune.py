@@ -2,10 +2,10 @@
 
 ``FinetuneStage`` builds the classifier (``model.pool``; ``model.fc_norm`` for MAE's global pool), loads the encoder
 from ``finetune.init_from`` (an MAE, WSP, MAWS or CLIP checkpoint of this toolkit, or a timm/MAWS-named state dict;
-``pos_embed`` resampled to ``model.img_size``) and trains with random erasing, mixup / cutmix and label smoothing
-(``train/augment.py``); layer-wise LR decay lives in the optimizer's groups (``models/layer_decay.py``).
-:func:`evaluate_classifier` measures top-1 / top-5 on ``data.eval_path`` at the fine-tuning resolution, sharded over
-the data-parallel ranks.
+``pos_embed`` resampled to ``model.img_size``) and trains with RandAugment (``train/randaugment.py``), random erasing,
+mixup / cutmix and label smoothing (``train/augment.py``); layer-wise LR decay lives in the optimizer's groups
+(``models/layer_decay.py``). :func:`evaluate_classifier` measures top-1 / top-5 on ``data.eval_path`` at the
+fine-tuning resolution, sharded over the data-parallel ranks.
 """
 
 from __future__ import annotations
@@ -112,8 +112,14 @@ class FinetuneStage(Stage):
                 f"data.path: a label outside [0, {self.num_classes}) in batch of {batch['keys'][0]!r}…; "
                 "set finetune.num_classes to the data's class count"
             )
+        f = self.cfg.finetune
+        if f.randaug_ops > 0:  # on the uint8 pixels, before normalization (timm's order)
+            from maws_scale.train.randaugment import rand_augment
+
+            raw = batch["images"].to(device, non_blocking=True)
+            batch = {**batch, "images": rand_augment(raw.float(), f.randaug_ops, f.randaug_magnitude).to(torch.uint8)}
         images = self.images(batch, device, torch.float32)
-        images = random_erasing(images, self.cfg.finetune.random_erasing)
+        images = random_erasing(images, f.random_erasing)
         images, targets = self.mixup(images, labels.to(device))
         logits = model(images.to(dtype))
         criterion = self.criterion or soft_target_cross_entropy

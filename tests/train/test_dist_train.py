@@ -76,7 +76,13 @@ FINETUNE = [
     "model.img_size=20",
 ]
 # ... and the stochastic ones, drawn from each data-parallel rank's stream: equal under TP, not across DP sizes
-STOCHASTIC = ["finetune.mixup=0.8", "finetune.cutmix=1.0", "finetune.random_erasing=0.5", "model.drop_path=0.2"]
+STOCHASTIC = [
+    "finetune.mixup=0.8",
+    "finetune.cutmix=1.0",
+    "finetune.random_erasing=0.5",
+    "finetune.randaug_ops=2",
+    "model.drop_path=0.2",
+]
 
 
 def finetune_after(mosaics: Path, out: Path, *extra: str) -> list[str]:
@@ -210,7 +216,7 @@ def test_tensor_parallel_mae_then_wsp_match_one_rank(one_rank_runs, two_ranks):
     # vocab-parallel soft-target CE for WSP, consolidation gathers the shards, WSP loads the MAE encoder sharded
     out = two_ranks["tp_dir"]
     mae, wsp = two_ranks["tp_mae"], two_ranks["tp_wsp"]
-    ref_mae, ref_wsp = one_rank_runs
+    ref_mae, ref_wsp = one_rank_runs[:2]
     # both TP ranks of the one data-parallel group train on the same micro-batches
     assert [sorted(set(ids)) for ids in mae["ids"]] == ref_mae["ids"]
     assert all(len(ids) == 2 * len(set(ids)) for ids in mae["ids"])

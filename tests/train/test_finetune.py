@@ -92,6 +92,7 @@ def _train(mosaics: Path, out: Path, *extra: str) -> list[str]:
         "finetune.mixup=0.8",
         "finetune.cutmix=1.0",
         "finetune.random_erasing=0.25",
+        "finetune.randaug_ops=2",
         "model.drop_path=0.1",
         f"output_dir={out}",
         *extra,

@@ -88,7 +88,6 @@ class FinetuneConfig(_Section):
     randaug_ops: int = Field(0, ge=0, description="RandAugment operations per image (2 in DeiT/MAE); 0 = off")
     randaug_magnitude: float = Field(9.0, ge=0.0, le=10.0, description="RandAugment magnitude (0-10), std 0.5")
     random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of one erased box per image")
-    ema: float = Field(0.0, ge=0.0, lt=1.0, description="EMA decay of the weights per step (e.g. 0.9999); 0 = off")
     eval_every: int = Field(0, ge=0, description="top-1/top-5 on data.eval_path every N steps; 0 = at the end only")
     eval_transform: Literal["center_crop", "square_resize"] = Field(
         "center_crop", description="held-out images: centre crop of crop_pct then resize, or the whole image squashed"

@@ -88,6 +88,7 @@ class FinetuneConfig(_Section):
     randaug_ops: int = Field(0, ge=0, description="RandAugment operations per image (2 in DeiT/MAE); 0 = off")
     randaug_magnitude: float = Field(9.0, ge=0.0, le=10.0, description="RandAugment magnitude (0-10), std 0.5")
     random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of one erased box per image")
+    ema: float = Field(0.0, ge=0.0, lt=1.0, description="EMA of the weights, decay per step (e.g. 0.9999); 0 = off")
     eval_every: int = Field(0, ge=0, description="top-1/top-5 on data.eval_path every N steps; 0 = at the end only")
     eval_transform: Literal["center_crop", "square_resize"] = Field(
         "center_crop", description="held-out images: centre crop of crop_pct then resize, or the whole image squashed"
@@ -315,6 +316,11 @@ class RunConfig(BaseModel):
             )
         if self.parallel.fp8 != "none" and self.parallel.precision == "fp16":
             raise ValueError("parallel.fp8 with parallel.precision=fp16: FP8 training runs in bf16 (or fp32); use bf16")
+        if self.stage == "finetune" and self.finetune.ema > 0 and (self.parallel.zero_stage == 3 or tp > 1):
+            raise ValueError(
+                f"finetune.ema={self.finetune.ema} needs the whole weights on every rank: parallel.zero_stage <= 2 "
+                "and parallel.tp=1 (or set finetune.ema=0)"
+            )
         decoder_heads = self.mae.decoder_heads or spec.decoder_heads
         decoder_width = self.mae.decoder_width or spec.decoder_width
         if decoder_width % decoder_heads:

@@ -137,6 +137,9 @@ class FinetuneStage(Stage):
     def eval_every(self) -> int:
         return self.cfg.finetune.eval_every
 
+    def ema_decay(self) -> float:
+        return self.cfg.finetune.ema
+
 
 def eval_crop(cfg: RunConfig) -> float:
     """The eval loader's centre crop: ``finetune.crop_pct``, or 0 (whole image) for ``eval_transform=square_resize``."""

@@ -59,6 +59,7 @@ from maws_scale.train.checkpoint import (
     load_trainer_state,
     set_rng_state,
 )
+from maws_scale.train.ema import WeightEMA
 from maws_scale.train.hooks import StepHooks
 from maws_scale.train.preflight import preflight
 from maws_scale.train.rundir import check_stage_dir, trim_metrics
@@ -131,6 +132,7 @@ class Trainer:
         self.stage_sums: dict[str, torch.Tensor] = {}  # the last step's extra stage metrics, summed over micro-batches
         self._unconfirmed: Path | None = None  # the last checkpoint saved or loaded, until a finite step follows it
         self.best: float | None = None  # the best held-out metric so far (stages that evaluate: best.pt keeps it)
+        self.ema: WeightEMA | None = None  # the weight EMA, for stages that ask for one (finetune.ema)
         # data wait and ETA (reset when the loop starts; bench drives train_step without it)
         self.data_wait, self._clock, self._start_step, self._last_log = 0.0, time.perf_counter(), 0, None
 
@@ -169,6 +171,8 @@ class Trainer:
         if self.resume is None:
             self.stage.initialize_weights(model, self.plan)
         self.engine, self.guard = initialize_engine(model, cfg, self.ds_config, self.plan.mpu)
+        decay = self.stage.ema_decay()
+        self.ema = WeightEMA(self.engine.module, decay) if decay > 0 else None
         # One stream per data-parallel rank: the TP ranks of a group hold the same activations and must drop the same
         # samples (drop-path), exactly as the TP=1 run would.
         torch.manual_seed(cfg.seed + 1 + self.plan.dp_rank)
@@ -298,12 +302,20 @@ class Trainer:
             self.engine,
             self.step,
             state,
-            rank_state={"loader": state["loader"]},
+            rank_state=self._rank_state(state),
             meta=meta,
             files=self.plan.checkpoint_files(),
         )
         self._unconfirmed = path
         return path
+
+    def _rank_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """What each rank saves beside the engine: its loader position; rank 0 also the weight EMA (every rank holds
+        the same one: the EMA needs whole weights on every rank)."""
+        rank_state: dict[str, Any] = {"loader": state["loader"]}
+        if self.ema is not None and self.info.is_main:
+            rank_state["ema"] = self.ema.state_dict()
+        return rank_state
 
     def _load(self, info: CheckpointInfo) -> None:
         if self._needs_universal(info):
@@ -323,6 +335,11 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])  # global sample position: valid on any DP size
         self.counters.skipped_steps = int(state["skipped_steps"])
         self.counters.rollbacks = int(state.get("rollbacks", 0))
+        if self.ema is not None:
+            saved = load_rank_state(info, 0) or {}
+            if "ema" not in saved:
+                raise ConfigError(f"finetune.ema: {info.path} holds no weight EMA (saved by a run without it)")
+            self.ema.load_state_dict(saved["ema"])
         rank_state = load_rank_state(info, self.info.rank) if info.world_size == self.info.world_size else None
         if rank_state is not None:
             set_rng_state(rank_state["rng"])
@@ -409,6 +426,8 @@ class Trainer:
             self.step += 1
             self.meter.update(cfg.train.global_batch)
             self.counters.skipped_steps += int(skipped)
+            if self.ema is not None and not skipped:
+                self.ema.update()
             self.counters.consecutive_bad = self.counters.consecutive_bad + 1 if skipped else 0
             if not skipped and self._unconfirmed is not None:
                 self.manager.mark_healthy(self._unconfirmed)
@@ -446,6 +465,12 @@ class Trainer:
         if not result:
             return saved_at
         metrics = {f"eval/{k}": float(v) for k, v in result.items()}
+        if self.ema is not None:
+            with self.ema.swapped():
+                averaged = self.stage.evaluate(self.engine, self.plan, self.info.device, self.dtype)
+            metrics.update({f"eval/ema_{k}": float(v) for k, v in averaged.items() if k != "eval_samples"})
+            if self.info.is_main:
+                self.ema.save(self.dir / "ema.pt")  # the averaged weights as they are now (timm names)
         key, value = next(iter(metrics.items()))
         if self.info.is_main:
             self.tracker.log_metrics(mlflow_metric_names(metrics), step=self.step)

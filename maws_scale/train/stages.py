@@ -69,6 +69,10 @@ class Stage(ABC):
         """Evaluate every N optimizer steps (0: after the last step only)."""
         return 0
 
+    def ema_decay(self) -> float:
+        """Decay of an exponential moving average of the weights the loop keeps (0: none)."""
+        return 0.0
+
     def tokens_per_sample(self) -> int:
         """Patches per image (the input tokens the throughput is counted in)."""
         return (self.cfg.img_size // self.cfg.spec.patch) ** 2

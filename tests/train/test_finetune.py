@@ -100,7 +100,7 @@ def _train(mosaics: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finetuned(mosaics, tmp_path_factory) -> Path:
+def finetuned(world, mosaics, tmp_path_factory) -> Path:
     """4 steps from a timm-named .safetensors (1000-class head, 16 px) at 20 px, mean pool + fc_norm."""
     from safetensors.torch import save_file
 
@@ -191,6 +191,18 @@ def test_export_writes_timm_names_with_fc_norm(finetuned, tmp_path):
         ]:
             expected[f"blocks.{i}.{name}"] = shape
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
+
+
+def test_weight_ema_is_evaluated_and_saved(world, mosaics, tmp_path):
+    run = tmp_path / "ema"
+    assert cli(_train(mosaics, run, "finetune.init=random", "finetune.ema=0.5", "train.steps=2")) == 0
+    stage = run / "finetune"
+    records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval/top1" in r]
+    assert [r["step"] for r in evals] == [2] and 0 <= evals[0]["eval/ema_top1"] <= evals[0]["eval/ema_top5"] <= 100
+    averaged, last = torch.load(stage / "ema.pt"), torch.load(stage / "consolidated.pt")
+    assert set(averaged) == set(last)
+    assert not all(torch.equal(averaged[k], last[k]) for k in last)  # half-way back toward the initial weights
 
 
 def test_stage_finetune_needs_an_init_checkpoint_or_random():

@@ -273,7 +273,9 @@ def _inventory_cached(cfg_json: str, num_classes: int | None, tp: int) -> Invent
 
 def inventory_for(cfg: RunConfig, num_classes: int | None, tp: int) -> Inventory:
     """The (cached) parameter inventory of ``cfg``'s model at ``tp``; the cache key ignores parallel settings."""
-    base = RunConfig.model_validate(cfg.model_dump(mode="json", include={"stage", "model", "mae", "wsp", "optim"}))
+    base = RunConfig.model_validate(
+        cfg.model_dump(mode="json", include={"stage", "model", "mae", "wsp", "finetune", "optim"})
+    )
     return _inventory_cached(base.model_dump_json(), num_classes, tp)
 
 
@@ -287,6 +289,11 @@ def zero_settings(cfg: RunConfig, dp: int, inv: Inventory, device: str = "cuda")
 
 
 def resolve_classes(cfg: RunConfig, num_classes: int | None) -> int | None:
+    if cfg.stage == "finetune":
+        classes = num_classes or cfg.finetune.num_classes
+        if not classes:
+            raise ConfigError("finetune.num_classes: the head size is needed to plan; set it or --num-classes")
+        return classes
     if cfg.stage != "wsp":
         return None
     classes = num_classes or cfg.wsp.num_classes

@@ -487,9 +487,11 @@ class Trainer:
             self.save()
         out = self.dir / "best.pt"
         self.plan.consolidate(self.engine, self.manager.latest(), out, weights_meta(self.cfg))
-        if self.info.is_main:
+        if self.info.is_main:  # best.json is best.pt's sidecar: the weights' meta (export reads it) + the metric
+            sidecar = json.loads(best_file.read_text()) if best_file.is_file() else {}
+            sidecar.update({"metric": key, "value": value, "step": self.step, **metrics})
             tmp = best_file.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"metric": key, "value": value, "step": self.step, **metrics}, indent=2))
+            tmp.write_text(json.dumps(sidecar, indent=2))
             tmp.replace(best_file)
         wait_for_rank0(self.cfg.parallel.wait_minutes)
         return self.step

@@ -148,6 +148,7 @@ def test_best_and_last_weights_and_their_accuracy_counted_by_hand(finetuned, mos
     evals = {r["step"]: r for r in records if "eval/top1" in r}
     best = json.loads((finetuned / "best.json").read_text())
     assert best["value"] == max(r["eval/top1"] for r in evals.values())
+    assert best["model"] == "vit_micro_p4" and best["img_size"] == 20 and best["fc_norm"]  # export reads these
     assert best["step"] == min(s for s, r in evals.items() if r["eval/top1"] == best["value"])
     last = torch.load(finetuned / "consolidated.pt")
     assert _topk_by_hand(last, mosaics) == pytest.approx((evals[4]["eval/top1"], evals[4]["eval/top5"]), abs=1e-9)

@@ -73,6 +73,9 @@ class ModelConfig(_Section):
     in_chans: Literal[3] = Field(3, description="image channels: the loaders decode every image to RGB")
     attention: Literal["auto", "xformers", "sdpa", "math"] = "auto"
     pool: Literal["cls", "gap", "map", "max"] = "cls"
+    fc_norm: bool = Field(
+        False, description="LayerNorm after pooling instead of before (MAE fine-tuning's global pool: pool=gap)"
+    )
     qk_norm: bool = False
     parallel_block: bool = False
     qkv_bias: bool = True
@@ -100,6 +103,31 @@ class WSPConfig(_Section):
     vocab: str | None = Field(None, description="vocab.json; default: <data.path>/vocab.json")
     init: Literal["mae", "random"] = "mae"
     init_from: str | None = Field(None, description="MAE checkpoint for init=mae (the pipeline fills it)")
+
+
+class FinetuneConfig(_Section):
+    """Stage finetune: a classifier trained end to end from a pretrained encoder (see docs/training.md)."""
+
+    init: Literal["checkpoint", "random"] = "checkpoint"
+    init_from: str | None = Field(
+        None, description="MAE, WSP, MAWS or CLIP checkpoint of this toolkit, or a timm/MAWS-named state dict"
+    )
+    num_classes: int | None = Field(None, gt=1, description="default: the class list of data.path's manifest")
+    layer_decay: float = Field(1.0, gt=0.0, le=1.0, description="layer-wise LR decay (BEiT/MAE); 1 = off")
+    mixup: float = Field(0.0, ge=0.0, description="mixup Beta(alpha, alpha); 0 = off")
+    cutmix: float = Field(0.0, ge=0.0, description="cutmix Beta(alpha, alpha); 0 = off")
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="probability a batch is mixed at all")
+    switch_prob: float = Field(0.5, ge=0.0, le=1.0, description="cutmix instead of mixup when both are on")
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    randaug_ops: int = Field(0, ge=0, description="RandAugment operations per image (2 in DeiT/MAE); 0 = off")
+    randaug_magnitude: float = Field(9.0, ge=0.0, le=10.0, description="RandAugment magnitude (0-10), std 0.5")
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of one erased box per image")
+    ema: float = Field(0.0, ge=0.0, lt=1.0, description="EMA of the weights, decay per step (e.g. 0.9999); 0 = off")
+    eval_every: int = Field(0, ge=0, description="top-1/top-5 on data.eval_path every N steps; 0 = at the end only")
+    eval_transform: Literal["center_crop", "square_resize"] = Field(
+        "center_crop", description="held-out images: centre crop of crop_pct then resize, or the whole image squashed"
+    )
+    crop_pct: float = Field(0.875, gt=0.0, le=1.0, description="center_crop: side of the crop / shorter side")
 
 
 class ClipConfig(_Section):
@@ -268,6 +296,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "mae": MAEConfig,
     "wsp": WSPConfig,
     "clip": ClipConfig,
+    "finetune": FinetuneConfig,
     "data": DataConfig,
     "optim": OptimConfig,
     "schedule": ScheduleConfig,
@@ -277,8 +306,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "checkpoint": CheckpointConfig,
     "eval": EvalConfig,
 }
-STAGES = ("mae", "wsp", "clip", "mae_clip", "lit")
-StageName = Literal["mae", "wsp", "clip", "mae_clip", "lit"]
+STAGES = ("mae", "wsp", "clip", "mae_clip", "lit", "finetune")
+StageName = Literal["mae", "wsp", "clip", "mae_clip", "lit", "finetune"]
 
 
 class RunConfig(BaseModel):
@@ -293,6 +322,7 @@ class RunConfig(BaseModel):
     mae: MAEConfig = Field(default_factory=MAEConfig)
     wsp: WSPConfig = Field(default_factory=WSPConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -333,6 +363,11 @@ class RunConfig(BaseModel):
             )
         if self.parallel.fp8 != "none" and self.parallel.precision == "fp16":
             raise ValueError("parallel.fp8 with parallel.precision=fp16: FP8 training runs in bf16 (or fp32); use bf16")
+        if self.stage == "finetune" and self.finetune.ema > 0 and (self.parallel.zero_stage == 3 or tp > 1):
+            raise ValueError(
+                f"finetune.ema={self.finetune.ema} needs the whole weights on every rank: parallel.zero_stage <= 2 "
+                "and parallel.tp=1 (or set finetune.ema=0)"
+            )
         decoder = self.decoder
         if decoder.width % decoder.heads:
             raise ValueError(f"mae.decoder_width={decoder.width} is not divisible by mae.decoder_heads={decoder.heads}")
@@ -405,6 +440,10 @@ class RunConfig(BaseModel):
         """Checks for a single-stage run (``maws-scale train``); the pipeline fills ``wsp.init_from`` itself."""
         if self.stage == "wsp" and self.wsp.init == "mae" and not self.wsp.init_from:
             raise ConfigError("wsp.init_from: wsp.init=mae needs an MAE checkpoint here, or set wsp.init=random")
+        if self.stage == "finetune" and self.finetune.init == "checkpoint" and not self.finetune.init_from:
+            raise ConfigError(
+                "finetune.init_from: finetune.init=checkpoint needs a checkpoint here, or set finetune.init=random"
+            )
         if self.stage == "lit" and not self.clip.image_init_from:
             raise ConfigError(
                 "clip.image_init_from: stage lit locks a pretrained image tower; give an MAE, WSP or MAWS checkpoint"

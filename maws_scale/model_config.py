@@ -25,6 +25,7 @@ def vit_options(cfg: RunConfig) -> dict[str, Any]:
         parallel_block=m.parallel_block,
         drop_path=m.drop_path,
         attention=m.attention,
+        fc_norm=m.fc_norm,
     )
 
 
@@ -34,6 +35,7 @@ def mae_options(cfg: RunConfig) -> dict[str, Any]:
     mae = cfg.mae
     return dict(
         vit_options(cfg),
+        fc_norm=False,  # the MAE trains the final norm of its tokens
         mask_ratio=mae.mask_ratio,
         decoder_width=mae.decoder_width,
         decoder_depth=mae.decoder_depth,
@@ -49,17 +51,19 @@ def build_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.nn.Module:
-    """The model for ``cfg.stage`` from every relevant config field (``model.*``, ``mae.*``, ``wsp.num_classes``).
-    ``num_classes`` overrides ``wsp.num_classes`` (e.g. the vocab size); ``parallel.activation_checkpointing`` too."""
+    """The model for ``cfg.stage`` from every relevant config field (``model.*``, ``mae.*``, ``wsp.num_classes``,
+    ``finetune.num_classes``). ``num_classes`` overrides those (e.g. the vocab size), as does
+    ``parallel.activation_checkpointing``."""
     common = vit_options(cfg)
     if cfg.stage == "mae":
         # the MAE stage does not pool: no attn_pool parameters that would never train
         options = {**mae_options(cfg), "pool": None}
         model: VisionTransformer | MaskedAutoencoder = build_mae(cfg.spec, device=device, dtype=dtype, **options)
-    elif cfg.stage == "wsp":
-        classes = num_classes if num_classes is not None else cfg.wsp.num_classes
+    elif cfg.stage in ("wsp", "finetune"):
+        key = f"{cfg.stage}.num_classes"
+        classes = num_classes if num_classes is not None else getattr(cfg, cfg.stage).num_classes
         if classes is None:
-            raise ValueError("wsp.num_classes: not set and no vocabulary size given; set wsp.num_classes")
+            raise ValueError(f"{key}: not set and no class count given by the data; set {key}")
         pool = common.pop("pool")
         model = build_wsp(cfg.spec, classes, pool=pool, device=device, dtype=dtype, **common)
     else:

@@ -106,8 +106,8 @@ def test_stage_overrides_apply_and_are_validated_up_front(tmp_path: Path) -> Non
     bad = write(tmp_path, "stages:\n  wsp:\n    optim.lrr: 1\n")
     with pytest.raises(ConfigError, match=r"stages\.wsp: unknown key 'optim\.lrr'"):
         load_config(bad)
-    with pytest.raises(ConfigError, match=r"unknown stage 'stages\.finetune'"):
-        load_config(write(tmp_path, "stages:\n  finetune: {}\n"))
+    with pytest.raises(ConfigError, match=r"unknown stage 'stages\.distill'"):
+        load_config(write(tmp_path, "stages:\n  distill: {}\n"))
 
 
 def test_standalone_wsp_from_mae_needs_a_checkpoint() -> None:
@@ -161,8 +161,8 @@ def test_command_line_overrides_win_over_stage_sections(tmp_path: Path) -> None:
     assert staged.for_stage("mae").optim.lr == pytest.approx(0.01)
     with pytest.raises(ConfigError, match=r"override stages\.wsp: unknown key 'train\.stepz'"):
         load_config(write(tmp_path, PIPELINE), ["stages.wsp.train.stepz=7"])
-    with pytest.raises(ConfigError, match=r"unknown stage 'stages\.finetune'"):
-        load_config(write(tmp_path, PIPELINE), ["stages.finetune.train.steps=7"])
+    with pytest.raises(ConfigError, match=r"unknown stage 'stages\.distill'"):
+        load_config(write(tmp_path, PIPELINE), ["stages.distill.train.steps=7"])
 
 
 def test_resolved_applies_the_selected_stage(tmp_path: Path) -> None:

@@ -306,7 +306,9 @@ def _facts_cached(cfg_json: str, num_classes: int | None) -> ModelFacts:
 
 def model_facts(cfg: RunConfig, num_classes: int | None) -> ModelFacts:
     """The (cached) :class:`ModelFacts` of ``cfg``'s model and stage; the cache key ignores every layout key."""
-    base = RunConfig.model_validate(cfg.model_dump(mode="json", include={"stage", "model", "mae", "wsp", "optim"}))
+    base = RunConfig.model_validate(
+        cfg.model_dump(mode="json", include={"stage", "model", "mae", "wsp", "finetune", "optim"})
+    )
     return _facts_cached(base.model_dump_json(), num_classes)
 
 
@@ -350,6 +352,11 @@ def planning_classes(cfg: RunConfig, num_classes: int | None = None) -> tuple[in
 
 
 def resolve_classes(cfg: RunConfig, num_classes: int | None) -> int | None:
+    if cfg.stage == "finetune":
+        classes = num_classes or cfg.finetune.num_classes
+        if not classes:
+            raise ConfigError("finetune.num_classes: the head size is needed to plan; set it or --num-classes")
+        return classes
     if cfg.stage != "wsp":
         return None
     classes = num_classes or cfg.wsp.num_classes

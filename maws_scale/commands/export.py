@@ -149,7 +149,10 @@ def _run(args: argparse.Namespace) -> int:
         own = info.get("img_size") or (grid * patch if grid else None)
         img_size = args.img_size or own
         num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
-        target = build_encoder(args.model, img_size=img_size, num_classes=num_classes, device="meta")
+        pooling = {"fc_norm": "fc_norm.weight" in state}  # fine-tuned with MAE's global pool: timm's fc_norm=True
+        if info.get("pool") in ("cls", "gap", "map", "max"):
+            pooling["pool"] = info["pool"]
+        target = build_encoder(args.model, img_size=img_size, num_classes=num_classes, device="meta", **pooling)
         state = adapt_state_dict(state, target)
         own_state = target.state_dict()
         problems = [f"missing {k}" for k in own_state if k not in state]

@@ -1,4 +1,4 @@
-"""`maws-scale train CONFIG [key=value ...]`: train one stage (``stage=mae|wsp``) on any launcher."""
+"""`maws-scale train CONFIG [key=value ...]`: train one stage (``stage=mae|wsp|finetune|…``) on any launcher."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from maws_scale.config import RunConfig
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train one stage (stage=mae or stage=wsp with wsp.init_from=PATH or wsp.init=random)",
+        help="train one stage (stage=mae; stage=wsp with wsp.init_from=PATH or wsp.init=random; stage=finetune with "
+        "finetune.init_from=PATH or finetune.init=random)",
         description="Train one stage. Works as one process, under torchrun, and under `deepspeed -m maws_scale.cli`. "
         "A config with a `stages:` section gets that stage's overrides applied.",
     )

@@ -81,9 +81,13 @@ def random_resized_crop_params(
     return boxes
 
 
-def center_params(sizes: np.ndarray) -> np.ndarray:
-    """Centre square boxes (B, 4): resize-shorter-side-then-centre-crop as one crop+resize."""
-    side = sizes.min(axis=1).astype(np.float64)
+def center_params(sizes: np.ndarray, crop: float = 1.0) -> np.ndarray:
+    """Centre square boxes (B, 4): resize-shorter-side-then-centre-crop as one crop+resize, the crop ``crop`` times the
+    shorter side (DeiT's crop_pct); ``crop=0``: the whole image, squashed to a square (MAWS's square resize)."""
+    if crop <= 0:
+        zeros = np.zeros(len(sizes), dtype=np.float64)
+        return np.stack([zeros, zeros, sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)], axis=1)
+    side = sizes.min(axis=1).astype(np.float64) * crop
     return np.stack([(sizes[:, 0] - side) // 2, (sizes[:, 1] - side) // 2, side, side], axis=1)
 
 
@@ -131,17 +135,24 @@ def error_reason(err: BaseException) -> str:
     return "corrupt_image"
 
 
-def _boxes(sizes: np.ndarray, u: np.ndarray | None, scale: tuple[float, float]) -> np.ndarray:
-    return center_params(sizes) if u is None else random_resized_crop_params(sizes, u, scale)
+def _boxes(sizes: np.ndarray, u: np.ndarray | None, scale: tuple[float, float], crop: float = 1.0) -> np.ndarray:
+    return center_params(sizes, crop) if u is None else random_resized_crop_params(sizes, u, scale)
 
 
 def crop_plan(
-    sizes: np.ndarray, positions: np.ndarray, seed: int, train: bool, scale: tuple[float, float], hflip: bool
+    sizes: np.ndarray,
+    positions: np.ndarray,
+    seed: int,
+    train: bool,
+    scale: tuple[float, float],
+    hflip: bool,
+    eval_crop: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(crop boxes (B, 4), flips (B,), uniforms or None) for images of ``sizes`` (B, 2) at stream ``positions``:
-    the one rule every decode path (PIL, raw pixels, GPU) crops by, so that they and a resumed run agree."""
+    the one rule every decode path (PIL, raw pixels, GPU) crops by, so that they and a resumed run agree.
+    ``eval_crop``: the centre crop of ``train=False`` (:func:`center_params`)."""
     u = uniforms(seed, positions, 4 * ATTEMPTS + 1) if train else None
-    boxes = _boxes(sizes, u, scale)
+    boxes = _boxes(sizes, u, scale, eval_crop)
     flips = (u[:, -1] < 0.5) if (u is not None and hflip) else np.zeros(len(sizes), dtype=bool)
     return boxes, flips, u
 
@@ -158,17 +169,19 @@ def decode_batch(
     out: np.ndarray | None = None,
     sizes: np.ndarray | None = None,
     encoding: str = "encoded",
+    eval_crop: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """Decode and augment a batch into ``out`` (uint8 (B, size, size, 3), allocated when None: channels last, so
     each image is one contiguous write); return (out, ok mask (B,), failure reason per sample). Failed rows are
     zero. ``sizes`` (B, 2) = stored (width, height), -1 where unknown: with them the crops are drawn for the whole
     batch before anything is opened, and each image is opened and decoded in one pass (a wrong stored size is
     noticed and its crop redrawn). ``encoding="raw"``: the bytes are uint8 (height, width, 3) pixels of the stored
-    size (a record of another length is ``corrupt_image``); nothing is decoded."""
+    size (a record of another length is ``corrupt_image``); nothing is decoded. ``eval_crop``: the centre crop of
+    ``train=False`` (:func:`center_params`)."""
     n = len(images)
     batch = np.empty((n, size, size, 3), dtype=np.uint8) if out is None else out
     if encoding == "raw":
-        return _raw_batch(images, positions, seed, size, train, scale, hflip, batch, sizes)
+        return _raw_batch(images, positions, seed, size, train, scale, hflip, batch, sizes, eval_crop)
     ok = np.zeros(n, dtype=bool)
     reasons: list[str | None] = [None] * n
     opened: list[Image.Image | None] = [None] * n
@@ -183,7 +196,7 @@ def decode_batch(
         except Exception as err:  # PIL raises many types on hostile input; each one is counted by the caller
             reasons[i] = error_reason(err)
     sizes[(sizes <= 0).any(axis=1)] = 1  # failed rows: any box will do
-    boxes, flips, u = crop_plan(sizes, positions, seed, train, scale, hflip)
+    boxes, flips, u = crop_plan(sizes, positions, seed, train, scale, hflip, eval_crop)
     for i in range(n):
         if reasons[i] is not None or not images[i]:
             reasons[i] = reasons[i] or "empty_image"
@@ -193,7 +206,7 @@ def decode_batch(
             image = opened[i] or open_image(images[i])
             if image.size != tuple(sizes[i]):
                 sizes[i] = image.size
-                boxes[i] = _boxes(sizes[i : i + 1], None if u is None else u[i : i + 1], scale)[0]
+                boxes[i] = _boxes(sizes[i : i + 1], None if u is None else u[i : i + 1], scale, eval_crop)[0]
             decode_into(image, boxes[i], batch[i], flip=bool(flips[i]), draft=draft)
             ok[i] = True
         except Exception as err:
@@ -212,6 +225,7 @@ def _raw_batch(
     hflip: bool,
     batch: np.ndarray,
     sizes: np.ndarray | None,
+    eval_crop: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """decode_batch for raw-pixel records: crop, resize and flip the stored arrays."""
     n = len(images)
@@ -224,7 +238,7 @@ def _raw_batch(
             reasons[i] = "corrupt_image"  # a raw record must hold exactly width × height × 3 bytes
     ok = np.array([r is None for r in reasons], dtype=bool)
     sizes[~ok] = 1
-    boxes, flips, _ = crop_plan(sizes, positions, seed, train, scale, hflip)
+    boxes, flips, _ = crop_plan(sizes, positions, seed, train, scale, hflip, eval_crop)
     for i, (size_i, box, flip) in enumerate(zip(sizes.tolist(), boxes.astype(np.int64).tolist(), flips.tolist())):
         if ok[i]:
             crop_pixels_into(images[i], tuple(size_i), box, batch[i], flip)

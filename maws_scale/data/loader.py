@@ -15,7 +15,7 @@ from maws_scale.data.order import GlobalOrder
 from maws_scale.data.shards import MANIFEST, DatasetError, image_encoding, load_manifest, open_shard
 from maws_scale.data.stream import StreamLoader, StreamSpec
 
-STAGES = ("mae", "wsp", "clip", "eval")
+STAGES = ("mae", "wsp", "clip", "eval", "finetune")
 
 
 def build_loader(
@@ -29,6 +29,7 @@ def build_loader(
     captions: bool = False,
     device: str | torch.device | None = None,
     jpeg_decoder: JpegDecoder | None = None,
+    eval_crop: float = 1.0,
 ) -> StreamLoader | SyntheticLoader:
     """A resumable loader of uint8 image batches for ``stage`` ("mae", "wsp" or "eval") on data-parallel ``rank``.
 
@@ -36,9 +37,11 @@ def build_loader(
     ``targets`` over the vocabulary (``cfg.wsp.vocab``, default ``<data path>/vocab.json``). "eval" does not
     shuffle or augment (centre crop) and, with ``infinite=False``, makes one ordered pass in which every sample
     is seen once across the ranks. "clip" (and "eval" with ``captions``) adds ``tokens`` (B, context) from one
-    caption per record, tokenized with the tokenizer stored with the *training* set (``data.path``). Raises
-    ConfigError naming the key or file when the data cannot be used. With ``data.decode=gpu`` JPEGs are decoded on
-    ``device`` (default: the current CUDA device) by ``jpeg_decoder`` (default: torchvision's ``decode_jpeg``).
+    caption per record, tokenized with the tokenizer stored with the *training* set (``data.path``). "finetune"
+    trains on ``labels`` (refused without them). ``eval_crop``: the centre crop of "eval" (1 = the shorter side,
+    0 = the whole image squashed). Raises ConfigError naming the key or file when the data cannot be used. With
+    ``data.decode=gpu`` JPEGs are decoded on ``device`` (default: the current CUDA device) by ``jpeg_decoder``
+    (default: torchvision's ``decode_jpeg``); evaluation streams with a centre crop below 1 decode on the CPU.
     """
     if stage not in STAGES:
         raise ConfigError(f"stage: unknown data stage '{stage}' (known: {', '.join(STAGES)})")
@@ -59,6 +62,8 @@ def build_loader(
         raise ConfigError(f"{key}: {Path(root) / MANIFEST} holds no records (the empty part of a partitioned build?)")
     vocab = _vocab(cfg, stage, root)
     has_labels = _has_labels(root, manifest)
+    if stage == "finetune" and not has_labels:
+        raise ConfigError(f"{key}: {root} has no 'label' column; stage finetune needs a labeled set")
     order = GlobalOrder(
         manifest.record_counts(), seed=cfg.seed, shuffle=stage != "eval", window=cfg.data.shuffle_buffer
     )
@@ -80,6 +85,7 @@ def build_loader(
         pad=stage != "eval",
         text=_caption_encoder(cfg, root) if stage == "clip" or captions else None,
         encoding=image_encoding(manifest),
+        eval_crop=eval_crop,
     )
     if cfg.data.decode == "gpu":
         device, jpeg_decoder = _device_decoder(spec, device, jpeg_decoder)
@@ -168,6 +174,7 @@ class SyntheticLoader(SyntheticLoaderState):
         self.img_size, self.micro_batch, self.stage = cfg.img_size, micro_batch, stage
         self.seed = cfg.seed * 1_000_003 + rank
         self.num_classes = (cfg.wsp.num_classes or 1000) if stage == "wsp" else None
+        self.label_classes = (cfg.finetune.num_classes or 1000) if stage == "finetune" else None
         self.text_shape = None
         if stage == "clip":
             from maws_scale.clip_checks import text_shape
@@ -187,6 +194,8 @@ class SyntheticLoader(SyntheticLoaderState):
             if self.num_classes:
                 labels = torch.randint(0, self.num_classes, (b,), generator=gen)
                 batch["targets"] = torch.nn.functional.one_hot(labels, self.num_classes).float()
+            if self.label_classes:
+                batch["labels"] = torch.randint(0, self.label_classes, (b,), generator=gen)
             if self.text_shape is not None:
                 vocab, context = self.text_shape
                 batch["tokens"] = torch.randint(3, vocab, (b, context), generator=gen)

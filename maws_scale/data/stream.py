@@ -77,6 +77,7 @@ class StreamSpec:
     text: CaptionEncoder | None = None  # image-text stages: one caption per record → ``tokens`` (B, context)
     encoding: str = "encoded"  # "raw": uint8 HWC pixel records (data/transcode.py), cropped without a decode
     decode: str = "cpu"  # "gpu": JPEGs are decoded on the device by the main process (data/gpu_decode.py)
+    eval_crop: float = 1.0  # train=False: centre crop / shorter side (0 = square resize of the whole image)
 
 
 class _Shards:
@@ -182,7 +183,8 @@ class ShardStream(IterableDataset):
         if get_worker_info() is not None:
             buffer.share_memory_()
         device_jobs, fallbacks = {}, 0
-        if spec.decode == "gpu":
+        # the device path crops with crop_plan's default centre crop: an eval stream with another one decodes here
+        if spec.decode == "gpu" and (spec.train or spec.eval_crop == 1.0):
             ok, reasons, device_jobs, fallbacks = plan_device_batch(
                 rows["image"], positions, spec.order.seed, spec.img_size, spec.train, spec.crop_scale, spec.hflip,
                 buffer.numpy(), rows["size"],
@@ -199,6 +201,7 @@ class ShardStream(IterableDataset):
                 out=buffer.numpy(),
                 sizes=rows["size"],
                 encoding=spec.encoding,
+                eval_crop=spec.eval_crop,
             )
         ok &= rows["ok"]
         for i in np.flatnonzero(~ok):

@@ -22,6 +22,7 @@ _ENCODER_OPTIONS = (
     "parallel_block",
     "drop_path",
     "attention",
+    "fc_norm",
 )
 _MAE_OPTIONS = ("decoder_width", "decoder_depth", "decoder_heads", "norm_pix_loss", "norm_pix_eps", "kernels")
 
@@ -53,7 +54,7 @@ def build_encoder(
 ) -> VisionTransformer:
     """The ViT encoder ``name`` (a registry name or a ViTSpec) without a head (forward → pooled features).
     Overrides: img_size, in_chans, pool, qkv_bias, qk_norm, norm_bias, parallel_block, drop_path, attention,
-    num_classes."""
+    fc_norm, num_classes."""
     _check_overrides(overrides, (*_ENCODER_OPTIONS, "num_classes"), "build_encoder")
     kwargs = {**_spec_kwargs(get_spec(name)), "num_classes": 0}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})

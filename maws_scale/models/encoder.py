@@ -41,6 +41,7 @@ class TokenEncoder(nn.Module):
         drop_path: float = 0.0,
         attention: Backend = "auto",
         init_seed: int | None = None,
+        fc_norm: bool = False,
     ) -> None:
         super().__init__()
         # first, before any submodule draws from the global RNG: the weights depend on this seed alone (models/init.py)
@@ -63,7 +64,9 @@ class TokenEncoder(nn.Module):
         self.blocks = make_blocks(
             depth, embed_dim, num_heads, mlp_ratio, drop_path=drop_path, parallel=parallel_block, **self.block_args
         )
-        self.norm = layer_norm(embed_dim, norm_bias)
+        # timm's fc_norm (MAE fine-tuning's global pool): the final norm moves from the tokens to the pooled feature
+        self.norm = nn.Identity() if fc_norm else layer_norm(embed_dim, norm_bias)
+        self.fc_norm = layer_norm(embed_dim, norm_bias) if fc_norm else None
         self.attn_pool = AttentionPool(embed_dim, num_heads, mlp_ratio, **self.block_args) if pool == "map" else None
 
     # ----- forward ----------------------------------------------------------------------------------------------
@@ -84,10 +87,11 @@ class TokenEncoder(nn.Module):
         return self.norm(self.run_blocks(x))
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, 1+L, D) → (B, D) by ``global_pool`` (cls | gap | map | max)."""
+        """(B, 1+L, D) → (B, D) by ``global_pool`` (cls | gap | map | max), then ``fc_norm`` where built with it."""
         if self.global_pool is None:
             raise ValueError(f"{type(self).__name__} was built without pooling (pool=None)")
-        return pool_tokens(tokens, self.global_pool, self.num_prefix_tokens, self.attn_pool)
+        pooled = pool_tokens(tokens, self.global_pool, self.num_prefix_tokens, self.attn_pool)
+        return self.fc_norm(pooled) if self.fc_norm is not None else pooled
 
     # ----- training helpers -------------------------------------------------------------------------------------
     def set_recompute(self, enable: bool | str = True) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from maws_scale.models.registry import ViTSpec, get_spec
 
-STAGES = ("mae", "wsp", "encoder")
+STAGES = ("mae", "wsp", "finetune", "encoder")
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,8 @@ def flops_breakdown(
     on all tokens + pool + head), ``encoder`` (features only). Defaults come from the model (or the registry)."""
     if stage not in STAGES:
         raise ValueError(f"stage: unknown stage '{stage}' for FLOPs (known: {', '.join(STAGES)})")
+    if stage == "finetune":  # a classifier over every token, as in WSP
+        stage = "wsp"
     shape = flop_shape(model_or_name, img_size, pool=pool, num_classes=num_classes, mask_ratio=mask_ratio)
     patches = shape.num_patches
     parts = {"patch_embed": 2 * patches * shape.in_chans * shape.patch**2 * shape.width}

@@ -95,3 +95,46 @@ def wsp_from_mae(
     report.loaded = expected
     report.new = fresh
     return model, report
+
+
+def classifier_state(
+    source: Mapping[str, torch.Tensor], model: VisionTransformer
+) -> tuple[dict[str, torch.Tensor], HandoffReport]:
+    """The tensors of ``source`` that initialise the fine-tuning classifier ``model`` (built, or on the meta device).
+
+    ``source`` is any encoder checkpoint of the family: MAE (decoder and mask token dropped), WSP / MAWS or a
+    timm-named state dict (its ``head`` dropped), or CLIP (the ``visual.*`` tower taken, the rest dropped). The
+    ``head`` is always fresh; ``fc_norm`` and ``attn_pool`` are fresh unless ``source`` has them; a final ``norm`` the
+    model does not have (``fc_norm`` pooling) is dropped, as MAE fine-tuning does. ``pos_embed`` is resampled to the
+    model's grid (bicubic, class token apart). Raises :class:`HandoffError` naming missing or mis-shaped keys."""
+    source = clean_state_dict(source)
+    if any(k.startswith("visual.") for k in source):
+        report_dropped = [k for k in source if not k.startswith("visual.")]
+        source = {k.removeprefix("visual."): v for k, v in source.items() if k.startswith("visual.")}
+    else:
+        report_dropped = []
+    own = model.state_dict()
+    report = HandoffReport(dropped=report_dropped)
+    fresh = [k for k in own if k.startswith("head.") or (k.startswith(("fc_norm.", "attn_pool.")) and k not in source)]
+    encoder = {}
+    for key, value in source.items():
+        if is_decoder_key(key) or key.startswith("head.") or key not in own:
+            report.dropped.append(key)
+        else:
+            encoder[key] = value
+    adapted = adapt_state_dict(encoder, model)
+    report.resampled = [k for k in adapted if adapted[k].shape != encoder[k].shape]
+    expected = [k for k in own if k not in fresh]
+    missing = [k for k in expected if k not in adapted]
+    wrong = [
+        f"{k} {tuple(adapted[k].shape)} vs {tuple(own[k].shape)}"
+        for k in expected
+        if k in adapted and adapted[k].shape != own[k].shape
+    ]
+    if missing or wrong:
+        problems = [f"missing encoder keys: {_short(missing, 8)}"] if missing else []
+        problems += [f"shape mismatch: {_short(wrong, 4)}"] if wrong else []
+        raise HandoffError("the checkpoint does not fit the fine-tuning model: " + "; ".join(problems))
+    report.loaded = expected
+    report.new = fresh
+    return {k: adapted[k] for k in expected}, report

@@ -64,7 +64,7 @@ class VisionTransformer(TokenEncoder):
     # ----- training helpers -------------------------------------------------------------------------------------
     def reset_head(self, num_classes: int) -> None:
         """Replace ``head`` by a fresh Linear(D, num_classes) (Identity for 0)."""
-        device = self.norm.weight.device
+        device = self.pos_embed.device
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
         if num_classes > 0:

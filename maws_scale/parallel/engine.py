@@ -14,7 +14,7 @@ from torch import nn
 from maws_scale.config import RunConfig
 from maws_scale.parallel.compile import apply_compile
 from maws_scale.parallel.layout import uses_zero_init as zero_init_rule
-from maws_scale.parallel.optimizer import build_optimizer, param_groups
+from maws_scale.parallel.optimizer import build_optimizer, layer_decay_of, param_groups
 from maws_scale.parallel.step_guard import StepGuard
 
 log = logging.getLogger("maws_scale.parallel")
@@ -69,7 +69,7 @@ def initialize_engine(
     optimizer = build_optimizer(model, cfg)
     guard = StepGuard(optimizer, mpu=mpu)
     guard.group_hparams = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]
-    guard.group_names = [g["names"] for g in param_groups(model, cfg.optim.weight_decay)]
+    guard.group_names = [g["names"] for g in param_groups(model, cfg.optim.weight_decay, layer_decay_of(cfg))]
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
     skip_one_rank_allreduce(engine)
     # DeepSpeed drives our optimizer directly only in fp32 ZeRO-0; everywhere else it checks the grad norm itself
@@ -91,6 +91,7 @@ def skip_one_rank_allreduce(engine: Any) -> bool:
 
 
 def set_lr(engine: Any, lr: float) -> None:
-    """Set the LR of every parameter group (ZeRO optimizers proxy ``param_groups`` to the inner optimizer)."""
+    """Set the LR of every parameter group (ZeRO optimizers proxy ``param_groups`` to the inner optimizer), times
+    the group's ``lr_scale`` where it has one (layer-wise LR decay)."""
     for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -8,28 +8,37 @@ import torch
 from torch import nn
 
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.models.layer_decay import lr_scale
 from maws_scale.parallel.ds_config import param_ndim
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay for norms, biases, position embeddings and tokens (ndim <= 1 or ``no_weight_decay``)."""
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: no decay for norms, biases, position embeddings and tokens (ndim <= 1 or ``no_weight_decay``).
+
+    ``layer_decay < 1`` (fine-tuning) splits them further by :func:`maws_scale.models.layer_decay.lr_scale`; each
+    such group carries its ``lr_scale``, which ``engine.set_lr`` multiplies into the scheduled LR."""
     skip_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    decay_names, no_decay_names = [], []
+    depth = getattr(model, "depth", 0)
+    groups: dict[tuple[bool, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param_ndim(param) <= 1 or name in skip_names or name.split(".")[-1] in skip_names:
-            no_decay.append(param)
-            no_decay_names.append(name)
-        else:
-            decay.append(param)
-            decay_names.append(name)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay, "names": decay_names},
-        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
-    ]
-    return [g for g in groups if g["params"]]
+        no_decay = param_ndim(param) <= 1 or name in skip_names or name.split(".")[-1] in skip_names
+        scale = lr_scale(name, depth, layer_decay) if layer_decay != 1.0 else 1.0
+        group = groups.setdefault(
+            (no_decay, scale), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "names": []}
+        )
+        if layer_decay != 1.0:
+            group["lr_scale"] = scale
+        group["params"].append(param)
+        group["names"].append(name)
+    # decayed groups first, each by falling LR scale (one decayed and one undecayed group without layer decay)
+    return [groups[key] for key in sorted(groups, key=lambda k: (k[0], -k[1]))]
+
+
+def layer_decay_of(cfg: RunConfig) -> float:
+    """The layer-wise LR decay a run's optimizer uses: ``finetune.layer_decay`` for stage finetune, else none (1)."""
+    return cfg.finetune.layer_decay if cfg.stage == "finetune" else 1.0
 
 
 def optimizer_impl(cfg: RunConfig) -> str:
@@ -55,7 +64,10 @@ def _apex_fused_adam() -> type | None:
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups` with the configured implementation (betas, eps, peak LR from ``cfg``);
     ``torch``: fused where :func:`fused_adamw_supported` (CPU and CUDA)."""
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.optim.weight_decay)]
+    groups = [
+        {k: v for k, v in g.items() if k != "names"}
+        for g in param_groups(model, cfg.optim.weight_decay, layer_decay_of(cfg))
+    ]
     kwargs = {"lr": cfg.peak_lr(), "betas": tuple(cfg.optim.betas), "eps": cfg.optim.eps}
     impl = optimizer_impl(cfg)
     if impl == "apex":

@@ -166,6 +166,10 @@ class ParallelPlan:
 
         return soft_target_cross_entropy
 
+    def full_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The (B, K) logits of every class from what the head returned on this rank (for metrics; no gradient)."""
+        return logits.detach()
+
     # ----- initial weights ----------------------------------------------------------------------------------------
     def load_state(self, module: nn.Module, state_fn: StateFn) -> None:
         """Copy a plain (timm-named) state dict into the built ``module`` (before the engine wraps it).
@@ -205,6 +209,13 @@ class ParallelPlan:
         tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.info.device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(tensor, group=self._data_parallel_group())
+        return float(tensor.item())
+
+    def data_parallel_max(self, value: float) -> float:
+        """The largest ``value`` over the data-parallel ranks."""
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.info.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self._data_parallel_group())
         return float(tensor.item())
 
     def _data_parallel_group(self) -> Any:
@@ -254,6 +265,17 @@ class TensorParallelPlan(ParallelPlan):
         if "head.weight" not in shards:
             return super().classification_loss()  # head kept whole: the plain criterion applies
         return VocabParallelSoftTargetCE(shards["head.weight"][1][0], ps.get_tensor_model_parallel_group())
+
+    def full_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The vocab slices of a sharded head gathered over the TP group (collective)."""
+        from megatron.core import parallel_state as ps
+
+        from maws_scale.parallel.tp_loss import gather_logits
+
+        shards = self._layout().shards
+        if "head.weight" not in shards:
+            return super().full_logits(logits)
+        return gather_logits(logits, shards["head.weight"][1][0], ps.get_tensor_model_parallel_group())
 
     def load_state(self, module: nn.Module, state_fn: StateFn) -> None:
         """Every rank reads the plain state and keeps its shard of each sharded tensor."""

@@ -54,6 +54,7 @@ from maws_scale.train.checkpoint import (
     load_trainer_state,
     set_rng_state,
 )
+from maws_scale.train.ema import WeightEMA
 from maws_scale.train.hooks import StepHooks
 from maws_scale.train.preflight import preflight
 from maws_scale.train.rundir import check_stage_dir, trim_metrics
@@ -125,6 +126,8 @@ class Trainer:
         self.history: list[tuple[int, float]] = []
         self.stage_sums: dict[str, torch.Tensor] = {}  # the last step's extra stage metrics, summed over micro-batches
         self._unconfirmed: Path | None = None  # the last checkpoint saved or loaded, until a finite step follows it
+        self.best: float | None = None  # the best held-out metric so far (stages that evaluate: best.pt keeps it)
+        self.ema: WeightEMA | None = None  # the weight EMA, for stages that ask for one (finetune.ema)
         # data wait and ETA (reset when the loop starts; bench drives train_step without it)
         self.data_wait, self._clock, self._start_step, self._last_log = 0.0, time.perf_counter(), 0, None
         self._warned_data_wait = False
@@ -155,6 +158,8 @@ class Trainer:
         if self.resume is None:
             self.stage.initialize_weights(model, self.plan)
         self.engine, self.guard = self.plan.initialize_engine(model)
+        decay = self.stage.ema_decay()
+        self.ema = WeightEMA(self.engine.module, decay) if decay > 0 else None
         # One stream per data-parallel rank: the ranks that share a data-parallel rank (model-parallel shards) hold the
         # same activations and must drop the same samples (drop-path), exactly as one unsplit rank would.
         torch.manual_seed(cfg.seed + 1 + self.plan.dp_rank)
@@ -249,7 +254,7 @@ class Trainer:
             path.write_text(json.dumps(self.stage.init_report, indent=2))
             self.tracker.log_artifact(path)
             if "summary" in self.stage.init_report:
-                console.print(f"{escape(f'[{cfg.stage}]')} init from MAE: {self.stage.init_report['summary']}")
+                console.print(f"{escape(f'[{cfg.stage}]')} init from checkpoint: {self.stage.init_report['summary']}")
 
     # ----- checkpoints --------------------------------------------------------------------------------------------
     @property
@@ -280,12 +285,20 @@ class Trainer:
             lambda parent, tag: self.plan.save_engine(self.engine, parent, tag, state),
             self.step,
             state,
-            rank_state={"loader": state["loader"]},
+            rank_state=self._rank_state(state),
             meta=meta,
             files=self.plan.checkpoint_files(),
         )
         self._unconfirmed = path
         return path
+
+    def _rank_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """What each rank saves beside the engine: its loader position; rank 0 also the weight EMA (every rank holds
+        the same one: the EMA needs whole weights on every rank)."""
+        rank_state: dict[str, Any] = {"loader": state["loader"]}
+        if self.ema is not None and self.info.is_main:
+            rank_state["ema"] = self.ema.state_dict()
+        return rank_state
 
     def _load(self, info: CheckpointInfo) -> None:
         how = self.plan.load_checkpoint(self.engine, self.guard, info)
@@ -294,6 +307,11 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])  # global sample position: valid on any DP size
         self.counters.skipped_steps = int(state["skipped_steps"])
         self.counters.rollbacks = int(state.get("rollbacks", 0))
+        if self.ema is not None:
+            saved = load_rank_state(info, 0) or {}
+            if "ema" not in saved:
+                raise ConfigError(f"finetune.ema: {info.path} holds no weight EMA (saved by a run without it)")
+            self.ema.load_state_dict(saved["ema"])
         rank_state = load_rank_state(info, self.info.rank) if info.world_size == self.info.world_size else None
         if rank_state is not None:
             set_rng_state(rank_state["rng"])
@@ -379,6 +397,8 @@ class Trainer:
             self.step += 1
             self.meter.update(cfg.train.global_batch)
             self.counters.skipped_steps += int(skipped)
+            if self.ema is not None and not skipped:
+                self.ema.update()
             self.counters.consecutive_bad = self.counters.consecutive_bad + 1 if skipped else 0
             if self._unconfirmed is not None:  # only the very next step decides: a bad one rules it out for good
                 if not skipped:
@@ -393,6 +413,9 @@ class Trainer:
                 metrics.update(self._periodic_metrics())
                 self._print(metrics)
             self._record(metrics)
+            every_eval = self.stage.eval_every()
+            if every_eval and self.step % every_eval == 0 and self.step < self.total_steps:
+                saved_at = self._evaluate(saved_at)
             if self.counters.consecutive_bad >= cfg.train.nan_tolerance:
                 self._rollback()
                 batches = iter(self.loader)
@@ -404,7 +427,46 @@ class Trainer:
                 saved_at, save_due = self.step, False
         if saved_at != self.step:
             self.save()
+        self._evaluate(self.step)
         return self._finish()
+
+    def _evaluate(self, saved_at: int) -> int:
+        """The stage's held-out metrics (collective), logged as ``eval/<name>``; a new best is saved as a checkpoint
+        and consolidated into ``best.pt`` (+ ``best.json``). Returns the step of the newest checkpoint."""
+        result = self.stage.evaluate(self.engine, self.plan, self.info.device, self.dtype)
+        if not result:
+            return saved_at
+        metrics = {f"eval/{k}": float(v) for k, v in result.items()}
+        if self.ema is not None:
+            with self.ema.swapped():
+                averaged = self.stage.evaluate(self.engine, self.plan, self.info.device, self.dtype)
+            metrics.update({f"eval/ema_{k}": float(v) for k, v in averaged.items() if k != "eval_samples"})
+            if self.info.is_main:
+                self.ema.save(self.dir / "ema.pt")  # the averaged weights as they are now (timm names)
+        key, value = next(iter(metrics.items()))
+        if self.info.is_main:
+            self.tracker.log_metrics(mlflow_metric_names(metrics), step=self.step)
+            with (self.dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+            console.print(f"{self._tag} step {self.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        best_file = self.dir / "best.json"
+        if self.best is None and best_file.is_file():  # a resumed run keeps the best of its earlier attempt
+            self.best = float(json.loads(best_file.read_text())["value"])
+        if self.best is not None and value <= self.best:
+            return saved_at
+        self.best = value
+        if saved_at != self.step:
+            self.save()
+        out = self.dir / "best.pt"
+        self.plan.consolidate(self.engine, self.manager.latest(), out, weights_meta(self.cfg))
+        if self.info.is_main:  # best.json is best.pt's sidecar: the weights' meta (export reads it) + the metric
+            sidecar = json.loads(best_file.read_text()) if best_file.is_file() else {}
+            sidecar.update({"metric": key, "value": value, "step": self.step, **metrics})
+            tmp = best_file.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(sidecar, indent=2))
+            tmp.replace(best_file)
+        wait_for_rank0(self.cfg.parallel.wait_minutes)
+        return self.step
 
     def _summary(self) -> None:
         """One start-up line: model and size, layout, length, output folder, tracking store."""
@@ -554,6 +616,7 @@ def weights_meta(cfg: RunConfig) -> dict[str, Any]:
         "img_size": cfg.img_size,
         "patch": spec.patch,
         "pool": cfg.model.pool,
+        "fc_norm": cfg.model.fc_norm,
         "width": spec.width,
         "depth": spec.depth,
         "heads": spec.heads,

@@ -60,6 +60,19 @@ class Stage(ABC):
     def flops_per_sample(self) -> int:
         """Forward + backward model FLOPs for one sample."""
 
+    def evaluate(self, model: nn.Module, plan: ParallelPlan, device: torch.device, dtype: torch.dtype):
+        """Held-out metrics of the model being trained (collective), or None for a stage without them. The first
+        metric is the one the best checkpoint is kept by (higher is better)."""
+        return None
+
+    def eval_every(self) -> int:
+        """Evaluate every N optimizer steps (0: after the last step only)."""
+        return 0
+
+    def ema_decay(self) -> float:
+        """Decay of an exponential moving average of the weights the loop keeps (0: none)."""
+        return 0.0
+
     def tokens_per_sample(self) -> int:
         """Patches per image (the input tokens the throughput is counted in)."""
         return (self.cfg.img_size // self.cfg.spec.patch) ** 2
@@ -204,6 +217,10 @@ def make_stage(cfg: RunConfig, num_classes: int | None = None, criterion: Callab
         from maws_scale.train.clip_stages import CLIP_STAGE_TYPES
 
         return CLIP_STAGE_TYPES[cfg.stage](cfg)
+    if cfg.stage == "finetune":
+        from maws_scale.train.finetune import FinetuneStage, finetune_num_classes
+
+        return FinetuneStage(cfg, num_classes or finetune_num_classes(cfg), criterion)
     if num_classes is None:
         raise ConfigError("wsp.num_classes: unknown; the WSP data set needs a vocabulary (wsp.vocab)")
     return WSPStage(cfg, num_classes, criterion)

@@ -80,6 +80,9 @@ def main() -> None:
         result = trainer.run()
         per_step = _gather_ids(stage.seen if stage else [[] for _ in range(result.steps)], trainer.accum)
         blocks = getattr(trainer.plan.model, "blocks", [])
+        metrics = trainer.dir / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if info.rank == 0 and metrics.is_file() else []
+        evals = [record for record in map(json.loads, lines) if "eval/top1" in record]
         results.append(
             {
                 "losses": result.losses,
@@ -88,6 +91,7 @@ def main() -> None:
                 "skipped": result.skipped_steps,
                 "start": result.steps - len(per_step),
                 "leaf_blocks": bool(blocks) and all(getattr(b, "_z3_leaf", False) for b in blocks),
+                "evals": evals,  # stages that evaluate (finetune): the held-out metrics, per eval step
             }
         )
     if info.rank == 0:

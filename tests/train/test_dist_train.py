@@ -6,6 +6,7 @@ Every run is a tiny MAE (vit_micro_p4) on real Fashion-MNIST mosaics, fp32, glob
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -64,14 +65,49 @@ def wsp_after(mosaics: Path, out: Path, *extra: str) -> list[str]:
     return config(mosaics, out, "stage=wsp", init, "train.steps=4", "checkpoint.every=0", *extra)
 
 
+# fine-tuning with every deterministic piece of the recipe: layer decay, mean pool + fc_norm, label smoothing, a
+# larger resolution (pos_embed resampled on load), evaluation every 2 steps (best.pt)
+FINETUNE = [
+    "finetune.layer_decay=0.75",
+    "finetune.label_smoothing=0.1",
+    "finetune.eval_every=2",
+    "model.pool=gap",
+    "model.fc_norm=true",
+    "model.img_size=20",
+]
+# ... and the stochastic ones, drawn from each data-parallel rank's stream: equal under TP, not across DP sizes
+STOCHASTIC = [
+    "finetune.mixup=0.8",
+    "finetune.cutmix=1.0",
+    "finetune.random_erasing=0.5",
+    "finetune.randaug_ops=2",
+    "model.drop_path=0.2",
+]
+
+
+def finetune_after(mosaics: Path, out: Path, *extra: str) -> list[str]:
+    """Fine-tuning for 4 steps on the mosaics' top-left labels, from the WSP run in ``out``, top-1/5 on the test
+    split (kept in ``out/finetune``)."""
+    init = f"finetune.init_from={out / 'wsp' / 'consolidated.pt'}"
+    evals = f"data.eval_path={mosaics / 'test'}"
+    return config(mosaics, out, "stage=finetune", init, evals, "train.steps=4", "checkpoint.every=0", *FINETUNE, *extra)
+
+
 @pytest.fixture(scope="module")
 def one_rank_runs(mosaics, tmp_path_factory) -> list[dict]:
-    """The reference: one rank, ZeRO-0, micro-batch 8 × 2 accumulation steps; MAE, then WSP from it."""
+    """The reference: one rank, ZeRO-0, micro-batch 8 × 2 accumulation steps; MAE, then WSP from it, then fine-tuning
+    from that WSP (without, then with the stochastic pieces)."""
     tmp = tmp_path_factory.mktemp("one")
+    z0 = "parallel.zero_stage=0"
     return launch(
         tmp,
         1,
-        [config(mosaics, tmp / "z0", "parallel.zero_stage=0"), wsp_after(mosaics, tmp / "z0", "parallel.zero_stage=0")],
+        [
+            config(mosaics, tmp / "z0", z0),
+            wsp_after(mosaics, tmp / "z0", z0),
+            finetune_after(mosaics, tmp / "z0", z0),
+            finetune_after(mosaics, tmp / "z0", z0, *STOCHASTIC, "output_dir=" + str(tmp / "z0-aug")),
+        ],
     )
 
 
@@ -82,8 +118,9 @@ def one_rank(one_rank_runs) -> dict:
 
 @pytest.fixture(scope="module")
 def two_ranks(mosaics, tmp_path_factory) -> dict[str, dict]:
-    """One 2-rank launch (micro-batch 8, no accumulation): ZeRO-2 MAE, ZeRO-3 MAE, ZeRO-3 WSP from that MAE, then
-    tensor parallel (tp=2, data-parallel size 1) MAE and WSP from it."""
+    """One 2-rank launch (micro-batch 8, no accumulation): ZeRO-2 MAE, ZeRO-3 MAE, ZeRO-3 WSP from that MAE and
+    fine-tuning from that WSP, then tensor parallel (tp=2, data-parallel size 1) MAE, WSP and fine-tuning (with the
+    stochastic pieces)."""
     tmp = tmp_path_factory.mktemp("two")
     runs = launch(
         tmp,
@@ -92,11 +129,20 @@ def two_ranks(mosaics, tmp_path_factory) -> dict[str, dict]:
             config(mosaics, tmp / "z2", "parallel.zero_stage=2"),
             config(mosaics, tmp / "z3", "parallel.zero_stage=3"),
             wsp_after(mosaics, tmp / "z3", "parallel.zero_stage=3"),
+            finetune_after(mosaics, tmp / "z3", "parallel.zero_stage=3"),
             config(mosaics, tmp / "tp", "parallel.zero_stage=1", "parallel.tp=2"),
             wsp_after(mosaics, tmp / "tp", "parallel.zero_stage=1", "parallel.tp=2"),
+            finetune_after(
+                mosaics,
+                tmp / "tp",
+                "parallel.zero_stage=1",
+                "parallel.tp=2",
+                *STOCHASTIC,
+                f"output_dir={tmp / 'tp-aug'}",
+            ),
         ],
     )
-    names = ["zero2", "zero3", "wsp_zero3", "tp_mae", "tp_wsp"]
+    names = ["zero2", "zero3", "wsp_zero3", "ft_zero3", "tp_mae", "tp_wsp", "tp_ft"]
     return {**dict(zip(names, runs)), "tp_dir": tmp / "tp"}
 
 
@@ -125,6 +171,25 @@ def test_wsp_from_mae_under_zero3_matches_one_rank(one_rank_runs, two_ranks):
     assert two_ranks["wsp_zero3"]["losses"] == pytest.approx(one_rank_runs[1]["losses"], abs=TOL)
 
 
+def test_finetune_on_two_ranks_under_zero3_matches_one_rank(one_rank_runs, two_ranks):
+    # layer-decayed groups partitioned by ZeRO-3, the WSP encoder loaded into the partitioned classifier, pos_embed
+    # resampled; the held-out top-1/top-5 sharded over the two ranks equals the one-rank pass
+    ref, run = one_rank_runs[2], two_ranks["ft_zero3"]
+    assert len(ref["losses"]) == 4 and all(math.isfinite(x) for x in ref["losses"])
+    assert run["losses"] == pytest.approx(ref["losses"], abs=TOL)
+    assert [e["step"] for e in ref["evals"]] == [2, 4]
+    for mine, theirs in zip(run["evals"], ref["evals"], strict=True):
+        assert mine == pytest.approx(theirs, abs=1e-9)
+    assert all(e["eval/eval_samples"] == 256 for e in run["evals"])
+
+
+def test_finetune_with_mixup_cutmix_drop_path_erasing_under_tp_matches_one_rank(one_rank_runs, two_ranks):
+    ref, run = one_rank_runs[3], two_ranks["tp_ft"]
+    assert run["losses"] == pytest.approx(ref["losses"], abs=TOL)
+    for mine, theirs in zip(run["evals"], ref["evals"], strict=True):  # logits gathered from the sharded head
+        assert mine == pytest.approx(theirs, abs=1e-9)
+
+
 def test_crash_and_resume_on_the_same_ranks_is_exact(crashed, two_ranks, tmp_path, mosaics):
     out = tmp_path / "run"
     shutil.copytree(crashed, out)
@@ -151,7 +216,7 @@ def test_tensor_parallel_mae_then_wsp_match_one_rank(one_rank_runs, two_ranks):
     # vocab-parallel soft-target CE for WSP, consolidation gathers the shards, WSP loads the MAE encoder sharded
     out = two_ranks["tp_dir"]
     mae, wsp = two_ranks["tp_mae"], two_ranks["tp_wsp"]
-    ref_mae, ref_wsp = one_rank_runs
+    ref_mae, ref_wsp = one_rank_runs[:2]
     # both TP ranks of the one data-parallel group train on the same micro-batches
     assert [sorted(set(ids)) for ids in mae["ids"]] == ref_mae["ids"]
     assert all(len(ids) == 2 * len(set(ids)) for ids in mae["ids"])

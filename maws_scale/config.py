@@ -286,6 +286,12 @@ class RunConfig(BaseModel):
             )
         if self.parallel.fp8 != "none" and self.parallel.precision == "fp16":
             raise ValueError("parallel.fp8 with parallel.precision=fp16: FP8 training runs in bf16 (or fp32); use bf16")
+        if self.parallel.fp8 != "none":
+            from maws_scale.parallel.fp8 import fp8_micro_batch_problem  # the rule lives with the FP8 conversion
+
+            problem = fp8_micro_batch_problem(self)
+            if problem:
+                raise ValueError(problem)
         decoder_heads = self.mae.decoder_heads or spec.decoder_heads
         decoder_width = self.mae.decoder_width or spec.decoder_width
         if decoder_width % decoder_heads:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from maws_scale.models.checkpoint_modes import parse_mode as parse_checkpointing
+from maws_scale.models.checkpoint_modes import selective_compile_problem
 from maws_scale.models.registry import MODELS, UnknownModelError, ViTSpec, get_spec
 
 
@@ -286,6 +287,9 @@ class RunConfig(BaseModel):
             )
         if self.parallel.fp8 != "none" and self.parallel.precision == "fp16":
             raise ValueError("parallel.fp8 with parallel.precision=fp16: FP8 training runs in bf16 (or fp32); use bf16")
+        problem = selective_compile_problem(self.parallel.activation_checkpointing, self.model.compile)
+        if problem:
+            raise ValueError(problem)
         if self.parallel.fp8 != "none":
             from maws_scale.parallel.fp8 import fp8_micro_batch_problem  # the rule lives with the FP8 conversion
 

@@ -49,6 +49,7 @@ from maws_scale.bench.activations import ActivationEstimate, estimate
 from maws_scale.bench.inventory import Inventory, build_inventory
 from maws_scale.bench.zero_memory import StateBytes, ZeroSettings, model_state_bytes
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.models.checkpoint_modes import selective_compile_problem
 from maws_scale.models.checkpointing import parse_mode
 from maws_scale.parallel.engine import build_ds_config, uses_zero_init
 
@@ -494,6 +495,8 @@ def candidate_layouts(cfg: RunConfig, hw: Hardware) -> list[Layout]:
         offloads = ["none"] + (["optimizer"] if zero >= 1 else []) + (["all"] if zero == 3 else [])
         for tp in tps:
             for ckpt in CHECKPOINTING_MODES:
+                if selective_compile_problem(ckpt, cfg.model.compile):  # refused at config check: never proposed
+                    continue
                 for offload in offloads:
                     out.append(Layout(zero, tp, ckpt, offload, 1))
     return out

@@ -99,8 +99,8 @@ def steps(work: Path) -> list[Step]:
     wsp_gpu, wsp_cpu = case("WSP", "wsp")
     sync = ["benchmarks/sync_debug.py", "--steps", "6", "--json", str(work / "sync.json")]
     return [
-        Step("env", 10, ["-c", ENV_SCRIPT], ["-c", ENV_SCRIPT]),
-        Step("pytest", 35, pytest, pytest),
+        Step("env", 15, ["-c", ENV_SCRIPT], ["-c", ENV_SCRIPT]),
+        Step("pytest", 30, pytest, pytest),
         Step(
             "kernels",
             25,

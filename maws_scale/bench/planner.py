@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -52,6 +53,7 @@ from maws_scale.config import ConfigError, RunConfig
 from maws_scale.models.checkpoint_modes import selective_compile_problem
 from maws_scale.models.checkpointing import parse_mode
 from maws_scale.parallel.engine import build_ds_config, uses_zero_init
+from maws_scale.parallel.fp8 import fp8_allows_micro_batch
 
 GiB = 1 << 30
 # The encoder's FP8 matmuls vs bf16, as the speed model uses it: the datasheet ratio is 2× (H100/H200 dense FP8 1979
@@ -469,10 +471,12 @@ def valid_micro_batches(global_batch: int, dp: int) -> list[int]:
     return [m for m in range(per_rank, 0, -1) if per_rank % m == 0]
 
 
-def best_micro_batch(plan: Plan, global_batch: int) -> int:
-    """Largest micro-batch that fits and divides the per-rank share of ``global_batch`` (0 if none)."""
+def best_micro_batch(plan: Plan, global_batch: int, allowed: Callable[[int], bool] | None = None) -> int:
+    """Largest micro-batch that fits, divides the per-rank share of ``global_batch`` and is ``allowed`` (e.g. by
+    FP8's shape rule); 0 if none."""
     limit = plan.max_micro_batch()
-    return next((m for m in valid_micro_batches(global_batch, plan.dp) if m <= limit), 0)
+    fits = (m for m in valid_micro_batches(global_batch, plan.dp) if m <= limit)
+    return next((m for m in fits if allowed is None or allowed(m)), 0)
 
 
 CHECKPOINTING_MODES = ("none", "selective_op", "every_k:4", "every_k:2", "full")
@@ -489,6 +493,7 @@ def candidate_layouts(cfg: RunConfig, hw: Hardware) -> list[Layout]:
         if hw.gpus % t == 0 and spec.heads % t == 0 and spec.mlp_hidden % t == 0 and t & (t - 1) == 0
     ]
     out = []
+    probe = next(m for m in range(1, 17) if fp8_allows_micro_batch(cfg, m))  # 1, or FP8's smallest valid micro-batch
     # DeepSpeed accumulates a 16-bit model's gradients in fp32 (parallel.grad_accum_dtype) only with ZeRO
     zero0 = cfg.parallel.precision == "fp32" or cfg.parallel.grad_accum_dtype == "model"
     for zero in (0, 1, 2, 3) if zero0 else (1, 2, 3):
@@ -498,7 +503,7 @@ def candidate_layouts(cfg: RunConfig, hw: Hardware) -> list[Layout]:
                 if selective_compile_problem(ckpt, cfg.model.compile):  # refused at config check: never proposed
                     continue
                 for offload in offloads:
-                    out.append(Layout(zero, tp, ckpt, offload, 1))
+                    out.append(Layout(zero, tp, ckpt, offload, probe))
     return out
 
 
@@ -518,7 +523,7 @@ def search(cfg: RunConfig, hw: Hardware, num_classes: int | None = None, fused_k
     rows = []
     for layout in candidate_layouts(cfg, hw):
         probe = plan_layout(cfg, hw, layout, num_classes, fused_kernels)
-        micro = best_micro_batch(probe, cfg.train.global_batch)
+        micro = best_micro_batch(probe, cfg.train.global_batch, lambda m: fp8_allows_micro_batch(cfg, m))
         if micro:
             probe = plan_layout(cfg, hw, Layout(**{**asdict(layout), "micro_batch": micro}), num_classes, fused_kernels)
         rows.append(SearchRow(probe, micro))

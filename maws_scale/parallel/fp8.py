@@ -79,17 +79,22 @@ def encoder_tokens(cfg: RunConfig) -> int:
     return 1 + (int(length * (1 - cfg.mae.mask_ratio)) if cfg.stage == "mae" else length)
 
 
+def fp8_allows_micro_batch(cfg: RunConfig, micro_batch: int) -> bool:
+    """Whether ``micro_batch`` × encoder tokens suits ``cfg``'s FP8 matmuls (always true without FP8 or emulated)."""
+    if cfg.parallel.fp8 == "none" or cfg.parallel.fp8_emulate:
+        return True
+    return micro_batch * encoder_tokens(cfg) % FP8_MULTIPLE == 0
+
+
 def fp8_micro_batch_problem(cfg: RunConfig) -> str | None:
     """Why ``cfg``'s micro-batch cannot run FP8 (None when it can). The weight-gradient matmul of a converted
     Linear has the inner dimension micro-batch × encoder tokens (65 for ViT/14 MAE at 224 px, 257 for WSP: odd), and
     ``torch._scaled_mm`` needs a multiple of 16 there, so any other micro-batch raises on the first backward.
     ``parallel.fp8_emulate`` runs high-precision matmuls, which take any shape."""
-    if cfg.parallel.fp8 == "none" or cfg.parallel.fp8_emulate:
+    if fp8_allows_micro_batch(cfg, cfg.train.micro_batch):
         return None
     tokens = encoder_tokens(cfg)
     rows = cfg.train.micro_batch * tokens
-    if rows % FP8_MULTIPLE == 0:
-        return None
     step = FP8_MULTIPLE // math.gcd(FP8_MULTIPLE, tokens)
     return (
         f"parallel.fp8={cfg.parallel.fp8}: train.micro_batch={cfg.train.micro_batch} × {tokens} encoder tokens = "

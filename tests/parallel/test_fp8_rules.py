@@ -62,3 +62,19 @@ def test_eager_fp8_warns(compile_mode, warns):
     assert len(eager) == (1 if warns else 0)
     if warns:
         assert "model.compile=blocks" in str(eager[0].message)
+
+
+@pytest.mark.parametrize("stage", ["mae", "wsp"])
+def test_the_planner_proposes_only_micro_batches_fp8_can_take(stage):
+    from maws_scale.bench.planner import Hardware, search
+
+    c = cfg(
+        "model.name=vit_l16",
+        f"stage={stage}",
+        "train.global_batch=4096",
+        "wsp.num_classes=1000",
+        "train.micro_batch=16",
+        "parallel.fp8=rowwise",
+    )
+    rows = [r for r in search(c, Hardware(gpus=1)) if r.fits]  # one GPU: FP8 refuses TP
+    assert rows and all(r.micro_batch * encoder_tokens(c) % 16 == 0 for r in rows)

@@ -10,7 +10,7 @@ DEMO_DATA := data/fmnist-mosaic
 MAWS := $(VENV)/bin/maws-scale
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint fashion-mnist clean
+.PHONY: demo test test-fast lint fashion-mnist clean gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,28 @@ test: $(VENV)/.test fashion-mnist
 # The inner loop: everything but the multi-process (dist) and slow tests; `make test` (and CI) still runs all of them.
 test-fast: $(VENV)/.test fashion-mnist
 	$(PY) -m pytest -m "not dist and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The wheels the lent GPU machine lacks (its python3 has torch, numpy, pyarrow, ... but no deepspeed, pydantic,
+# megatron-core, torchao, pytest): downloaded for CPython $(GPU_WHEELS_PY) manylinux x86_64, deepspeed built here as a
+# pure-Python wheel (ops left to JIT). benchmarks/gpu_check.sh installs them with pip --no-index --no-deps --target.
+# A CPU stand-in passes its own interpreter's version: make gpu-wheels GPU_WHEELS_PY=3.11
+GPU_WHEELS_PY ?= 3.12
+GPU_WHEELS ?= benchmarks/gpu_wheels/py$(GPU_WHEELS_PY)
+GPU_WHEELS_PKGS := hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 torchao==0.18.0 megatron-core==0.16.1 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
+GPU_WHEELS_DEEPSPEED := deepspeed==0.19.8
+
+$(GPU_WHEELS)/.built: Makefile $(VENV)/.torch
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version $(GPU_WHEELS_PY) --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+		--dest $(GPU_WHEELS) $(GPU_WHEELS_PKGS)
+	DS_BUILD_OPS=0 $(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+		--no-binary deepspeed --wheel-dir $(GPU_WHEELS) $(GPU_WHEELS_DEEPSPEED)
+	@du -ch $(GPU_WHEELS)/*.whl | tail -1 | sed 's|total|in $(GPU_WHEELS)|'
+	touch $@
+
+gpu-wheels: $(GPU_WHEELS)/.built
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from maws_scale.files import read_regular
 from maws_scale.models.recompute_modes import parse_mode as parse_recompute
+from maws_scale.models.recompute_modes import selective_compile_problem
 from maws_scale.models.registry import DecoderShape, UnknownModelError, ViTSpec, get_spec
 
 
@@ -368,6 +369,15 @@ class RunConfig(BaseModel):
                 f"finetune.ema={self.finetune.ema} needs the whole weights on every rank: parallel.zero_stage <= 2 "
                 "and parallel.tp=1 (or set finetune.ema=0)"
             )
+        problem = selective_compile_problem(self.parallel.activation_checkpointing, self.model.compile)
+        if problem:
+            raise ValueError(problem)
+        if self.parallel.fp8 != "none":
+            from maws_scale.parallel.fp8 import fp8_micro_batch_problem  # the rule lives with the FP8 conversion
+
+            problem = fp8_micro_batch_problem(self)
+            if problem:
+                raise ValueError(problem)
         decoder = self.decoder
         if decoder.width % decoder.heads:
             raise ValueError(f"mae.decoder_width={decoder.width} is not divisible by mae.decoder_heads={decoder.heads}")

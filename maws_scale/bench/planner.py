@@ -51,7 +51,9 @@ from maws_scale.bench.activations import ActivationEstimate, estimate
 from maws_scale.bench.inventory import Inventory, ModelInventory
 from maws_scale.bench.zero_memory import StateBytes, ZeroSettings, model_state_bytes
 from maws_scale.config import ConfigError, RunConfig
+from maws_scale.models.recompute_modes import selective_compile_problem
 from maws_scale.parallel.ds_config import build_ds_config
+from maws_scale.parallel.fp8 import fp8_allows_micro_batch
 from maws_scale.parallel.layout import (
     Layout,
     check_tensor_split,
@@ -528,10 +530,12 @@ def valid_micro_batches(global_batch: int, dp: int) -> list[int]:
     return [m for m in range(per_rank, 0, -1) if per_rank % m == 0]
 
 
-def best_micro_batch(plan: MemoryPlan, global_batch: int) -> int:
-    """Largest micro-batch that fits and divides the per-rank share of ``global_batch`` (0 if none)."""
+def best_micro_batch(plan: MemoryPlan, global_batch: int, allowed: Callable[[int], bool] | None = None) -> int:
+    """Largest micro-batch that fits, divides the per-rank share of ``global_batch`` and is ``allowed`` (e.g. by
+    FP8's shape rule); 0 if none."""
     limit = plan.max_micro_batch()
-    return next((m for m in valid_micro_batches(global_batch, plan.dp) if m <= limit), 0)
+    fits = (m for m in valid_micro_batches(global_batch, plan.dp) if m <= limit)
+    return next((m for m in fits if allowed is None or allowed(m)), 0)
 
 
 CHECKPOINTING_MODES = ("none", "selective_op", "every_k:4", "every_k:2", "full")
@@ -544,11 +548,14 @@ def candidate_layouts(cfg: RunConfig, hw: Hardware) -> list[Layout]:
     spec = cfg.spec
     tps = [t for t in range(1, min(hw.gpus, hw.gpus_per_node) + 1) if t & (t - 1) == 0 and _splits(spec, t, hw.gpus)]
     out = []
+    probe = next(m for m in range(1, 17) if fp8_allows_micro_batch(cfg, m))  # 1, or FP8's smallest valid micro-batch
     for zero in zero_stages(cfg.parallel.precision, cfg.parallel.grad_accum_dtype):
         for tp in tps:
             for ckpt in CHECKPOINTING_MODES:
+                if selective_compile_problem(ckpt, cfg.model.compile):  # refused at config check: never proposed
+                    continue
                 for offload in offload_modes(zero):
-                    out.append(candidate(cfg, hw.gpus, zero, tp, ckpt, offload, 1))
+                    out.append(candidate(cfg, hw.gpus, zero, tp, ckpt, offload, probe))
     return out
 
 
@@ -585,7 +592,7 @@ def search(
     layouts = candidate_layouts(cfg, hw)
     for i, layout in enumerate(layouts, 1):
         probe = plan_layout(cfg, hw, layout, num_classes, fused_kernels)
-        micro = best_micro_batch(probe, cfg.train.global_batch)
+        micro = best_micro_batch(probe, cfg.train.global_batch, lambda m: fp8_allows_micro_batch(cfg, m))
         if micro:
             probe = plan_layout(cfg, hw, replace(layout, micro_batch=micro), num_classes, fused_kernels)
         rows.append(SearchRow(probe, micro))

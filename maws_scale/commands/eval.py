@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -37,7 +38,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", help="labeled Arrow set to score on (default data.eval_path)")
     parser.add_argument("--train-data", help="labeled set to fit the probes on (default: split --data)")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="where features are extracted (default: this job's GPU, cuda:LOCAL_RANK, else cpu)",
+    )
     parser.set_defaults(func=run)
+
+
+def job_device(requested: str | None = None):
+    """``--device``, else this process's GPU (``cuda:$LOCAL_RANK``) where CUDA is, else CPU."""
+    import torch
+
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     tracker = _tracker(cfg, args.checkpoint)
     try:
-        metrics = evaluate_checkpoint(cfg, args.checkpoint, tracker=tracker)
+        metrics = evaluate_checkpoint(cfg, args.checkpoint, tracker=tracker, device=job_device(args.device))
     except CheckpointError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         if tracker is not None:

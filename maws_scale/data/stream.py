@@ -413,7 +413,7 @@ class StreamLoader:
         loader = DataLoader(
             stream,
             batch_size=None,
-            collate_fn=_as_is,
+            collate_fn=_as_tensors,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             **kwargs,
@@ -433,10 +433,7 @@ class StreamLoader:
                     raise self._stalled(streak)
                 continue
             streak.clear()
-            for name, value in item.items():
-                if isinstance(value, np.ndarray):
-                    item[name] = torch.from_numpy(value).pin_memory() if self.pin_memory else torch.from_numpy(value)
-            yield item
+            yield item  # arrays are tensors already (_as_tensors), pinned by the DataLoader's pin thread
 
     def _decode_on_device(self, item: dict[str, Any], jobs: dict[str, Any]) -> dict[str, Any]:
         """Decode a batch's JPEGs on ``self.device``; a sample neither decoder can read is dropped, or (training)
@@ -484,9 +481,11 @@ class StreamLoader:
         return int(stream.num_batches() or 0)
 
 
-def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
-    """No collation (batches are built whole); unlike the default, leaves small numpy arrays as they are."""
-    return batch
+def _as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    """No collation (batches are built whole): the arrays become tensors (zero-copy) in the worker, so that the
+    DataLoader's pin thread page-locks them (``pin_memory``) off the training thread; a copy in the main loop would be
+    synchronous, about 38 MB per ViT-2B micro-batch. Other values (counts, offsets) stay as they are."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
 def _worker_init(_: int) -> None:

@@ -145,7 +145,8 @@ def evaluate_checkpoint(
     classification and retrieval, see ``eval/zero_shot.py``) with ``cfg.model.pool`` on
     ``cfg.data.eval_path``; log the metrics to ``tracker`` (at step ``train.steps``) when given; return them.
     ``checkpoint_path="random"`` evaluates an untrained encoder (seed ``cfg.seed``): the floor of the probes.
-    Features are extracted on ``device`` (default CPU; the pipeline passes the training device), in bf16 on CUDA;
+    Features are extracted on ``device`` (default CPU; the pipeline and ``maws-scale eval`` pass the job's), in bf16
+    on CUDA;
     with ``shard`` = (rank, world size) by every rank (see :func:`evaluate_encoder`), and rank 0 returns the metrics
     (None elsewhere). Zero-shot metrics of a two-tower model are computed on rank 0 alone."""
     from maws_scale.models.attention import pin_attention_backends
@@ -157,7 +158,7 @@ def evaluate_checkpoint(
         from maws_scale.models.state import load_state_dict_file
 
         if is_clip_state(load_state_dict_file(checkpoint_path)):  # clip / mae_clip / lit: probes + zero-shot
-            clip = load_clip(cfg, checkpoint_path)
+            clip = load_clip(cfg, checkpoint_path, device)  # on the job's device, like the probes' encoder
     if clip is not None:
         from maws_scale.eval.zero_shot import zero_shot_metrics
 

@@ -35,8 +35,9 @@ def is_clip_state(state: dict[str, torch.Tensor]) -> bool:
     return "text_proj.weight" in state
 
 
-def load_clip(cfg: RunConfig, checkpoint_path: str | os.PathLike) -> CLIP:
-    """Build the two-tower model of ``cfg`` (image tower without MAE decoder) and load the checkpoint strictly."""
+def load_clip(cfg: RunConfig, checkpoint_path: str | os.PathLike, device: torch.device | str | None = None) -> CLIP:
+    """Build the two-tower model of ``cfg`` (image tower without MAE decoder), load the checkpoint strictly and move
+    it to ``device`` (the job's; default CPU): a ViT-2B feature pass on CPU takes hours."""
     from maws_scale.eval.checkpoint import CheckpointError
     from maws_scale.models.mae import is_decoder_key
     from maws_scale.models.state import load_state_dict_file
@@ -52,6 +53,11 @@ def load_clip(cfg: RunConfig, checkpoint_path: str | os.PathLike) -> CLIP:
             f"{checkpoint_path}: does not match the two-tower model (model.*, clip.*): missing "
             f"{result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}"
         )
+    if device is not None:
+        from maws_scale.models.attention import pin_attention_backends
+
+        model = model.to(device)
+        pin_attention_backends(model, torch.device(device))
     return model.eval()
 
 
@@ -89,12 +95,20 @@ def class_embeddings(model: CLIP, cfg: RunConfig, names: list[str]) -> torch.Ten
     from maws_scale.data.loader import _caption_encoder
 
     encode = _caption_encoder(cfg, cfg.data.eval_path)
+    device, dtype = _device_and_dtype(model)
     rows = []
     for name in names:
         prompts = [t.replace("{}", name) for t in cfg.clip.templates]
-        emb = model.encode_text(torch.from_numpy(encode(prompts))).mean(dim=0)
-        rows.append(torch.nn.functional.normalize(emb, dim=0))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            emb = model.encode_text(torch.from_numpy(encode(prompts)).to(device)).float().mean(dim=0)
+        rows.append(torch.nn.functional.normalize(emb, dim=0).cpu())
     return torch.stack(rows)
+
+
+def _device_and_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | None]:
+    """Where ``model`` runs, and its autocast dtype there (bf16 on CUDA, as the probes' features; none on CPU)."""
+    device = next(model.parameters()).device
+    return device, torch.bfloat16 if device.type == "cuda" else None
 
 
 def recall_at(
@@ -120,12 +134,15 @@ def zero_shot_metrics(model: CLIP, cfg: RunConfig) -> dict[str, float]:
     loader = build_loader(
         cfg, stage="eval", rank=0, world_size=1, micro_batch=EVAL_BATCH, path=path, infinite=False, captions=captions
     )
+    device, dtype = _device_and_dtype(model)
     images, texts, tokens, labels = [], [], [], []
-    for batch in loader:
-        images.append(model.encode_image(normalize_on_device(batch["images"])))
-        if captions:
-            tokens.append(torch.as_tensor(batch["tokens"]))
-            texts.append(model.encode_text(tokens[-1]))
+    for batch in loader:  # on the model's device; the (small) embeddings come back to CPU in fp32
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            pixels = normalize_on_device(batch["images"].to(device, non_blocking=True))
+            images.append(model.encode_image(pixels).float().cpu())
+            if captions:
+                tokens.append(torch.as_tensor(batch["tokens"]))
+                texts.append(model.encode_text(tokens[-1].to(device)).float().cpu())
         if batch.get("labels") is not None:
             labels.append(torch.as_tensor(batch["labels"]).long())
     if not images:

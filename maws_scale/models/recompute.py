@@ -7,7 +7,8 @@ key keeps its name).
   their activations; ``every_k:1`` is ``full``.
 - ``selective_op``: every block is checkpointed with a selective policy (``create_selective_checkpoint_contexts``):
   the outputs of matrix multiplies and fused attention (:data:`SAVED_OPS`) are kept, everything else (norms, GELU,
-  residual adds, reshapes) is recomputed — no matmul runs twice.
+  residual adds, reshapes) is recomputed — no matmul runs twice. With ``parallel.fp8`` the policy sees torchao's FP8
+  linears as ``aten.mm`` on float8 tensors (their ``_scaled_mm`` runs beneath it) and keeps their outputs too.
 
 :func:`recomputed_blocks` is the one rule of which blocks are recomputed; the model and the planner's activation
 model (:mod:`maws_scale.bench.activations`) both use it. ``true`` / ``false`` (the old boolean) mean full / none.
@@ -36,6 +37,7 @@ SAVED_OPS = tuple(
         _aten._scaled_dot_product_flash_attention_for_cpu.default,
         _aten._scaled_dot_product_efficient_attention.default,
         _aten._scaled_dot_product_cudnn_attention.default,
+        _aten._scaled_mm.default,  # an FP8 GEMM called directly (torchao's Float8Linear reaches the policy as aten.mm)
     )
 )
 

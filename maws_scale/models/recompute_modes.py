@@ -32,6 +32,21 @@ def parse_mode(value: bool | str | None) -> str:
     raise ValueError(f"unknown activation checkpointing mode {value!r} (known: {', '.join(MODES)}, true, false)")
 
 
+def selective_compile_problem(mode: str, compile_mode: str) -> str | None:
+    """Why ``selective_op`` cannot run with ``model.compile`` (None when it can). Recompute wraps the compiled
+    block, so to the selective policy the block is one opaque compiled op: inductor's kernels do not pass through
+    the dispatcher the policy watches, and which activations are kept (and so the memory the planner counts) would be
+    whatever the compiled graph happens to expose. Refused instead of run undefined; ``full`` / ``every_k`` recompute
+    the whole compiled block and are defined."""
+    if parse_mode(mode) != "selective_op" or compile_mode == "none":
+        return None
+    return (
+        f"parallel.activation_checkpointing=selective_op with model.compile={compile_mode}: the selective policy "
+        "cannot see inside a compiled block, so what it keeps is undefined; use full or every_k:<k> with compile, "
+        "or model.compile=none with selective_op"
+    )
+
+
 def recomputed_blocks(mode: str, depth: int) -> list[bool]:
     """For each of ``depth`` blocks, whether ``mode`` recomputes it (selective_op: all, op-level)."""
     mode = parse_mode(mode)

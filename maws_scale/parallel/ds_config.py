@@ -131,9 +131,9 @@ def fill_ds_config(
     device: str | None = None,
 ) -> dict[str, Any]:
     """The final DeepSpeed config: ``template`` with every "auto" filled from ``cfg``; raises on any leftover.
-    ``device``: the device type DeepSpeed runs on (default: cuda when available, else cpu)."""
+    ``device``: the device type DeepSpeed runs on (default: DeepSpeed's accelerator, :func:`deepspeed_device`)."""
     ds = copy.deepcopy(template)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or deepspeed_device()
     train, par = cfg.train, cfg.parallel
     _resolve(ds, "train_micro_batch_size_per_gpu", train.micro_batch, "", origin, "train.micro_batch")
     _resolve(ds, "gradient_accumulation_steps", grad_accum, "", origin, "train.grad_accum")
@@ -166,6 +166,14 @@ def fill_ds_config(
     if leftover:
         raise ConfigError(f'parallel.ds_config: {origin} leaves {", ".join(leftover)} as "auto"; no rule fills it')
     return ds
+
+
+def deepspeed_device() -> str:
+    """The device type DeepSpeed's engine will run on: its accelerator's (``DS_ACCELERATOR=cpu`` on a GPU node runs
+    DeepSpeed on CPU, so CUDA-only settings such as ``overlap_comm`` must not follow ``torch.cuda.is_available()``)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name()
 
 
 def _fill_stage12(zero: dict[str, Any], device: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import warnings
 
@@ -33,6 +34,11 @@ log = logging.getLogger("maws_scale.parallel")
 
 MIN_CAPABILITY = (8, 9)
 _ENCODER_BLOCK = re.compile(r"(^|\.)blocks\.\d+\.")  # the encoder's blocks; not ``decoder_blocks.N``
+
+
+class Fp8EagerWarning(UserWarning):
+    """``parallel.fp8`` with ``model.compile=none``: eager float8 casts are separate kernels, usually slower than
+    bf16."""
 
 
 class Fp8NoLayersWarning(UserWarning):
@@ -59,6 +65,37 @@ def fp8_unsupported(device: torch.device | str, emulate: bool) -> str | None:
     if capability < MIN_CAPABILITY:
         return f"FP8 matmuls need compute capability >= 8.9; {torch.cuda.get_device_name(device)} has {capability}"
     return None
+
+
+def encoder_tokens(cfg: RunConfig) -> int:
+    """Tokens per image through the encoder's blocks: the class token plus every patch (WSP) or the visible ones
+    (MAE: ``int(L * (1 - mask_ratio))``, as the masking keeps)."""
+    length = cfg.spec.num_patches(cfg.img_size)
+    return 1 + (int(length * (1 - cfg.mae.mask_ratio)) if cfg.stage == "mae" else length)
+
+
+def fp8_allows_micro_batch(cfg: RunConfig, micro_batch: int) -> bool:
+    """Whether ``micro_batch`` × encoder tokens suits ``cfg``'s FP8 matmuls (always true without FP8 or emulated)."""
+    if cfg.parallel.fp8 == "none" or cfg.parallel.fp8_emulate:
+        return True
+    return micro_batch * encoder_tokens(cfg) % FP8_MULTIPLE == 0
+
+
+def fp8_micro_batch_problem(cfg: RunConfig) -> str | None:
+    """Why ``cfg``'s micro-batch cannot run FP8 (None when it can). The weight-gradient matmul of a converted
+    Linear has the inner dimension micro-batch × encoder tokens (65 for ViT/14 MAE at 224 px, 257 for WSP: odd), and
+    ``torch._scaled_mm`` needs a multiple of 16 there, so any other micro-batch raises on the first backward.
+    ``parallel.fp8_emulate`` runs high-precision matmuls, which take any shape."""
+    if fp8_allows_micro_batch(cfg, cfg.train.micro_batch):
+        return None
+    tokens = encoder_tokens(cfg)
+    rows = cfg.train.micro_batch * tokens
+    step = FP8_MULTIPLE // math.gcd(FP8_MULTIPLE, tokens)
+    return (
+        f"parallel.fp8={cfg.parallel.fp8}: train.micro_batch={cfg.train.micro_batch} × {tokens} encoder tokens = "
+        f"{rows} rows, not a multiple of {FP8_MULTIPLE} (FP8 weight gradients, torch._scaled_mm); use a "
+        f"train.micro_batch that is a multiple of {step}, or parallel.fp8=none"
+    )
 
 
 def float8_config(recipe: str, emulate: bool = False):
@@ -96,5 +133,12 @@ def apply_fp8(model: nn.Module, cfg: RunConfig, device: torch.device | str) -> i
         )
         return 0
     convert_to_float8_training(model, module_filter_fn=fp8_layer, config=config)
+    if cfg.model.compile == "none":
+        warnings.warn(
+            f"parallel.fp8={recipe} with model.compile=none: eager float8 runs every cast and scale as its own kernel "
+            "and is usually slower than bf16; set model.compile=blocks to fuse them",
+            Fp8EagerWarning,
+            stacklevel=2,
+        )
     log.info("parallel.fp8=%s: %d Linear layers converted (emulate=%s)", recipe, len(chosen), cfg.parallel.fp8_emulate)
     return len(chosen)

@@ -57,7 +57,7 @@ class FinetuneStage(Stage):
         self.mixup = Mixup(num_classes, f.mixup, f.cutmix, f.mix_prob, f.switch_prob, f.label_smoothing)
 
     def bind(self, plan: ParallelPlan | None) -> None:
-        """The plan's classification loss (vocab-parallel where the plan splits the head) becomes this stage's criterion."""
+        """The plan's classification loss (vocab-parallel where the plan splits the head) is this criterion."""
         super().bind(plan)
         self.criterion = plan.classification_loss() if plan is not None else None
 

@@ -131,7 +131,7 @@ def _evaluate_zero_shot(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[s
     from maws_scale.eval.zero_shot import load_clip, zero_shot_metrics
 
     def compute(tracker) -> dict[str, float]:
-        metrics = zero_shot_metrics(load_clip(cfg, weights), cfg)
+        metrics = zero_shot_metrics(load_clip(cfg, weights, info.device), cfg)
         tracker.log_metrics(metrics, step=cfg.train.steps or 0)
         return metrics
 

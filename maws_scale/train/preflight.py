@@ -61,7 +61,7 @@ def check_kernels(cfg: RunConfig, device: torch.device | None) -> None:
     """``model.kernels=triton`` insists on the fused kernels: they must be able to run on this device."""
     if cfg.model.kernels != "triton":
         return
-    from kernels.dispatch import triton_available
+    from maws_scale.kernels.dispatch import triton_available
 
     if not triton_available(device):
         where = device or ("cuda" if torch.cuda.is_available() else "cpu")

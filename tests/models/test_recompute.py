@@ -153,9 +153,9 @@ def test_selective_activation_model_matches_what_is_kept(monkeypatch, stage: str
     with SavedTensors(model.parameters()) as saved:
         loss = model(images)[0] if stage == "mae" else model(images).float().logsumexp(-1).mean()
     cached: dict[int, int] = {}
-    for storage in caches:  # {op key: {call index: output(s) as _VersionWrapper(s), or the recompute marker}}
+    for storage in caches:  # {op key: {call index (2.13) or position (2.11, a list): output(s) or recompute marker}}
         for entries in storage.values():
-            for entry in entries.values():
+            for entry in entries.values() if isinstance(entries, dict) else entries:
                 for leaf in tree_leaves(entry):
                     t = getattr(leaf, "val", None)
                     if isinstance(t, torch.Tensor):

@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-import kernels
 import maws_scale
+from maws_scale import kernels
 from maws_scale.config import load_config
 from maws_scale.train.loop import Trainer, _default_loader
 

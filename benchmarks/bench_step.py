@@ -113,7 +113,7 @@ def gpu_cases(nproc: int, num_classes: int, patterns: list[str] | None = None) -
                 and r.plan.layout.offload == "none"
                 and r.plan.layout.zero_stage == 1
                 # one layout for the eager, compiled and FP8 runs: selective_op is refused with model.compile
-                and r.plan.layout.checkpointing != "selective_op"
+                and r.plan.layout.recompute != "selective_op"
             ]
             if not rows:
                 continue

@@ -120,11 +120,13 @@ def test_bench_step_cases_and_no_baseline(tmp_path):
     assert module.with_overrides(cases, []) == cases
 
 
-@pytest.mark.parametrize("baseline", [None, {"speedup": 2.0, "images_per_s_per_device": 1.0, "speedup_cpu_time": 1.0}])
+@pytest.mark.parametrize(
+    "baseline", [None, {"speedup": 2.0, "images_per_s_per_device": 1.0, "speedup_cpu_time": 1.0, "step_s": 1.0}]
+)
 def test_a_row_without_baseline_has_no_speedup(baseline):
     module = bench_step()
     case = module.Case("x", [], targets={"speedup": 1.5})
     result = dict(micro_batch=4, images_per_s=1.0, tflops_per_device=1.0, mfu=None, mfu_measured_peak=0.1)
-    result.update(world_size=1, peak_mem_bytes=2**30, planner_error_pct=1.0, baseline=baseline)
+    result.update(world_size=1, peak_mem_bytes=2**30, planner_error_pct=1.0, baseline=baseline, step_s=0.5)
     r = module.row(case, result)
     assert (r["speedup"], r["meets_targets"]) == ((None, {}) if baseline is None else (2.0, {"speedup": True}))

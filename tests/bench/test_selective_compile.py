@@ -25,5 +25,5 @@ def test_defined_modes_compile(ckpt):
 @pytest.mark.parametrize(("compile_mode", "proposed"), [("none", True), ("blocks", False)])
 def test_the_planner_proposes_selective_op_only_without_compile(compile_mode, proposed):
     cfg = load_config(None, ["model.name=vit_l16", f"model.compile={compile_mode}"])
-    modes = {layout.checkpointing for layout in candidate_layouts(cfg, Hardware(gpus=8))}
+    modes = {layout.recompute for layout in candidate_layouts(cfg, Hardware(gpus=8))}
     assert ("selective_op" in modes) == proposed and {"none", "full"} <= modes

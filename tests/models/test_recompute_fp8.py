@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from maws_scale.models.recompute import SAVED_OPS, save_matmuls, selective_contexts
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint
 from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+from maws_scale.models.recompute import SAVED_OPS, save_matmuls, selective_contexts
 
 
 class CountMatmuls(TorchDispatchMode):

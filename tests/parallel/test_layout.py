@@ -3,6 +3,7 @@ make_plan read the same derived values, and the built model, the DeepSpeed confi
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ from maws_scale.config import ConfigError, RunConfig, load_config
 from maws_scale.jobs.spec import load_job, make_spec
 from maws_scale.parallel.distributed import DistInfo
 from maws_scale.parallel.ds_config import build_ds_config
-from maws_scale.parallel.fp8 import fp8_layer
-from maws_scale.parallel.layout import derive_layout
+from maws_scale.parallel.fp8 import encoder_tokens, fp8_layer
+from maws_scale.parallel.layout import FP8_MULTIPLE, derive_layout
 from maws_scale.parallel.plan import ParallelPlan, make_plan
 from maws_scale.parallel.tp_layout import decoder_shardable
 
@@ -51,6 +52,9 @@ def _variants(cfg: RunConfig) -> list[RunConfig]:
     if cfg.parallel.tp == 1 and cfg.parallel.precision != "fp16":
         raw = cfg.model_dump(mode="json")
         raw["parallel"]["fp8"] = "rowwise"
+        # FP8's weight gradients need micro-batch × encoder tokens to be a multiple of 16 (parallel/fp8.py)
+        step = FP8_MULTIPLE // math.gcd(FP8_MULTIPLE, encoder_tokens(cfg))
+        raw["train"]["micro_batch"] = -(-cfg.train.micro_batch // step) * step
         out.append(RunConfig.model_validate(raw))
     return out
 

@@ -54,24 +54,20 @@ class Case:
 
 
 def cpu_cases() -> list[Case]:
-    """The overhead per parameter tensor of #29: fp32 MAE, ZeRO-0/1/2, one rank, two model sizes; then bf16 ZeRO-2
-    and ZeRO-3 on 2 ranks."""
+    """The overhead per parameter tensor of #29: fp32, ZeRO-0/1/2, one rank, MAE at two model sizes and WSP; then
+    bf16 ZeRO-2 and ZeRO-3 on 2 ranks."""
     common = ["optim.impl=torch", "tracking.enabled=false", "train.global_batch=16", "train.micro_batch=16"]
     cases = []
-    for model in ("vit_tiny_p8", "vit_small_p8"):
+    for model, stage in (("vit_tiny_p8", "mae"), ("vit_tiny_p8", "wsp"), ("vit_small_p8", "mae")):
+        head = ["wsp.num_classes=1000"] if stage == "wsp" else []
         for zero in (0, 1, 2):
-            cases.append(
-                Case(
-                    f"{model} MAE fp32 zero{zero}",
-                    [
-                        f"model.name={model}",
-                        "stage=mae",
-                        "parallel.precision=fp32",
-                        f"parallel.zero_stage={zero}",
-                        *common,
-                    ],
-                )
-            )
+            overrides = [
+                f"model.name={model}",
+                f"stage={stage}",
+                "parallel.precision=fp32",
+                f"parallel.zero_stage={zero}",
+            ]
+            cases.append(Case(f"{model} {stage.upper()} fp32 zero{zero}", [*overrides, *head, *common]))
     bf16 = ["model.name=vit_tiny_p8", "stage=mae", "parallel.precision=bf16", *common]
     cases.append(Case("vit_tiny_p8 MAE bf16 zero2", [*bf16, "parallel.zero_stage=2"]))
     cases.append(Case("vit_tiny_p8 MAE bf16 zero3 ×2 ranks", [*bf16, "parallel.zero_stage=3"], nproc=2))

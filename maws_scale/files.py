@@ -38,9 +38,19 @@ def check_regular(path: str | os.PathLike) -> None:
 
 
 def read_regular(path: str | os.PathLike) -> bytes:
-    """The whole content of the regular file ``path`` (see :func:`open_regular`)."""
+    """The whole content of the regular file ``path`` (see :func:`open_regular`). ``/dev/null`` (``os.devnull``)
+    reads as empty: it never blocks, and ``maws-scale plan /dev/null model.name=…`` is the way to say "no config"."""
+    if _is_devnull(path):
+        return b""
     with os.fdopen(open_regular(path), "rb") as handle:
         return handle.read()
+
+
+def _is_devnull(path: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(path, os.devnull)
+    except OSError:
+        return False
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:

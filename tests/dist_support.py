@@ -17,6 +17,13 @@ from maws_scale.parallel.distributed import free_port
 
 TESTS = Path(__file__).resolve().parent
 FP16_FLAG = "MAWS_TEST_FP16_SUPPORTED"
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def fresh_process_env(drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment without its launcher variables (and ``drop``), for a child that must start as a
+    fresh command would: an in-process test may hold a process group whose MASTER_PORT the child would try to bind."""
+    return {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and k not in drop}
 
 
 def force_fp16_support(supported: bool) -> None:

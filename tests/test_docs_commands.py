@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dist_support import fresh_process_env
 
 from maws_scale.cli import build_parser
 from maws_scale.data.fashion_mnist import DEFAULT_DIR
@@ -145,7 +146,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     make.write_text(f'#!/bin/sh\nexec "{shutil.which("make")}" -n -C "{ROOT}" "$@" >/dev/null\n')
     make.chmod(0o755)
     env = {
-        **os.environ,
+        **fresh_process_env(),
         "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "OMP_NUM_THREADS": "1",
     }

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from dist_support import fresh_process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "gpu-standin"
@@ -94,7 +94,7 @@ def test_gpu_check_runs_end_to_end_on_a_cpu_standin_of_the_gpu_machine(tmp_path)
     size = sum(p.stat().st_size for p in wheels.glob("*.whl"))
     assert size < 16 << 20, f"wheels {size / 2**20:.1f} MiB"  # measured: 11 MB (no xformers)
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = fresh_process_env(drop=("PYTHONPATH", "VIRTUAL_ENV"))
     env.update(OMP_NUM_THREADS="1", OUT=str(out), TORCHINDUCTOR_CACHE_DIR=str(CACHE / f"inductor-py{PYVER}"))
     proc = subprocess.run(
         [*STANDIN_COMMAND, "--python", str(python), "--wheels", str(wheels)],

@@ -209,6 +209,14 @@ def test_an_image_at_the_root_of_a_class_folder_input_is_counted_and_logged(tmp_
     assert "stray.png" in caplog.text
 
 
+def test_dev_null_is_the_empty_config_but_other_devices_are_refused(tmp_path):
+    """``maws-scale plan /dev/null model.name=…`` (docs/bench.md) means "no config": /dev/null reads as empty, never
+    blocks; any other device (``/dev/zero`` would read forever) is refused like a FIFO."""
+    assert load_config(os.devnull, ["model.name=vit_tiny_p8"]).model.name == "vit_tiny_p8"
+    with pytest.raises(ConfigError, match=r"/dev/zero: cannot read config \(not a regular file"):
+        load_config("/dev/zero")
+
+
 # ----- FIFOs: refused, naming them, never waited on ------------------------------------------------------------------
 @pytest.mark.timeout(60)
 def test_a_fifo_in_place_of_a_config_shard_or_listed_image_is_refused_not_waited_on(tmp_path, cfg_for):

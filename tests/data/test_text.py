@@ -215,6 +215,7 @@ def test_a_replaced_tokenizer_is_refused_by_its_sha256(tmp_path, webdataset_text
 
     from maws_scale.config import ConfigError
     from maws_scale.data.shards import DatasetError
+    from maws_scale.train.preflight import preflight
 
     data, other = tmp_path / "data", tmp_path / "other"
     shutil.copytree(webdataset_text, data)
@@ -224,8 +225,9 @@ def test_a_replaced_tokenizer_is_refused_by_its_sha256(tmp_path, webdataset_text
     shutil.copy(other / "tokenizer.json", data / "tokenizer.json")
     with pytest.raises(DatasetError, match=r"tokenizer.json: sha256 differs .*replaced after it was trained"):
         TextInfo.of(data)
-    with pytest.raises(ConfigError, match=r"sha256 differs"):
-        load_config(None, ["stage=clip", "model.name=vit_micro_p4", f"data.path={data}", "train.micro_batch=8"])
+    cfg = load_config(None, ["stage=clip", "model.name=vit_micro_p4", f"data.path={data}", "train.micro_batch=8"])
+    with pytest.raises(ConfigError, match=r"sha256 differs"):  # before any process starts (the config check reads no
+        preflight([cfg], 1)  # data set: parallel/ and config stay pure, train/preflight.py reads it)
 
 
 @pytest.mark.parametrize("special", ["<pad>", "<eos>", "<bos>", "a<pad>b"])

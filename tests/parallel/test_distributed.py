@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from dist_support import fresh_process_env
 
 from maws_scale.parallel import distributed
 
@@ -62,8 +62,7 @@ def test_the_cli_tears_down_the_process_groups_its_command_made():
         "assert cli.main(['models']) == 0\n"
         "print('kept:', dist.is_initialized())\n"
     )
-    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}  # this process's own world's
-    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    env = fresh_process_env()  # without this process's own world's launcher variables
     env.update(DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env

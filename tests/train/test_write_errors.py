@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dist_support import fresh_process_env
 
 from maws_scale.errors import WriteError
 from maws_scale.parallel.consolidate import write_state_dict
@@ -31,8 +31,7 @@ def _limit_file_size() -> None:
 
 def test_a_checkpoint_write_failure_is_one_line_with_the_path_and_exit_1(tmp_path):
     # a real failed write inside DeepSpeed's save_checkpoint (files over 256 KiB fail with EFBIG, as ENOSPC would)
-    launcher = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK")  # this process may hold a world
-    env = {k: v for k, v in os.environ.items() if k not in launcher} | {"DS_ACCELERATOR": "cpu"}
+    env = fresh_process_env() | {"DS_ACCELERATOR": "cpu"}  # this process may hold a world
     config = tmp_path / "run.yaml"
     config.write_text("model:\n  name: vit_tiny_p4\n")
     args = [

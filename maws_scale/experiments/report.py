@@ -372,9 +372,15 @@ def build_report(sweep: Sweep, out: Path | None = None, runs: list[Any] | None =
 
 def log_report(sweep: Sweep, report: Report) -> str:
     """Log the report's files as artifacts of the MLflow run ``<name>-report`` (reused on re-runs)."""
+    from maws_scale.track.mlflow import artifact_location, run_artifacts
+
     client = _client(sweep.tracking_uri)
     experiment = client.get_experiment_by_name(sweep.spec.name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep.spec.name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(sweep.spec.name, artifact_location=artifact_location(sweep.tracking_uri))
+    )
     found = client.search_runs([experiment_id], filter_string=f"tags.sweep_report = '{sweep.spec.name}'")
     parent = client.search_runs([experiment_id], filter_string=f"tags.sweep_parent = '{sweep.spec.name}'")
     tags = {"sweep_report": sweep.spec.name}
@@ -386,8 +392,9 @@ def log_report(sweep: Sweep, report: Report) -> str:
             client.set_tag(run_id, key, value)
     else:
         run_id = client.create_run(experiment_id, run_name=f"{sweep.spec.name}-report", tags=tags).info.run_id
+    artifacts = run_artifacts(sweep.tracking_uri, run_id)  # the store's own folder, also when it was moved
     for path in report.files:
-        client.log_artifact(run_id, str(path), "report")
+        artifacts.log_artifact(str(path), "report")
     for fit in report.fits:
         name = safe_name(f"fit/{fit['y']}_vs_{fit['x']}/{fit['group']}")
         for key, metric in (("b", "exponent"), ("alpha", "alpha"), ("beta", "beta"), ("E", "E"), ("r2", "r2")):

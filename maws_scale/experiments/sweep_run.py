@@ -42,7 +42,7 @@ def sweep_parent_run(sweep: Sweep) -> str | None:
     try:
         from mlflow.tracking import MlflowClient
 
-        from maws_scale.track.mlflow import artifact_location
+        from maws_scale.track.mlflow import artifact_location, run_artifacts
 
         client = MlflowClient(tracking_uri=sweep.tracking_uri)
         experiment = client.get_experiment_by_name(sweep.spec.name)
@@ -68,7 +68,8 @@ def sweep_parent_run(sweep: Sweep) -> str | None:
                 client.set_tag(run_id, key, value)
         else:
             run_id = client.create_run(experiment_id, run_name=f"{sweep.spec.name}-sweep", tags=tags).info.run_id
-        client.log_artifact(run_id, str(sweep.path), "sweep")  # the YAML as it was for this run of the sweep
+        # the YAML as it was for this run of the sweep, in the store's own folder (also when the store was moved)
+        run_artifacts(sweep.tracking_uri, run_id).log_artifact(str(sweep.path), "sweep")
         return run_id
     except Exception as err:  # tracking must never stop a sweep
         Console(stderr=True).print(

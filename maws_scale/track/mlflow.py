@@ -168,6 +168,40 @@ def artifact_location(uri: str, output_dir: str | Path | None = None) -> str | N
     return (folder / "mlartifacts").resolve().as_uri()
 
 
+def store_artifact_uri(tracking_uri: str, artifact_uri: str) -> str:
+    """Where a run's artifacts are in a store as it is now, moved or copied included.
+
+    MLflow 3.17.2 records local artifact locations as absolute ``file:`` URIs (``create_experiment`` resolves them
+    against the working directory, ``create_run`` appends ``<run id>/artifacts``), so a moved or copied sqlite store
+    still names its old folder. A run whose recorded artifacts lie in an ``mlartifacts`` folder
+    (``…/mlartifacts/<run id>/artifacts``, see :func:`artifact_location`) of a ``sqlite:///`` store
+    is mapped to the ``mlartifacts`` folder beside the store's DB as it is now; anything else is returned as it is."""
+    if not tracking_uri.startswith("sqlite:///") or not artifact_uri.startswith("file:"):
+        return artifact_uri
+    import urllib.parse
+    import urllib.request
+
+    parts = Path(urllib.request.url2pathname(urllib.parse.urlsplit(artifact_uri).path)).parts
+    if "mlartifacts" not in parts:
+        return artifact_uri
+    tail = parts[len(parts) - parts[::-1].index("mlartifacts") :]
+    if len(tail) < 2 or tail[1] != "artifacts":
+        return artifact_uri
+    folder = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+    return folder.joinpath(*tail).as_uri()
+
+
+def run_artifacts(tracking_uri: str, run_id: str):
+    """The artifact repository of run ``run_id`` in the store as it is now (:func:`store_artifact_uri`): its
+    ``list_artifacts()``, ``download_artifacts(path)`` and ``log_artifact(file, artifact_path)`` work in a moved or
+    copied store (MLflow's own client methods follow the recorded, old path)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.tracking import MlflowClient
+
+    recorded = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.artifact_uri
+    return get_artifact_repository(store_artifact_uri(tracking_uri, recorded), tracking_uri=tracking_uri)
+
+
 def runs_link(uri: str, experiment_id: str | None, run_id: str | None = None) -> str:
     """How to open the training view: MLflow 3's UI starts in GenAI mode, so give the runs page directly."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}" if run_id else f"#/experiments/{experiment_id}/runs"
@@ -523,7 +557,7 @@ class MLflowTracker:
             else:
                 path, artifact_path = payload
                 if Path(path).exists():
-                    self._client.log_artifact(self.run_id, path, artifact_path)
+                    run_artifacts(self.uri, self.run_id).log_artifact(path, artifact_path)
                 else:
                     log.warning("MLflow: artifact %s vanished before upload; skipped", path)
                 self._pending.popleft()

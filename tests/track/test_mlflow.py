@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -247,3 +248,49 @@ def test_runs_get_system_metrics_when_psutil_is_there(tmp_path):
     time.sleep(0.5)
     off.finish()
     assert not any(k.startswith("system/") for k in client.get_run(off.run_id).data.metrics)
+
+
+def test_a_moved_or_copied_store_stays_readable_and_writes_into_itself(tmp_path):
+    """Issue 25: no absolute artifact paths in use. MLflow 3.17.2 records absolute ``file:`` artifact URIs in a sqlite
+    store; runs, params and metrics move with the DB, and :func:`run_artifacts` / the tracker use the store's own
+    ``mlartifacts`` folder after a move or a copy."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from maws_scale.track.mlflow import run_artifacts, store_artifact_uri
+
+    first = tmp_path / "first" / "demo"
+    cfg = load_config(None, [f"output_dir={first}", "tracking.system_metrics_s=0"])
+    tracker = make_tracker(cfg, first / "mae", is_main=True)
+    tracker.log_params({"optim": {"lr": 0.5}})
+    tracker.log_metrics({"loss": 0.25}, step=1)
+    (tmp_path / "note.txt").write_text("first")
+    tracker.log_artifact(tmp_path / "note.txt")
+    tracker.finish()
+    moved = tmp_path / "elsewhere" / "demo"
+    shutil.move(tmp_path / "first", tmp_path / "elsewhere")
+    uri = default_uri(moved)
+    run = MlflowClient(uri).search_runs([tracker.experiment_id])[0]
+    assert (
+        run.info.run_id == tracker.run_id and run.data.params["optim.lr"] == "0.5" and run.data.metrics["loss"] == 0.25
+    )
+    assert str(first) in run.info.artifact_uri  # what MLflow recorded: the old, absolute place
+    assert (
+        store_artifact_uri(uri, run.info.artifact_uri)
+        == (moved / "mlartifacts" / tracker.run_id / "artifacts").as_uri()
+    )
+    assert store_artifact_uri("http://mlflow:5000", run.info.artifact_uri) == run.info.artifact_uri
+    artifacts = run_artifacts(uri, tracker.run_id)
+    assert [a.path for a in artifacts.list_artifacts()] == ["note.txt"]
+    assert Path(artifacts.download_artifacts("note.txt", str(tmp_path))).read_text() == "first"
+    # a copy resumed in place writes into itself, never into the store it was copied from
+    copy = tmp_path / "copy" / "demo"
+    shutil.copytree(moved, copy)
+    (tmp_path / "note.txt").write_text("copy")
+    again = make_tracker(load_config(None, [f"output_dir={copy}", "tracking.system_metrics_s=0"]), copy / "mae", True)
+    again.log_artifact(tmp_path / "note.txt", "resumed")
+    again.finish()
+    assert again.run_id == tracker.run_id
+    assert (copy / "mlartifacts" / tracker.run_id / "artifacts" / "resumed" / "note.txt").is_file()
+    assert not (moved / "mlartifacts" / tracker.run_id / "artifacts" / "resumed").exists()

@@ -639,5 +639,5 @@ def make_tracker(
         artifact_location=artifact_location(uri, out),
         run_id_file=Path(stage_dir) / RUN_ID_FILE,
         summary_parent=summary_parent,
-        system_metrics_s=cfg.tracking.system_metrics_s,
+        system_metrics_s=0.0 if stage == "pipeline" else cfg.tracking.system_metrics_s,  # its stages sample
     )

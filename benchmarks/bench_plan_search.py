@@ -37,8 +37,8 @@ CHILD = "--child"
 
 def child(config: str, stage: str) -> dict[str, float]:
     """One search in this process: the seconds of the search alone (the imports are timed by the parent)."""
-    from maws_scale.bench.planner import Hardware, search
     from maws_scale.config import load_config
+    from maws_scale.perf.planner import Hardware, search
 
     cfg = load_config(REPO / config).for_stage(stage)
     start, cpu = time.perf_counter(), time.process_time()

@@ -84,8 +84,8 @@ def gpu_cases(nproc: int, num_classes: int, patterns: list[str] | None = None) -
     the cases ``patterns`` select are planned."""
     import torch
 
-    from maws_scale.bench.planner import Hardware, search
     from maws_scale.config import load_config
+    from maws_scale.perf.planner import Hardware, search
 
     mem = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 80 << 30
     # headroom: plan for 90 % of the card (allocator fragmentation, cuBLAS/NCCL workspaces the planner does not see)

@@ -9,7 +9,7 @@
 # Results: DIR (default $OUT when set, else benchmarks/out/gpu_check-<time>) gets summary.json (every step's rc,
 # seconds and figures) and logs.tar.gz, rewritten after every step; stdout ends with the table step / rc / seconds /
 # img/s / MFU / peak GiB. Steps and timeouts: benchmarks/gpu_check.py (--dry-run prints them). --stand-in runs each
-# step's CPU-sized twin (tests/bench/test_gpu_standin.py runs it in a venv holding only the machine's packages).
+# step's CPU-sized twin (tests/perf/test_gpu_standin.py runs it in a venv holding only the machine's packages).
 set -u
 cd "$(dirname "$0")/.."
 

@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from maws_scale.bench.baseline import PlainLoop, interleave
-    from maws_scale.bench.profile import BenchOptions, bench_config, loader_factory
     from maws_scale.config import load_config
     from maws_scale.parallel.distributed import init_distributed
+    from maws_scale.perf.baseline import PlainLoop, interleave
+    from maws_scale.perf.profile import BenchOptions, bench_config, loader_factory
     from maws_scale.train.loop import Trainer
 
     world = init_distributed("gloo")

@@ -265,6 +265,9 @@ class TrackingConfig(_Section):
     run_name: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     peak_tflops: float | None = Field(None, gt=0.0, description="override the datasheet peak for MFU")
+    system_metrics_s: float = Field(
+        30.0, ge=0.0, description="seconds between system/ metric samples (CPU, memory, GPU; needs psutil); 0 = off"
+    )
 
 
 class CheckpointConfig(_Section):

@@ -54,17 +54,17 @@ def allowed_skip(item: pytest.Item) -> str | None:
 
 
 # `make test-fast` (-m "not dist and not slow") leaves these out: single-process tests of 10 s or more in one run of
-# --durations=30 over tests/parallel, tests/bench, tests/models, tests/jobs/test_launch.py and test_slurm.py, and of
+# --durations=30 over tests/parallel, tests/perf, tests/models, tests/launch/test_launch.py and test_slurm.py, and of
 # tests/train/test_golden_curve.py, test_loop_guard.py, test_write_errors.py (2026-12-07, the 2-core machine under load
 # 20-30, where a test runs ~5x slower than on a quiet one). Other folders were not measured.
 SLOW_TESTS = (
-    "tests/bench/test_bench.py::test_bench_cli_mae_with_baseline_and_mlflow",  # 95 s
-    "tests/bench/test_bench.py::test_bench_wsp_profile_trace",  # 46 s
-    "tests/jobs/test_launch.py::test_json_dry_run_is_the_only_thing_on_stdout",  # 26 s
-    "tests/jobs/test_launch.py::test_launch_sh_wraps_the_launcher",  # 22 s
-    "tests/bench/test_release.py::test_releasing_the_engine_frees_the_optimizer_and_the_model",  # 11 + 8 s
+    "tests/perf/test_bench.py::test_bench_cli_mae_with_baseline_and_mlflow",  # 95 s
+    "tests/perf/test_bench.py::test_bench_wsp_profile_trace",  # 46 s
+    "tests/launch/test_launch.py::test_json_dry_run_is_the_only_thing_on_stdout",  # 26 s
+    "tests/launch/test_launch.py::test_launch_sh_wraps_the_launcher",  # 22 s
+    "tests/perf/test_release.py::test_releasing_the_engine_frees_the_optimizer_and_the_model",  # 11 + 8 s
     "tests/parallel/test_step_guard.py::test_the_norm_is_torchs_total_norm_and_a_non_finite_gradient_skips_the_step",
-    "tests/bench/test_baseline.py::test_fused_adamw_on_cpu_under_every_zero_stage",  # 10 + 4 + 4 + 3 s
+    "tests/perf/test_baseline.py::test_fused_adamw_on_cpu_under_every_zero_stage",  # 10 + 4 + 4 + 3 s
     "tests/train/test_golden_curve.py::test_demo_losses_match_the_golden_curves",  # 80 + 10 s
     "tests/train/test_write_errors.py::test_a_checkpoint_write_failure_is_one_line_with_the_path_and_exit_1",  # 34 s
 )

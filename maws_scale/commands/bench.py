@@ -59,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maws_scale.bench.profile import BenchOptions, run_bench
     from maws_scale.config import ConfigError
+    from maws_scale.perf.profile import BenchOptions, run_bench
 
     cfg = config_from_args(args).resolved()  # a pipeline config: the stage named by `stage=` (default mae)
     if args.data:
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_data_feed(cfg, args: argparse.Namespace) -> int:
     """``bench --data``: the loader's measured rate per worker against the planner's step rate."""
-    from maws_scale.bench.data_feed import FeedCheck, default_cores, measure_worker_rate, planned_gpu_rate
     from maws_scale.config import ConfigError
+    from maws_scale.perf.data_feed import FeedCheck, default_cores, measure_worker_rate, planned_gpu_rate
 
     if args.data_batches < 1 or args.gpus_per_node < 1 or (args.gpus is not None and args.gpus < 1):
         raise ConfigError("--data-batches, --gpus and --gpus-per-node must be at least 1")

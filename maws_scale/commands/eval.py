@@ -118,6 +118,7 @@ def _tracker(cfg, checkpoint: str):
         run_name=cfg.tracking.run_name or f"eval-{Path(checkpoint).parent.name}-{Path(checkpoint).stem}",
         tags={**tags, **cfg.tracking.tags},
         artifact_location=artifact_location(uri, cfg.output_dir),
+        system_metrics_s=cfg.tracking.system_metrics_s,
     )
     tracker.log_params({"checkpoint": str(checkpoint), "model": cfg.model.model_dump(), "eval": cfg.eval.model_dump()})
     return tracker

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from maws_scale.commands._intermixed import allow_intermixed
 from maws_scale.config import ConfigError
-from maws_scale.jobs.spec import COMMANDS, LaunchSpec, load_job, make_spec, validate_run
+from maws_scale.launch.spec import COMMANDS, LaunchSpec, load_job, make_spec, validate_run
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _deepspeed(spec: LaunchSpec, args: argparse.Namespace) -> int:
-    from maws_scale.jobs.deepspeed_launch import plan_deepspeed, run_deepspeed
+    from maws_scale.launch.deepspeed_launch import plan_deepspeed, run_deepspeed
 
     plan = plan_deepspeed(spec)
     validate_run(spec, plan.world_size)
@@ -120,7 +120,7 @@ def _deepspeed(spec: LaunchSpec, args: argparse.Namespace) -> int:
 
 
 def _submitit(spec: LaunchSpec, args: argparse.Namespace) -> int:
-    from maws_scale.jobs.slurm import dry_run_spec, submit
+    from maws_scale.launch.slurm import dry_run_spec, submit
 
     if spec.launcher == "slurm" and (spec.nodes is None or spec.gpus_per_node is None):
         raise ConfigError("--slurm needs --nodes and --gpus-per-node (or nodes / gpus_per_node in the job spec)")

@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def hardware_from_args(args: argparse.Namespace, cfg, gpus: int) -> object:
     """The machine of the command line for ``cfg`` (its precision picks the datasheet peak) on ``gpus`` GPUs."""
-    from maws_scale.bench.planner import Hardware, parse_bytes
+    from maws_scale.perf.planner import Hardware, parse_bytes
     from maws_scale.track.throughput import datasheet_peak_tflops
 
     peak = args.peak_tflops or datasheet_peak_tflops(GPU_PEAKS[args.gpu], cfg.parallel.precision)
@@ -84,7 +84,7 @@ PLANNED_STAGES = ("mae", "wsp")  # the stages the memory planner models
 def stages_to_plan(cfg, overrides: list[str] | None) -> tuple[list, list[str]]:
     """(configs, notes): every MAE / WSP stage a pipeline config runs (its ``stages`` sections), or the one stage of a
     single-stage config or of an explicit ``stage=`` override."""
-    from maws_scale.jobs.spec import command_stages
+    from maws_scale.launch.spec import command_stages
 
     explicit = any(o.split("=", 1)[0].strip() == "stage" for o in overrides or [])
     names = [cfg.stage] if explicit else command_stages(cfg, "pipeline")
@@ -118,7 +118,7 @@ def planned_gpus(args: argparse.Namespace, cfg) -> tuple[int, str | None]:
 def launch_world_sizes(config: str | None) -> dict[str, int]:
     """World size of every launch spec (``jobs/*.yaml`` beside the working directory or the config's folder) whose
     ``config`` is ``config``."""
-    from maws_scale.jobs.spec import load_job, make_spec
+    from maws_scale.launch.spec import load_job, make_spec
 
     if not config:
         return {}
@@ -165,7 +165,7 @@ def search_progress(console: Console, label: str) -> Iterator[Callable[[int, int
 
 
 def run(args: argparse.Namespace) -> int:
-    from maws_scale.bench.planner import plan_layout, planning_classes, search
+    from maws_scale.perf.planner import plan_layout, planning_classes, search
 
     base = config_from_args(args)  # a pipeline config: every stage it runs (or the one named by `stage=`)
     configs, notes = stages_to_plan(base, args.overrides)
@@ -218,8 +218,8 @@ def stage_json(hw, plan, rows, feed=None) -> dict:
 
 def data_feed(cfg, hw, plan, args: argparse.Namespace):
     """The data-feed check of ``--data-rate`` (None without it)."""
-    from maws_scale.bench.data_feed import FeedCheck, default_cores
     from maws_scale.config import ConfigError
+    from maws_scale.perf.data_feed import FeedCheck, default_cores
 
     if args.data_rate is None:
         return None

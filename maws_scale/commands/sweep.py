@@ -20,7 +20,7 @@ from rich.table import Table
 
 from maws_scale.commands._intermixed import allow_intermixed
 from maws_scale.config import ConfigError
-from maws_scale.jobs.sweep import Sweep, load_sweep
+from maws_scale.experiments.sweep import Sweep, load_sweep
 
 console = Console(stderr=True, soft_wrap=True)
 SLURM_FLAGS = ("partition", "time", "cpus_per_task", "mem_gb", "account", "qos", "constraint")
@@ -70,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
         return _report(load_sweep(args.rest[0], _overrides(args.rest[1:])), args)
     sweep = load_sweep(args.target, _overrides(args.rest))  # every point validated here
     if args.dry_run:
-        from maws_scale.jobs.sweep_run import select
+        from maws_scale.experiments.sweep_run import select
 
         return _dry_run(sweep, select(sweep, args.only, args.force), _launch(sweep, args), args.json)
-    from maws_scale.jobs.sweep_run import SweepLock
+    from maws_scale.experiments.sweep_run import SweepLock
 
     try:
         with SweepLock(sweep.output_dir):
@@ -96,7 +96,7 @@ def _overrides(items: list[str]) -> list[str]:
 
 
 def _run(sweep: Sweep, args: argparse.Namespace) -> int:
-    from maws_scale.jobs.sweep_run import select
+    from maws_scale.experiments.sweep_run import select
 
     pending = select(sweep, args.only, args.force)
     launch = _launch(sweep, args)
@@ -110,11 +110,11 @@ def _run(sweep: Sweep, args: argparse.Namespace) -> int:
         f"MLflow {sweep.tracking_uri}",
         highlight=False,
     )
-    from maws_scale.jobs.sweep_run import close_parent_run, sweep_parent_run
+    from maws_scale.experiments.sweep_run import close_parent_run, sweep_parent_run
 
     parent = sweep_parent_run(sweep)
     if launch is None:
-        from maws_scale.jobs.sweep_run import run_sequential
+        from maws_scale.experiments.sweep_run import run_sequential
 
         status = "KILLED"
         try:
@@ -128,7 +128,7 @@ def _run(sweep: Sweep, args: argparse.Namespace) -> int:
         if failed:
             console.print(f"[red]{len(failed)} point(s) failed:[/] {', '.join(failed)}", highlight=False)
         return 1 if failed else 0
-    from maws_scale.jobs.sweep_run import submit_points
+    from maws_scale.experiments.sweep_run import submit_points
 
     jobs = submit_points(sweep, pending, launch, parent=parent, force=args.force)
     close_parent_run(sweep, parent, "FINISHED")  # a grouping run: the points' own runs carry their status
@@ -149,7 +149,7 @@ def _launch(sweep: Sweep, args: argparse.Namespace):
     for flag in SLURM_FLAGS:
         if getattr(args, flag) is not None:
             extra["slurm"][flag] = getattr(args, flag)
-    from maws_scale.jobs.spec import check_layout
+    from maws_scale.launch.spec import check_layout
 
     launcher = extra.get("launcher", sweep.spec.launch.get("launcher", "sequential"))
     spec = None if launcher == "sequential" else sweep.launch_spec(extra)
@@ -177,7 +177,7 @@ def _dry_run(sweep: Sweep, pending, launch, as_json: bool) -> int:
     ]
     sbatch = None
     if launch is not None and launch.launcher == "slurm" and pending:
-        from maws_scale.jobs.sweep_run import array_sbatch
+        from maws_scale.experiments.sweep_run import array_sbatch
 
         sbatch = array_sbatch(sweep, len(pending), launch)
     if as_json:
@@ -205,7 +205,7 @@ def _dry_run(sweep: Sweep, pending, launch, as_json: bool) -> int:
 
 
 def _report(sweep: Sweep, args: argparse.Namespace) -> int:
-    from maws_scale.jobs.report import build_report, log_report
+    from maws_scale.experiments.report import build_report, log_report
 
     try:
         report = build_report(sweep, Path(args.out) if args.out else None)
@@ -216,7 +216,7 @@ def _report(sweep: Sweep, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"fits": report.fits, "files": [str(f) for f in report.files]}, indent=1))
         return 0
-    from maws_scale.jobs.report import group_keys, markdown
+    from maws_scale.experiments.report import group_keys, markdown
 
     keys = group_keys(sweep)
     metrics = sweep.spec.report.metrics or [

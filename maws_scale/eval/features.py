@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from maws_scale.data import normalize_on_device
+from maws_scale.progress import counted_progress
 
 
 @dataclass
@@ -68,10 +68,8 @@ def extract_features(
     keys: list[str] = []
     seen = 0
     limit = min(x for x in (max_samples, total) if x is not None) if (max_samples or total) else None
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     try:
-        with Progress(*columns, disable=not progress, transient=True) as bar:
-            task = bar.add_task(description, total=limit)
+        with counted_progress(description, limit, enabled=progress, unit="images") as advance:
             for batch in batches:
                 if "labels" not in batch or batch["labels"] is None:
                     raise ValueError("evaluation data has no 'label' column; build it with labels (a labeled set)")
@@ -86,7 +84,7 @@ def extract_features(
                     ids.append(torch.as_tensor(batch["sample_ids"]).long().cpu()[:take])
                 keys.extend(list(batch.get("keys", [f"#{seen + i}" for i in range(take)]))[:take])
                 seen += take
-                bar.update(task, advance=take)
+                advance(take)
                 if max_samples is not None and seen >= max_samples:
                     break
     finally:

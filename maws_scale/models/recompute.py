@@ -11,7 +11,7 @@ key keeps its name).
   linears as ``aten.mm`` on float8 tensors (their ``_scaled_mm`` runs beneath it) and keeps their outputs too.
 
 :func:`recomputed_blocks` is the one rule of which blocks are recomputed; the model and the planner's activation
-model (:mod:`maws_scale.bench.activations`) both use it. ``true`` / ``false`` (the old boolean) mean full / none.
+model (:mod:`maws_scale.perf.activations`) both use it. ``true`` / ``false`` (the old boolean) mean full / none.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``parallel.activation_checkpointing`` is validated with :func:`parse_mode` when a config is loaded (the data commands
 load configs without importing torch); :mod:`maws_scale.models.recompute` applies the modes to a model, and the
-planner's activation model (:mod:`maws_scale.bench.activations`) counts with :func:`recomputed_blocks` too.
+planner's activation model (:mod:`maws_scale.perf.activations`) counts with :func:`recomputed_blocks` too.
 """
 
 from __future__ import annotations

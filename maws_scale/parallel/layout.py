@@ -5,7 +5,7 @@ torch import): data- and tensor-parallel sizes, ZeRO stage, offload, micro-batch
 gradients accumulate in, whether the model is built under ``zero.Init``, compile, the encoder layers FP8 converts,
 the recompute (activation checkpointing) mode and whether TP shards the MAE decoder. Config validation reads the
 rules below (``RunConfig`` checks what needs no world size), ``parallel.plan.make_plan`` derives the layout and
-creates its process groups from it, and the memory planner (``bench/planner.py``) plans it, so the three cannot
+creates its process groups from it, and the memory planner (``perf/planner.py``) plans it, so the three cannot
 disagree.
 """
 

@@ -43,7 +43,7 @@ StateFn = Callable[[], dict[str, torch.Tensor]]
 def engine_block_info(model: nn.Module, tp_size: int) -> BlockInfo | None:
     """The ZeRO bucket-sizing input for a plain (e.g. meta) ``model`` split over ``tp_size`` ranks: its first block,
     the block and its smallest matrix divided by tp (norm vectors stay whole). None for a model without ``blocks``.
-    The trainer and the planner (``bench/planner.py``) both call this."""
+    The trainer and the planner (``perf/planner.py``) both call this."""
     if not getattr(model, "blocks", None):
         return None
     return split_block_info(BlockInfo.from_model(model), tp_size)

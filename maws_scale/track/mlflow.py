@@ -168,6 +168,40 @@ def artifact_location(uri: str, output_dir: str | Path | None = None) -> str | N
     return (folder / "mlartifacts").resolve().as_uri()
 
 
+def store_artifact_uri(tracking_uri: str, artifact_uri: str) -> str:
+    """Where a run's artifacts are in a store as it is now, moved or copied included.
+
+    MLflow 3.17.2 records local artifact locations as absolute ``file:`` URIs (``create_experiment`` resolves them
+    against the working directory, ``create_run`` appends ``<run id>/artifacts``), so a moved or copied sqlite store
+    still names its old folder. A run whose recorded artifacts lie in an ``mlartifacts`` folder
+    (``…/mlartifacts/<run id>/artifacts``, see :func:`artifact_location`) of a ``sqlite:///`` store
+    is mapped to the ``mlartifacts`` folder beside the store's DB as it is now; anything else is returned as it is."""
+    if not tracking_uri.startswith("sqlite:///") or not artifact_uri.startswith("file:"):
+        return artifact_uri
+    import urllib.parse
+    import urllib.request
+
+    parts = Path(urllib.request.url2pathname(urllib.parse.urlsplit(artifact_uri).path)).parts
+    if "mlartifacts" not in parts:
+        return artifact_uri
+    tail = parts[len(parts) - parts[::-1].index("mlartifacts") :]
+    if len(tail) < 2 or tail[1] != "artifacts":
+        return artifact_uri
+    folder = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+    return folder.joinpath(*tail).as_uri()
+
+
+def run_artifacts(tracking_uri: str, run_id: str):
+    """The artifact repository of run ``run_id`` in the store as it is now (:func:`store_artifact_uri`): its
+    ``list_artifacts()``, ``download_artifacts(path)`` and ``log_artifact(file, artifact_path)`` work in a moved or
+    copied store (MLflow's own client methods follow the recorded, old path)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.tracking import MlflowClient
+
+    recorded = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.artifact_uri
+    return get_artifact_repository(store_artifact_uri(tracking_uri, recorded), tracking_uri=tracking_uri)
+
+
 def runs_link(uri: str, experiment_id: str | None, run_id: str | None = None) -> str:
     """How to open the training view: MLflow 3's UI starts in GenAI mode, so give the runs page directly."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}" if run_id else f"#/experiments/{experiment_id}/runs"
@@ -209,6 +243,15 @@ class NullTracker:
         """Close the run."""
 
 
+def summary_metrics(stage: str, last: Mapping[str, float]) -> dict[str, float]:
+    """A child run's last metric values under the names its parent shows: an evaluation's own ``eval/…`` names as
+    they are, a training stage's ``train/loss`` → ``<stage>/loss_last``, ``perf/images_per_s`` →
+    ``<stage>/images_per_s_last``."""
+    if stage.startswith("eval"):
+        return dict(last)
+    return {f"{stage}/{key.rsplit('/', 1)[-1]}_last": value for key, value in last.items()}
+
+
 def default_uri(output_dir: str | Path) -> str:
     """The embedded store of a run: ``sqlite:///<output_dir>/mlflow.db``."""
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
@@ -242,6 +285,8 @@ class MLflowTracker:
         retry_every: float = 20.0,
         max_buffer: int = 200_000,
         stall_warn: float = 30.0,
+        summary_parent: tuple[str, str] | None = None,
+        system_metrics_s: float = 0.0,
     ) -> None:
         try:
             import mlflow  # noqa: F401  (fail here, on the main thread, with a clear message)
@@ -259,6 +304,10 @@ class MLflowTracker:
         self.flush_timeout = flush_timeout
         self.retry_every = retry_every
         self.stall_warn = stall_warn
+        self.summary_parent = summary_parent  # (parent run id, stage): where this run's params/last metrics also go
+        self.system_metrics_s = system_metrics_s
+        self._monitor = None
+        self._last: dict[str, tuple[float, int]] = {}  # metric -> (last value, its step), for the parent's summary
         self._busy_since: float | None = None  # when the delivery in progress started (None: idle)
         self._remote = uri.startswith(("http://", "https://"))
         if self._remote:
@@ -280,13 +329,20 @@ class MLflowTracker:
     # ----- main-thread API (never blocks on the server) -----------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._check_stalled()
-        self._queue.put(("params", flatten_params(params)))
+        flat = flatten_params(params)
+        self._queue.put(("params", flat))
+        if self.summary_parent is not None:
+            parent, stage = self.summary_parent
+            self._queue.put(("parent_params", (parent, {f"{stage}.{k}": v for k, v in flat.items()})))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self._check_stalled()
         stamp = int(time.time() * 1000)
         values = {k: float(v) for k, v in metrics.items() if v is not None}
         self._queue.put(("metrics", (values, step, stamp)))
+        for key, value in values.items():
+            if step >= self._last.get(key, (0.0, step))[1]:
+                self._last[key] = (value, step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._check_stalled()
@@ -307,7 +363,13 @@ class MLflowTracker:
         return runs_link(self.uri, self.experiment_id, self.run_id) if self.run_id else None
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Flush (up to ``flush_timeout`` seconds, 5 s if the server is down or hanging) and close the run."""
+        """Flush (up to ``flush_timeout`` seconds, 5 s if the server is down or hanging) and close the run. A finished
+        run with a summary parent gives it its last metric values (:func:`summary_metrics`)."""
+        if self.summary_parent is not None and status == "FINISHED" and self._last:
+            parent, stage = self.summary_parent
+            last = {k: v for k, (v, _) in self._last.items()}
+            step = max(step for _, step in self._last.values())
+            self._queue.put(("parent_metrics", (parent, summary_metrics(stage, last), step)))
         self._queue.put((_STOP, status))
         healthy = self._healthy and self._stalled_for() < self.stall_warn
         self._thread.join(self.flush_timeout if healthy else min(self.flush_timeout, 5.0))
@@ -365,6 +427,7 @@ class MLflowTracker:
                 self._busy_since = time.monotonic()
                 self._deliver()
                 if stopping is not None:
+                    self._stop_monitor()
                     self._client.set_terminated(self.run_id, status=stopping)
                     return
                 if not self._healthy:
@@ -423,7 +486,29 @@ class MLflowTracker:
             if self.run_id_file is not None:
                 self.run_id_file.parent.mkdir(parents=True, exist_ok=True)
                 self.run_id_file.write_text(self.run_id)
+        self._start_monitor(resume=previous is not None)
         self._started.set()
+
+    def _start_monitor(self, resume: bool) -> None:
+        """MLflow's own system metrics (``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``,
+        ``system/gpu_*`` with pynvml) every ``system_metrics_s`` seconds; skipped without psutil."""
+        if self.system_metrics_s <= 0:
+            return
+        try:
+            import psutil  # noqa: F401  (MLflow's CPU/memory monitor needs it)
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:
+            log.info("MLflow: psutil is not installed; no system/ metrics")
+            return
+        self._monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=self.system_metrics_s, resume_logging=resume, tracking_uri=self.uri
+        )
+        self._monitor.start()
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
 
     def _previous_run_id(self) -> str | None:
         """The run of an interrupted attempt of this stage (resumed training continues the same MLflow run)."""
@@ -443,7 +528,15 @@ class MLflowTracker:
         while self._pending:
             kind, payload = self._pending[0]
             if kind == "params":
-                self._log_params(payload)
+                self._log_params(self.run_id, payload)
+                self._pending.popleft()
+            elif kind == "parent_params":
+                self._log_params(*payload)
+                self._pending.popleft()
+            elif kind == "parent_metrics":
+                parent, values, step = payload
+                stamp = int(time.time() * 1000)
+                self._client.log_batch(parent, metrics=[Metric(k, v, stamp, step) for k, v in values.items()])
                 self._pending.popleft()
             elif kind == "tags":
                 if payload:
@@ -464,12 +557,12 @@ class MLflowTracker:
             else:
                 path, artifact_path = payload
                 if Path(path).exists():
-                    self._client.log_artifact(self.run_id, path, artifact_path)
+                    run_artifacts(self.uri, self.run_id).log_artifact(path, artifact_path)
                 else:
                     log.warning("MLflow: artifact %s vanished before upload; skipped", path)
                 self._pending.popleft()
 
-    def _log_params(self, params: dict[str, str]) -> None:
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         """Log params in batches; a value MLflow refuses to change (a re-run) is warned about, never retried forever
         (that would hold back every metric queued behind it)."""
         from mlflow.entities import Param
@@ -479,11 +572,11 @@ class MLflowTracker:
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             chunk = [Param(k, v) for k, v in items[i : i + MAX_PARAMS_PER_BATCH]]
             try:
-                self._client.log_batch(self.run_id, params=chunk)
+                self._client.log_batch(run_id, params=chunk)
             except MlflowException as err:
                 if err.error_code != "INVALID_PARAMETER_VALUE":
                     raise
-                self._warn(f"run {self.run_id} keeps its earlier params ({str(err)[:300]})")
+                self._warn(f"run {run_id} keeps its earlier params ({str(err)[:300]})")
 
 
 def save_loss_curve(history: Mapping[str, list[tuple[int, float]]], path: str | Path, title: str = "") -> Path:
@@ -535,6 +628,9 @@ def make_tracker(
     parent = current_parent()
     if parent:
         tags[PARENT_TAG] = parent
+    # a pipeline's parent (one child per stage) gets its children's params and last metrics, so collapsed rows
+    # compare; a sweep's parent does not (its points are runs of the same stage with different params)
+    summary_parent = (_parent[-1], stage) if _parent and stage != "pipeline" else None
     return MLflowTracker(
         uri=uri,
         experiment=cfg.tracking.experiment,
@@ -542,4 +638,6 @@ def make_tracker(
         tags=tags,
         artifact_location=artifact_location(uri, out),
         run_id_file=Path(stage_dir) / RUN_ID_FILE,
+        summary_parent=summary_parent,
+        system_metrics_s=0.0 if stage == "pipeline" else cfg.tracking.system_metrics_s,  # its stages sample
     )

@@ -121,7 +121,7 @@ class Trainer:
         self.loader_factory = loader_factory or _default_loader
         self._stage = stage
         self.counters = _Counters()
-        self.hooks = StepHooks()  # the step's phases, observable (bench/profile.py) without patching anything
+        self.hooks = StepHooks()  # the step's phases, observable (perf/profile.py) without patching anything
         self.losses: list[float] = []
         self.history: list[tuple[int, float]] = []
         self.stage_sums: dict[str, torch.Tensor] = {}  # the last step's extra stage metrics, summed over micro-batches

@@ -183,7 +183,7 @@ def _on_rank0(
             status = "FINISHED"
         finally:
             tracker.finish(status)
-        if metrics is not None:  # beside the MLflow run: what `jobs/demo_figures.py` and scripts read
+        if metrics is not None:  # beside the MLflow run: what `experiments/demo_figures.py` and scripts read
             out = Path(cfg.output_dir) / name / "metrics.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(".metrics.json.tmp")

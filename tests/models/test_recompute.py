@@ -8,12 +8,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import maws_scale.models.recompute as ckpt
-from maws_scale.bench.activations import estimate
-from maws_scale.bench.storage import SavedTensors
 from maws_scale.config import ConfigError, load_config
 from maws_scale.model_config import build_model
 from maws_scale.models.recompute import parse_mode, recomputed_blocks
 from maws_scale.models.text import TextTransformer
+from maws_scale.perf.activations import estimate
+from maws_scale.perf.storage import SavedTensors
 
 MODES = ["none", "full", "every_k:2", "every_k:3", "selective_op"]
 

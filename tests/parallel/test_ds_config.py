@@ -195,8 +195,8 @@ def test_zero12_overlap_and_contiguous_gradients_follow_the_device(stage, b16_bl
     assert (cpu["overlap_comm"], cpu["contiguous_gradients"]) == (False, False)
     assert cpu["reduce_bucket_size"] == cpu["allgather_bucket_size"] == 500_000_000
     # the planner plans GPUs unless told otherwise; its bucket memory follows the device's settings
-    from maws_scale.bench.inventory import build_inventory
-    from maws_scale.bench.planner import zero_settings
+    from maws_scale.perf.inventory import build_inventory
+    from maws_scale.perf.planner import zero_settings
 
     plain = build_inventory(cfg)
     assert zero_settings(cfg, 8, plain).overlap_comm is True

@@ -66,7 +66,7 @@ def test_eager_fp8_warns(compile_mode, warns):
 
 @pytest.mark.parametrize("stage", ["mae", "wsp"])
 def test_the_planner_proposes_only_micro_batches_fp8_can_take(stage):
-    from maws_scale.bench.planner import Hardware, search
+    from maws_scale.perf.planner import Hardware, search
 
     c = cfg(
         "model.name=vit_l16",

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from maws_scale.bench.planner import Hardware, inventory_for, plan_layout, planning_classes, zero_settings
 from maws_scale.config import ConfigError, RunConfig, load_config
-from maws_scale.jobs.spec import load_job, make_spec
+from maws_scale.launch.spec import load_job, make_spec
 from maws_scale.parallel.distributed import DistInfo
 from maws_scale.parallel.ds_config import build_ds_config
 from maws_scale.parallel.fp8 import encoder_tokens, fp8_layer
 from maws_scale.parallel.layout import FP8_MULTIPLE, derive_layout
 from maws_scale.parallel.plan import ParallelPlan, make_plan
 from maws_scale.parallel.tp_layout import decoder_shardable
+from maws_scale.perf.planner import Hardware, inventory_for, plan_layout, planning_classes, zero_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLDS = (1, 8, 64, 512)

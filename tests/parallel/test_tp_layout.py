@@ -104,8 +104,8 @@ def test_divisibility_refused_with_the_config_key():
 
 
 def _inventory(name: str, stage: str, tp: int, *extra: str):
-    from maws_scale.bench.inventory import build_inventory
     from maws_scale.config import load_config
+    from maws_scale.perf.inventory import build_inventory
 
     return build_inventory(load_config(None, [f"model.name={name}", f"stage={stage}", *extra]), tp=tp)
 

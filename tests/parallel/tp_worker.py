@@ -23,7 +23,6 @@ warnings.filterwarnings("ignore")
 
 from dist_support import prepare_worker  # noqa: E402
 
-from maws_scale.bench.inventory import build_inventory  # noqa: E402
 from maws_scale.config import load_config  # noqa: E402
 from maws_scale.models import build_mae, build_wsp, soft_target_cross_entropy  # noqa: E402
 from maws_scale.models.registry import get_spec  # noqa: E402
@@ -38,6 +37,7 @@ from maws_scale.parallel.tp_checkpoint import (  # noqa: E402
 )
 from maws_scale.parallel.tp_layout import TPLayout, merge_state_dicts, shard_state_dict  # noqa: E402
 from maws_scale.parallel.tp_loss import VocabParallelSoftTargetCE, gather_logits  # noqa: E402
+from maws_scale.perf.inventory import build_inventory  # noqa: E402
 
 ATOL = 1e-5
 MODEL = "vit_tiny_p4"

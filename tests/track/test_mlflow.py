@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,108 @@ def test_a_sweep_store_keeps_its_artifacts_beside_its_db_and_runs_nest_under_a_p
     assert client.get_experiment(child.experiment_id).artifact_location == (tmp_path / "sweep" / "mlartifacts").as_uri()
     assert not (tmp_path / "mlruns").exists()
     assert f"#/experiments/{child.experiment_id}/runs/{child.run_id}" in child.link()
+
+
+def test_a_pipeline_parent_gets_its_childrens_params_and_summary_metrics(tmp_path, monkeypatch):
+    """Collapsed rows compare (issue 25): stage-prefixed params and last values on the parent; a sweep's parent
+    (handed over in the environment, one stage per point) gets none."""
+    from mlflow.tracking import MlflowClient
+
+    from maws_scale.track.mlflow import PARENT_ENV, parent_run, summary_metrics
+
+    assert summary_metrics("mae", {"train/loss": 0.5, "perf/images_per_s": 9.0}) == {
+        "mae/loss_last": 0.5,
+        "mae/images_per_s_last": 9.0,
+    }
+    cfg = load_config(None, [f"output_dir={tmp_path}", "tracking.system_metrics_s=0", "tracking.run_name=demo"])
+    parent = make_tracker(cfg, tmp_path, is_main=True, stage="pipeline")
+    parent_id = parent.start()
+    with parent_run(parent_id):
+        mae = make_tracker(cfg, tmp_path / "mae", is_main=True, stage="mae")
+        mae.log_params({"optim": {"lr": 0.001}})
+        mae.log_metrics({"train/loss": 2.0}, step=1)
+        mae.log_metrics({"train/loss": 1.5}, step=2)
+        mae.finish()
+        ev = make_tracker(cfg, tmp_path / "eval", is_main=True, stage="eval")
+        ev.log_metrics({"eval/linear_top1": 0.75}, step=2)
+        ev.finish()
+    monkeypatch.setenv(PARENT_ENV, parent_id)
+    point = make_tracker(cfg, tmp_path / "wsp", is_main=True, stage="wsp")
+    point.log_params({"optim": {"lr": 0.1}})
+    point.log_metrics({"train/loss": 3.0}, step=1)
+    point.finish()
+    parent.finish()
+    run = MlflowClient(default_uri(tmp_path)).get_run(parent_id)
+    assert run.data.params == {"mae.optim.lr": "0.001"}
+    assert run.data.metrics == {"mae/loss_last": 1.5, "eval/linear_top1": 0.75}
+
+
+def test_runs_get_system_metrics_when_psutil_is_there(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    pytest.importorskip("psutil")
+    cfg = load_config(None, [f"output_dir={tmp_path}", "tracking.system_metrics_s=0.2"])
+    tracker = make_tracker(cfg, tmp_path / "mae", is_main=True)
+    tracker.start()
+    deadline = time.monotonic() + 60
+    client = MlflowClient(default_uri(tmp_path))
+    while time.monotonic() < deadline and not any(
+        k.startswith("system/") for k in client.get_run(tracker.run_id).data.metrics
+    ):
+        time.sleep(0.2)
+    tracker.finish()
+    metrics = client.get_run(tracker.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
+    off = make_tracker(
+        load_config(None, [f"output_dir={tmp_path}", "tracking.system_metrics_s=0"]), tmp_path / "x", True
+    )
+    off.start()
+    time.sleep(0.5)
+    off.finish()
+    assert not any(k.startswith("system/") for k in client.get_run(off.run_id).data.metrics)
+
+
+def test_a_moved_or_copied_store_stays_readable_and_writes_into_itself(tmp_path):
+    """Issue 25: no absolute artifact paths in use. MLflow 3.17.2 records absolute ``file:`` artifact URIs in a sqlite
+    store; runs, params and metrics move with the DB, and :func:`run_artifacts` / the tracker use the store's own
+    ``mlartifacts`` folder after a move or a copy."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from maws_scale.track.mlflow import run_artifacts, store_artifact_uri
+
+    first = tmp_path / "first" / "demo"
+    cfg = load_config(None, [f"output_dir={first}", "tracking.system_metrics_s=0"])
+    tracker = make_tracker(cfg, first / "mae", is_main=True)
+    tracker.log_params({"optim": {"lr": 0.5}})
+    tracker.log_metrics({"loss": 0.25}, step=1)
+    (tmp_path / "note.txt").write_text("first")
+    tracker.log_artifact(tmp_path / "note.txt")
+    tracker.finish()
+    moved = tmp_path / "elsewhere" / "demo"
+    shutil.move(tmp_path / "first", tmp_path / "elsewhere")
+    uri = default_uri(moved)
+    run = MlflowClient(uri).search_runs([tracker.experiment_id])[0]
+    assert (
+        run.info.run_id == tracker.run_id and run.data.params["optim.lr"] == "0.5" and run.data.metrics["loss"] == 0.25
+    )
+    assert str(first) in run.info.artifact_uri  # what MLflow recorded: the old, absolute place
+    assert (
+        store_artifact_uri(uri, run.info.artifact_uri)
+        == (moved / "mlartifacts" / tracker.run_id / "artifacts").as_uri()
+    )
+    assert store_artifact_uri("http://mlflow:5000", run.info.artifact_uri) == run.info.artifact_uri
+    artifacts = run_artifacts(uri, tracker.run_id)
+    assert [a.path for a in artifacts.list_artifacts()] == ["note.txt"]
+    assert Path(artifacts.download_artifacts("note.txt", str(tmp_path))).read_text() == "first"
+    # a copy resumed in place writes into itself, never into the store it was copied from
+    copy = tmp_path / "copy" / "demo"
+    shutil.copytree(moved, copy)
+    (tmp_path / "note.txt").write_text("copy")
+    again = make_tracker(load_config(None, [f"output_dir={copy}", "tracking.system_metrics_s=0"]), copy / "mae", True)
+    again.log_artifact(tmp_path / "note.txt", "resumed")
+    again.finish()
+    assert again.run_id == tracker.run_id
+    assert (copy / "mlartifacts" / tracker.run_id / "artifacts" / "resumed" / "note.txt").is_file()
+    assert not (moved / "mlartifacts" / tracker.run_id / "artifacts" / "resumed").exists()

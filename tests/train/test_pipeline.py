@@ -87,6 +87,12 @@ def test_pipeline_runs_both_stages_tracks_them_and_restarts_without_rerunning(wo
     assert runs["tiny-wsp"].data.tags["num_classes"] == "10"
     assert "handoff.json" in {a.path for a in client.list_artifacts(runs["tiny-wsp"].info.run_id)}
     assert any(k.startswith("eval/") for k in runs["tiny-eval"].data.metrics)  # evaluation: its own child run
+    # issue 25: the parent row compares: its children's stage-prefixed params and summary metrics
+    for stage in ("mae", "wsp"):
+        child = runs[f"tiny-{stage}"].data
+        assert parent.data.params[f"{stage}.optim.lr"] == child.params["optim.lr"]
+        assert parent.data.metrics[f"{stage}/loss_last"] == child.metrics["train/loss"]
+    assert parent.data.metrics["eval/linear_top1"] == runs["tiny-eval"].data.metrics["eval/linear_top1"]
     ds = json.loads((out / "mae" / "ds_config.json").read_text())
     assert ds["gradient_clipping"] == 0.0 and ds["zero_optimization"]["stage"] == 1
 

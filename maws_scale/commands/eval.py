@@ -4,6 +4,10 @@ Frozen-feature evaluation of an MAE or WSP checkpoint's encoder (pooling: ``mode
 (k = ``eval.knn_k``) and few-shot (``eval.few_shot`` shots, ``eval.seeds`` draws). ``--data`` is the labeled set
 scored on (default ``data.eval_path``); probes are fitted on ``--train-data`` (``eval.train_path``) or, without it,
 on a deterministic 80 % split of ``--data``. Metrics go to MLflow when ``tracking.enabled`` (run ``eval-<name>``).
+
+Under a launcher (torchrun, the deepspeed launcher: ``WORLD_SIZE`` > 1) the feature pass is sharded: every rank
+extracts its slice of the eval sets on its device, rank 0 gathers the features, fits the probes, prints and logs the
+metrics; the other ranks write nothing.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ def job_device(requested: str | None = None):
     return torch.device("cpu")
 
 
+def launched_world() -> int:
+    """The number of ranks the launcher started (``WORLD_SIZE``; 1 for a plain process)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data:
@@ -70,9 +79,17 @@ def run(args: argparse.Namespace) -> int:
     from maws_scale.eval import evaluate_checkpoint
     from maws_scale.eval.checkpoint import CheckpointError
 
-    tracker = _tracker(cfg, args.checkpoint)
+    rank, world, device = 0, 1, job_device(args.device)
+    if launched_world() > 1:  # every rank extracts its slice; the world is torn down by cli.main
+        from maws_scale.parallel.distributed import init_distributed
+
+        info = init_distributed(cfg.parallel.backend)
+        rank, world = info.rank, info.world_size
+        if args.device is None and info.device.type == "cuda":
+            device = info.device
+    tracker = _tracker(cfg, args.checkpoint) if rank == 0 else None
     try:
-        metrics = evaluate_checkpoint(cfg, args.checkpoint, tracker=tracker, device=job_device(args.device))
+        metrics = evaluate_checkpoint(cfg, args.checkpoint, tracker=tracker, device=device, shard=(rank, world))
     except CheckpointError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         if tracker is not None:
@@ -84,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
         raise
     if tracker is not None:
         tracker.finish()
+    if world > 1:
+        from maws_scale.parallel.waits import wait_for_rank0
+
+        wait_for_rank0(cfg.parallel.wait_minutes)  # rank 0 fits the probes; the others wait outside NCCL
+    if rank != 0:
+        return 0
     if args.json:
         print(json.dumps(metrics, indent=1, sort_keys=True))
     else:

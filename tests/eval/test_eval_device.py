@@ -49,3 +49,28 @@ def test_a_clip_checkpoint_is_loaded_onto_the_evaluation_device(monkeypatch, tmp
     with pytest.raises(Loaded):
         evaluate_checkpoint(load_config(None, []), path, device=torch.device("cpu"))
     assert seen == [torch.device("cpu")]
+
+
+def test_a_launched_rank_evaluates_its_shard_on_its_gpu_and_prints_nothing(monkeypatch, capsys):
+    """Under a launcher (WORLD_SIZE > 1) a rank joins the world, extracts its shard on the GPU the world bound it to,
+    gets no tracker, waits for rank 0 and prints nothing (CUDA stood in by the DistInfo a NCCL world returns)."""
+    import maws_scale.commands.eval as eval_command
+    import maws_scale.parallel.distributed as distributed
+    import maws_scale.parallel.waits as waits
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    bound = distributed.DistInfo(rank=1, world_size=2, local_rank=1, device=torch.device("cuda", 1))
+    monkeypatch.setattr(distributed, "init_distributed", lambda backend="auto": bound)
+    waited = []
+    monkeypatch.setattr(waits, "wait_for_rank0", lambda minutes: waited.append(minutes))
+    monkeypatch.setattr(eval_command, "_tracker", lambda cfg, checkpoint: pytest.fail("only rank 0 tracks"))
+    seen = []
+
+    def recorded(cfg, checkpoint, tracker=None, device=None, shard=(0, 1)):
+        seen.append((str(device), shard, tracker))
+        return None  # what the other ranks get back
+
+    monkeypatch.setattr(eval_package, "evaluate_checkpoint", recorded)
+    assert main(["eval", "random", "--json", "tracking.enabled=true"]) == 0
+    assert seen == [("cuda:1", (1, 2), None)] and len(waited) == 1
+    assert capsys.readouterr().out == ""

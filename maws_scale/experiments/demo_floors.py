@@ -22,8 +22,8 @@ from rich.table import Table
 from maws_scale.config import ConfigError, RunConfig, load_config
 
 ARMS = (
-    ("untrained", "untrained encoder (random init, no training)"),
-    ("wsp_only", "WSP only (random init → WSP)"),
+    ("untrained", "untrained encoder (random init)"),
+    ("wsp_only", "WSP only (no MAE)"),
     ("maws", "MAE → WSP (the demo)"),
 )
 METRICS = (

@@ -109,7 +109,7 @@ def _write(path: Path, text: str) -> None:
 
 def show(rows: dict[str, dict[str, Any]], console: Console) -> None:
     table = Table(title="the demo beside its floors (frozen features, clean test images, top-1 %)")
-    table.add_column("arm")
+    table.add_column("arm", no_wrap=True)
     for _, label in METRICS:
         table.add_column(label, justify="right")
     for arm, label in ARMS:

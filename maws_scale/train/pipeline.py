@@ -138,7 +138,15 @@ def _evaluate_zero_shot(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[s
     return _on_rank0(cfg, weights, info, "eval-lit", compute)
 
 
-def _evaluate(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float] | None:
+def evaluate_untrained(cfg: RunConfig, info: DistInfo | None = None) -> dict[str, float] | None:
+    """The floor of every probe: ``cfg``'s encoder untrained (seed ``cfg.seed``), evaluated like the pipeline's WSP
+    encoder, in ``<output_dir>/eval-random/`` and the run's MLflow store; a repeat with the same config is a no-op."""
+    info = info or init_distributed(cfg.parallel.backend)
+    _, wsp = stage_configs(cfg)
+    return _evaluate(wsp, Path("random"), info, name="eval-random")
+
+
+def _evaluate(cfg: RunConfig, weights: Path, info: DistInfo, name: str = "eval") -> dict[str, float] | None:
     """``maws_scale.eval.evaluate_checkpoint`` when eval is on and eval data is set: every rank extracts its slice of
     the features on its training device (bf16 on CUDA), rank 0 gathers them and fits the probes."""
     if not (cfg.eval.enabled and cfg.data.eval_path):
@@ -147,9 +155,9 @@ def _evaluate(cfg: RunConfig, weights: Path, info: DistInfo) -> dict[str, float]
 
     def compute(tracker) -> dict[str, float] | None:
         shard = (info.rank, info.world_size)
-        return evaluate_checkpoint(cfg, weights, tracker=tracker, device=info.device, shard=shard)
+        return evaluate_checkpoint(cfg, str(weights), tracker=tracker, device=info.device, shard=shard)
 
-    return _on_rank0(cfg, weights, info, "eval", compute, collective=True)
+    return _on_rank0(cfg, weights, info, name, compute, collective=True)
 
 
 def _on_rank0(

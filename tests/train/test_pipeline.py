@@ -248,3 +248,57 @@ def test_evaluation_runs_on_the_training_device(monkeypatch, tmp_path):
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     assert pipeline._evaluate(cfg, tmp_path / "w.pt", info) == {}
     assert calls == [(info.device, (0, 1))]
+
+
+def test_pipeline_floors_puts_the_demo_beside_its_floors_from_one_command(world, mosaics, tmp_path, capsys):
+    """Issue 25 §4: `pipeline --floors` trains the WSP-only baseline beside the pipeline, evaluates the untrained
+    encoder, all in the pipeline's MLflow store with the same evaluation, and prints/writes one table; a re-run
+    trains and evaluates nothing."""
+    from mlflow.tracking import MlflowClient
+
+    config = write_config(tmp_path, mosaics)
+    assert main(["pipeline", str(config), "--floors"]) == 0
+    out, baseline = tmp_path / "run", tmp_path / "run-random"
+    assert (out / "mae").is_dir() and not (baseline / "mae").exists()  # the baseline is WSP from random init
+    assert json.loads((baseline / "wsp" / "handoff.json").read_text()) == {"init": "random"}
+    assert not (baseline / "mlflow.db").exists()  # tracked in the pipeline's store
+    rows = json.loads((out / "floors.json").read_text())
+    assert set(rows) == {"untrained", "wsp_only", "maws"}
+    sources = {arm: row["source"] for arm, row in rows.items()}
+    assert sources == {
+        "untrained": str(out / "eval-random" / "metrics.json"),
+        "wsp_only": str(baseline / "eval" / "metrics.json"),
+        "maws": str(out / "eval" / "metrics.json"),
+    }
+    for arm, row in rows.items():
+        assert row["metrics"] == json.loads(Path(row["source"]).read_text()), arm
+        assert 0 <= row["metrics"]["eval/linear_top1"] <= 100 and row["metrics"]["eval/num_probe_train"] == 100
+    table = (out / "floors.md").read_text().splitlines()
+    assert len(table) == 5 and table[2].startswith("| untrained encoder") and table[4].startswith("| MAE → WSP")
+    assert f"{rows['maws']['metrics']['eval/linear_top1']:.1f}" in table[4]
+    assert "the demo beside its floors" in capsys.readouterr().out
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    names = {
+        r.info.run_name for r in client.search_runs([client.get_experiment_by_name("pipeline-test").experiment_id])
+    }
+    assert names == {"tiny", "tiny-mae", "tiny-wsp", "tiny-eval", "tiny-eval-random"} | {
+        "tiny-wsp-only",
+        "tiny-wsp-only-wsp",
+        "tiny-wsp-only-eval",
+    }
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.parent.rglob("*.pt")}
+    evals = {p: p.stat().st_mtime_ns for p in out.parent.rglob("metrics.json")}
+    assert main(["pipeline", str(config), "--floors"]) == 0  # everything is there: only collected again
+    assert {p: p.stat().st_mtime_ns for p in out.parent.rglob("*.pt")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in out.parent.rglob("metrics.json")} == evals
+
+
+def test_pipeline_floors_refuses_a_config_that_does_not_evaluate_before_training(world, mosaics, tmp_path, capsys):
+    config = write_config(tmp_path, mosaics, tracking={"enabled": False})
+    for bad in ("eval.enabled=false", "data.eval_path=null"):
+        assert main(["pipeline", str(config), "--floors", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and bad.split("=")[0] in err and "--floors" in err, err
+    assert not (tmp_path / "run").exists()

@@ -24,6 +24,18 @@ def _clock(seconds: float) -> str:
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
+def bar_columns() -> list:
+    """The columns of every progress bar of the toolkit: label, bar, i/N, elapsed time, ETA."""
+    return [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+
+
 @contextmanager
 def counted_progress(
     label: str, total: int | None, console: Console | None = None, enabled: bool = True, unit: str = "items"
@@ -37,15 +49,7 @@ def counted_progress(
         yield lambda n: None
         return
     if console.is_terminal:
-        columns = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*columns, console=console, transient=True) as bar:
+        with Progress(*bar_columns(), console=console, transient=True) as bar:
             task = bar.add_task(label, total=total)
             yield lambda n: bar.update(task, advance=n)
         return

@@ -13,19 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
 from maws_scale.errors import RunError
 from maws_scale.experiments.sweep import Point, Sweep, mark_done, prepare_points
 from maws_scale.launch.slurm import TrainingTask, make_executor, sbatch_script
 from maws_scale.launch.spec import LaunchSpec
+from maws_scale.progress import bar_columns
 from maws_scale.track.mlflow import PARENT_ENV
 
 
@@ -129,15 +123,7 @@ class SweepLock:
 def progress_bar(console: Console) -> Progress:
     """A bar with i/N, elapsed time and ETA; where the console is not a terminal (a log file) it is not redrawn (the
     caller prints a plain line per item instead)."""
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    ]
-    return Progress(*columns, console=console, transient=False, disable=not console.is_terminal)
+    return Progress(*bar_columns(), console=console, transient=False, disable=not console.is_terminal)
 
 
 def select(sweep: Sweep, only: list[str] | None = None, force: bool = False) -> list[Point]:

@@ -21,7 +21,7 @@ from torch import nn
 from maws_scale.config import ConfigError, RunConfig
 from maws_scale.errors import RunError
 from maws_scale.train.augment import Mixup, random_erasing
-from maws_scale.train.stages import Stage
+from maws_scale.train.stages import ClassifierStage
 
 if TYPE_CHECKING:
     from maws_scale.parallel.plan import ParallelPlan
@@ -43,28 +43,16 @@ def finetune_num_classes(cfg: RunConfig) -> int:
     return len(classes)
 
 
-class FinetuneStage(Stage):
+class FinetuneStage(ClassifierStage):
     """Supervised fine-tuning: soft-target cross-entropy of (mixed, smoothed) labels."""
 
     name = "finetune"
     data_stage = "finetune"
 
     def __init__(self, cfg: RunConfig, num_classes: int, criterion: Callable | None = None) -> None:
-        super().__init__(cfg)
-        self.num_classes = num_classes
-        self.criterion = criterion
+        super().__init__(cfg, num_classes, criterion)
         f = cfg.finetune
         self.mixup = Mixup(num_classes, f.mixup, f.cutmix, f.mix_prob, f.switch_prob, f.label_smoothing)
-
-    def bind(self, plan: ParallelPlan | None) -> None:
-        """The plan's classification loss (vocab-parallel where the plan splits the head) is this criterion."""
-        super().bind(plan)
-        self.criterion = plan.classification_loss() if plan is not None else None
-
-    def build_model(self, device: str | torch.device | None = None) -> nn.Module:
-        from maws_scale.model_config import build_model
-
-        return build_model(self.cfg, num_classes=self.num_classes, device=device)
 
     def initialize_weights(self, model: nn.Module, plan: ParallelPlan) -> None:
         """``finetune.init=checkpoint``: the encoder of ``finetune.init_from`` into ``model`` (head fresh)."""

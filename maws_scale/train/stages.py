@@ -111,19 +111,12 @@ class MAEStage(Stage):
         return step_flops(self.build_model(device="meta"), "mae", mask_ratio=self.cfg.mae.mask_ratio)
 
 
-class WSPStage(Stage):
-    """Weakly-supervised pretraining: softmax cross-entropy against soft multi-hot hashtag targets."""
-
-    name = "wsp"
-    data_stage = "wsp"
+class ClassifierStage(Stage):
+    """A stage that trains the encoder with a classification head (WSP, fine-tuning): the plan's classification loss,
+    the model built with ``num_classes`` outputs."""
 
     def __init__(self, cfg: RunConfig, num_classes: int, criterion: Callable | None = None) -> None:
         super().__init__(cfg)
-        if cfg.wsp.num_classes is not None and cfg.wsp.num_classes != num_classes:
-            raise ConfigError(
-                f"wsp.num_classes={cfg.wsp.num_classes} but the vocabulary has {num_classes} tags; "
-                "leave wsp.num_classes unset or point wsp.vocab at the matching vocabulary"
-            )
         self.num_classes = num_classes
         self.criterion = criterion
 
@@ -136,6 +129,21 @@ class WSPStage(Stage):
         from maws_scale.model_config import build_model
 
         return build_model(self.cfg, num_classes=self.num_classes, device=device)
+
+
+class WSPStage(ClassifierStage):
+    """Weakly-supervised pretraining: softmax cross-entropy against soft multi-hot hashtag targets."""
+
+    name = "wsp"
+    data_stage = "wsp"
+
+    def __init__(self, cfg: RunConfig, num_classes: int, criterion: Callable | None = None) -> None:
+        if cfg.wsp.num_classes is not None and cfg.wsp.num_classes != num_classes:
+            raise ConfigError(
+                f"wsp.num_classes={cfg.wsp.num_classes} but the vocabulary has {num_classes} tags; "
+                "leave wsp.num_classes unset or point wsp.vocab at the matching vocabulary"
+            )
+        super().__init__(cfg, num_classes, criterion)
 
     def initialize_weights(self, model: nn.Module, plan: ParallelPlan) -> None:
         """``wsp.init=mae``: copy the MAE encoder (decoder dropped, head fresh) into ``model``."""

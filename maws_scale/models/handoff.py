@@ -35,6 +35,18 @@ class HandoffReport:
         text += f"dropped {len(self.dropped)} ({_short(self.dropped)})"
         return text + (f", resampled {', '.join(self.resampled)}" if self.resampled else "")
 
+    def record(self, init: str, source: str) -> dict[str, object]:
+        """The stage's ``handoff.json`` record: how it was initialised, from where, and every key's fate."""
+        return {
+            "init": init,
+            "from": source,
+            "summary": self.summary(),
+            "loaded": self.loaded,
+            "new": self.new,
+            "dropped": self.dropped,
+            "resampled": self.resampled,
+        }
+
 
 def _short(keys: list[str], limit: int = 4) -> str:
     return ", ".join(keys[:limit]) + (", …" if len(keys) > limit else "")

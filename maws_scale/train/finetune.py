@@ -78,15 +78,7 @@ class FinetuneStage(ClassifierStage):
                 state, report = classifier_state(source, self.build_model(device="meta"))
             except HandoffError as err:
                 raise ConfigError(f"finetune.init_from: {path}: {err}") from None
-            self.init_report = {
-                "init": "checkpoint",
-                "from": str(path),
-                "summary": report.summary(),
-                "loaded": report.loaded,
-                "new": report.new,
-                "dropped": report.dropped,
-                "resampled": report.resampled,
-            }
+            self.init_report = report.record("checkpoint", str(path))
             return state
 
         plan.load_state(model, read)

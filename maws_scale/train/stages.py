@@ -159,15 +159,7 @@ class WSPStage(ClassifierStage):
 
         def read() -> dict[str, torch.Tensor]:  # on the ranks that read the file (ZeRO-3: rank 0 alone)
             state, report = self._handoff_state(path)
-            self.init_report = {
-                "init": "mae",
-                "from": str(path),
-                "summary": report.summary(),
-                "loaded": report.loaded,
-                "new": report.new,
-                "dropped": report.dropped,
-                "resampled": report.resampled,
-            }
+            self.init_report = report.record("mae", str(path))
             return state
 
         plan.load_state(model, read)

@@ -9,6 +9,10 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 DEMO_DATA := data/fmnist-mosaic
 MAWS := $(VENV)/bin/maws-scale
 PYTEST_ARGS ?=
+# pytest-xdist workers: whole files go to each (heaviest first, tests/conftest.py), so a file's module fixtures and
+# in-order tests stay on one worker. 2 fits the 2-core CI machine; `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast lint fashion-mnist clean gpu-wheels
 
@@ -49,11 +53,11 @@ demo: $(VENV)/.demo fashion-mnist $(DEMO_DATA)/.built
 	$(MAWS) pipeline configs/demo.yaml
 
 test: $(VENV)/.test fashion-mnist
-	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PYTEST) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The inner loop: everything but the multi-process (dist) and slow tests; `make test` (and CI) still runs all of them.
 test-fast: $(VENV)/.test fashion-mnist
-	$(PY) -m pytest -m "not dist and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PYTEST) -m "not dist and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The wheels the lent GPU machine lacks (its python3 has torch, numpy, pyarrow, ... but no deepspeed, pydantic,
 # megatron-core, torchao, pytest): downloaded for CPython $(GPU_WHEELS_PY) manylinux x86_64, deepspeed built here as a

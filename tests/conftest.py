@@ -103,7 +103,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def weight(item: pytest.Item) -> int:
-    """How long ``item`` runs, roughly: a multi-process or slow test (seconds to a minute) counts for fifty of the others (a fraction of a second)."""
+    """How long ``item`` runs, roughly: a multi-process or slow test (seconds to a minute) counts for fifty of the
+    others (a fraction of a second each)."""
     return 50 if item.get_closest_marker("dist") or item.get_closest_marker("slow") else 1
 
 

@@ -52,3 +52,27 @@ def test_a_config_that_disagrees_with_the_precision_is_refused(world):
     ds_config["bf16"] = {"enabled": True}
     with pytest.raises(RuntimeError, match=r"parallel.precision=fp32"), model_init_context(cfg, ds_config):
         pass
+
+
+def test_zero3_leaves_torchs_linear_alone(world):
+    """DeepSpeed's ``memory_efficient_linear`` (on by default) replaces ``torch.nn.functional.linear`` for the rest of
+    the process; on torch 2.11, Dynamo traced the replacement into wrong gradients for every later compiled model
+    (tests/parallel/test_compile.py). The filled ZeRO-3 configs turn it off; turned on, the check sees the patch."""
+    cfg = load_config(None, ["model.name=vit_micro_p4", "parallel.zero_stage=3", "parallel.precision=fp32"])
+    blocks = BlockInfo.from_model(build_mae("vit_micro_p4", device="meta"))
+    ds_config = build_ds_config(
+        cfg, dp_size=1, grad_accum=cfg.train.global_batch // cfg.train.micro_batch, blocks=blocks
+    )
+    assert ds_config["zero_optimization"]["memory_efficient_linear"] is False
+    torchs_linear = torch._C._nn.linear
+    assert torch.nn.functional.linear is torchs_linear, "an earlier test left DeepSpeed's linear in place"
+    with model_init_context(cfg, ds_config):
+        build_mae("vit_micro_p4")
+    assert torch.nn.functional.linear is torchs_linear
+    ds_config["zero_optimization"]["memory_efficient_linear"] = True
+    try:
+        with model_init_context(cfg, ds_config):
+            build_mae("vit_micro_p4")
+        assert torch.nn.functional.linear is not torchs_linear  # DeepSpeed's default: patched, and it stays
+    finally:
+        torch.nn.functional.linear = torchs_linear

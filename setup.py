@@ -47,8 +47,8 @@ setup(
     package_dir={"maws_scale.kernels": "kernels", "maws_scale.ds_configs": "ds_configs"},
     package_data={"maws_scale": ["py.typed"], "maws_scale.ds_configs": ["*.json"]},
     install_requires=[
-        # the range tested: 2.11 (the lent GPU machine's, 2.11.0+cu130: the torch-sensitive part of the single-process
-        # suite, with one open difference, benchmarks/RESULTS.md) and 2.13 (CI, constraints.txt); nothing older
+        # the range tested: 2.11 (the lent GPU machine's, 2.11.0+cu130: the single-process suite, every failure there
+        # explained in benchmarks/RESULTS.md) and 2.13 (CI, constraints.txt); nothing older
         "torch>=2.11,<2.14",
         "deepspeed>=0.16,<0.20",
         "pyarrow>=15",

@@ -91,8 +91,8 @@ SLOW_TESTS = (
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`make test` runs ``-n 2``) each worker takes its share of the cores for torch's threads:
-    N workers at torch's default of one thread per core would oversubscribe the machine."""
+    """Under pytest-xdist (`make test` runs ``-n 3``) each worker takes its share of the cores (at least one) for
+    torch's threads: N workers at torch's default of one thread per core would oversubscribe the machine."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch

@@ -12,10 +12,8 @@ PYTEST_ARGS ?=
 # pytest-xdist workers: whole files go to each (heaviest first, tests/conftest.py), so a file's module fixtures and
 # in-order tests stay on one worker. On the 2-core CI machine 3 workers keep both cores busy while a worker waits on
 # the ranks it launched; `make test TEST_WORKERS=0` runs in one process.
-# Bytecode caches are written even where PYTHONDONTWRITEBYTECODE is set (git-ignored __pycache__): without them every
-# one of the suite's hundreds of child processes compiles the package from source again (0.7 s of CPU each).
 TEST_WORKERS ?= 3
-PYTEST := PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast lint fashion-mnist clean gpu-wheels
 

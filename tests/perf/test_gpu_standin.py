@@ -104,7 +104,8 @@ def standin_python() -> Path:
             ).stdout.strip()
         )
         linked = required_distributions(IMAGE_PACKAGES)
-        # pip must never replace a linked package: it would delete this venv's files through the link
+        # pip must never replace a linked package (it would delete this venv's files through the link): the installed
+        # ones are checked against the linked ones and installed without their dependencies
         clash = {d.metadata["Name"].lower() for d in linked} & {Requirement(r).name for r in INSTALLED_PACKAGES}
         assert not clash, f"{clash} would be both linked and installed"
         for dist in linked:
@@ -113,7 +114,16 @@ def standin_python() -> Path:
                 if not target.exists():
                     target.symlink_to(Path(str(dist.locate_file(name))))
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *INSTALLED_PACKAGES],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--disable-pip-version-check",
+                *INSTALLED_PACKAGES,
+            ],
             check=True,
         )
         (venv / ".ready").touch()

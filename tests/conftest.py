@@ -102,17 +102,9 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
-# The longest test (the GPU check's stand-in: 140 s cold, one process at a time) outweighs every file, so that it starts
-# first: by its marker's weight alone it started at 328 s of a 509 s run and the run ended on it, 50 s after the other
-# two workers (fresh clone, 3 workers, 2026-12-07).
-LONGEST_TESTS = ("tests/perf/test_gpu_standin.py::test_gpu_check_runs_end_to_end_on_a_cpu_standin_of_the_gpu_machine",)
-
-
 def weight(item: pytest.Item) -> int:
     """How long ``item`` runs, roughly: a multi-process or slow test (seconds to a minute) counts for fifty of the
-    others (a fraction of a second each); one of :data:`LONGEST_TESTS` for more than any file."""
-    if item.nodeid in LONGEST_TESTS:
-        return 100_000
+    others (a fraction of a second each)."""
     return 50 if item.get_closest_marker("dist") or item.get_closest_marker("slow") else 1
 
 

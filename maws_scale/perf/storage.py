@@ -11,7 +11,10 @@ fragmentation are not included.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain, compress
+from operator import methodcaller
 from typing import Any
 
 import torch
@@ -45,17 +48,46 @@ def _tensors_of(obj: Any) -> list[torch.Tensor]:
     return out
 
 
+def _oldest_generation() -> Iterator[Any]:
+    """The objects of the garbage collector's oldest generation, listed only when first pulled (from C)."""
+    return chain.from_iterable(map(methodcaller("__call__", 2), (gc.get_objects,)))
+
+
+def live_tensors() -> list[torch.Tensor]:
+    """Every tensor the garbage collector tracks (after a full collect, which leaves every survivor in the oldest
+    generation).
+
+    The list ``gc.get_objects()`` returns holds a second reference to objects other threads are still building; a
+    tuple that CPython then resizes in place fails in that thread with ``SystemError: Objects/tupleobject.c:927: bad
+    argument to internal function`` (seen: SQLAlchemy's mapper set-up in the MLflow tracking thread while the CPU bench
+    measured memory). So no Python code may run while such a list exists: the generation is listed twice inside one
+    call that runs in C, once for the objects and once for their types, the types are checked in C (``isinstance``
+    reads ``__class__``, which some objects compute in Python), and both lists are dropped before the call returns.
+    Collection stays off meanwhile, so both listings hold the same objects in the same order; every object found is
+    checked to be a tensor after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        is_tensor_type = map(torch.Tensor.__subclasscheck__, map(type, _oldest_generation()))
+        found = list(compress(_oldest_generation(), is_tensor_type))
+    finally:
+        if enabled:
+            gc.enable()
+    strays = [type(obj).__name__ for obj in found if not issubclass(type(obj), torch.Tensor)]
+    if strays:
+        raise RuntimeError(f"live_tensors: the two listings of the oldest generation differ (found {strays[:5]})")
+    return found
+
+
 def live_storages(hold: list | None = None) -> dict[int, int]:
     """``{storage pointer: bytes}`` of every live tensor storage the garbage collector can reach (after a collect).
 
     ``hold``: a list that receives the storages, keeping them alive, so that a snapshot used as a baseline cannot
     have its addresses reused by later allocations."""
-    gc.collect()
     seen: dict[int, int] = {}
-    for obj in gc.get_objects():
+    for obj in live_tensors():
         try:
-            if not isinstance(obj, torch.Tensor):
-                continue
             for t in _tensors_of(obj):
                 key = _storage_key(t)
                 if key is not None and key[0] not in seen:

@@ -14,14 +14,19 @@ from maws_scale.perf import storage
 from maws_scale.perf.storage import live_storages, live_tensors
 
 
-def test_live_tensors_are_the_tensors_isinstance_finds() -> None:
+def test_live_tensors_are_the_tensors_isinstance_finds_after_a_collect() -> None:
     model = torch.nn.Linear(4, 4)
     model(torch.randn(2, 4)).sum().backward()
     kept = (model.weight[0], torch.nn.Parameter(torch.zeros(3)), torch.ones(2).as_subclass(torch.Tensor))
     stranger = mock.Mock()  # runs Python code when asked for its __class__
+    cycle: list = [torch.zeros(5)]
+    cycle.append(cycle)
+    garbage = id(cycle[0])
+    del cycle  # a tensor only a reference cycle holds: the collect frees it
+    gc.collect()
     expected = {id(obj) for obj in gc.get_objects() if isinstance(obj, torch.Tensor)}
     assert {id(t) for t in live_tensors()} == expected and len(expected) >= len(kept) + 3
-    assert all(id(t) in expected for t in kept) and stranger is not None
+    assert all(id(t) in expected for t in kept) and garbage not in expected and stranger is not None
 
 
 def test_scans_never_break_a_thread_that_builds_tuples() -> None:

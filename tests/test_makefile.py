@@ -39,6 +39,7 @@ def test_installer_pip_installs_everything_with_pip(tmp_path: Path) -> None:
     result = planned(tmp_path, "INSTALLER=pip")
     assert result.returncode == 0, result.stderr
     assert "uv" not in result.stdout.replace(str(tmp_path), "").split()
+    assert "uv pip install" not in result.stdout and "-c constraints.txt uv" not in result.stdout
     assert any("-m pip install" in line and "-e '.[" in line for line in result.stdout.splitlines())
 
 

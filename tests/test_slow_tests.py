@@ -45,3 +45,10 @@ def test_whole_files_go_heaviest_first_keeping_their_own_order() -> None:
         "tests/a.py::one",
         "tests/a.py::two",
     ]
+
+
+def test_a_heavy_test_outweighs_a_file_of_two_launched_tests() -> None:
+    (heavy,) = HEAVY_TESTS
+    items = [Item("tests/b.py::one", "dist"), Item("tests/b.py::two", "dist"), Item(heavy, "slow")]
+    assert HEAVY_TESTS[heavy] > 2 * 50
+    assert next(item.nodeid for item in heaviest_files_first(items)) == heavy  # type: ignore[arg-type]

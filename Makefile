@@ -27,7 +27,8 @@ $(VENV)/.torch: | $(PY)
 # The package and its extras go in with uv (pinned in constraints.txt): it unpacks and byte-compiles in parallel, 21-22 s
 # where pip took 73 s on the 2-core CI machine (uv's cache cold, pip's warm). uv does not read pip's configuration (index,
 # find-links), so torch, the one package that needs it here (a local CPU wheel), goes in with pip first; uv sees it
-# installed and keeps it. Behind a mirror that only pip is configured for, or without uv: make demo INSTALLER=pip (or UV_INDEX_URL=...).
+# installed and keeps it. Behind a mirror that only pip is configured for, or without uv: make demo INSTALLER=pip
+# (or UV_INDEX_URL=...).
 INSTALLER ?= uv
 ifeq ($(INSTALLER),uv)
 INSTALL = $(PIP) -c constraints.txt uv && $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY)
